@@ -1,0 +1,233 @@
+"""The RecognitionJob resource: the single source of truth for its spec and status.
+
+The CRD schema in charts/rollcall/crds/ is generated from these models (see ``crd.py``) and the API
+validates requests with them, so a field changes in one place. Field names are camelCase on the
+wire (as Kubernetes users expect) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "rollcall.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "RecognitionJob"
+PLURAL = "recognitionjobs"
+SINGULAR = "recognitionjob"
+SHORT_NAMES = ["rj"]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Class codes and student ids come from school systems: letters, digits and . _ - only, so they are
+# safe inside Redis keys, file names and label values.
+IDENT = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
+# A relative path inside the volume: no leading slash, no '..' segment.
+SUB_PATH = r"^$|^[^/\x00](?:[^\x00]*)$"
+QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENT)]
+Quantity = Annotated[str, Field(min_length=1, max_length=32, pattern=QUANTITY)]
+
+MAX_ROSTER = 2000
+
+
+class Mode(StrEnum):
+    IDENTIFY = "identify"
+    ENROLL = "enroll"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ImagesSource(_Model):
+    """Where the class photos are: a PersistentVolumeClaim and a folder inside it (mounted read-only)."""
+
+    claim_name: DnsSubdomain = Field(description="PersistentVolumeClaim holding the photos.")
+    sub_path: str = Field(
+        default="",
+        max_length=1024,
+        pattern=SUB_PATH,
+        description="Folder inside the claim; relative, without '..'. Enroll mode expects one "
+        "sub-folder per student id.",
+    )
+
+    @model_validator(mode="after")
+    def _no_parent_segments(self) -> ImagesSource:
+        if ".." in self.sub_path.split("/"):
+            raise ValueError("images.subPath must not contain '..' segments")
+        return self
+
+
+class Matching(_Model):
+    """How probe faces are matched to the gallery; the model card supplies the default threshold."""
+
+    threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=4.0,
+        description="Match threshold in the model's metric (distance for euclidean, 1-cosine for "
+        "cosine); empty uses the model card's default.",
+    )
+    top_k: int = Field(default=1, ge=1, le=10, description="Candidates reported per face.")
+
+
+class Resources(_Model):
+    """Resources of the recognition container."""
+
+    gpus: int = Field(default=1, ge=0, le=8, description="GPUs to request (0 runs on CPU).")
+    cpu: Quantity = Field(default="2", description="CPU request and limit.")
+    memory: Quantity = Field(default="4Gi", description="Memory request and limit.")
+
+
+class RunPolicy(_Model):
+    """Retry, deadline and clean-up policy of the Job."""
+
+    backoff_limit: int = Field(default=2, ge=0, le=10, description="Retries after a transient failure.")
+    active_deadline_seconds: int = Field(
+        default=3600, ge=30, le=86400, description="Wall-clock limit of the Job, retries included."
+    )
+    ttl_seconds_after_finished: int = Field(
+        default=86400, ge=0, le=2592000, description="Delete the finished Job (not the RJ) after this."
+    )
+    queue_timeout_seconds: int | None = Field(
+        default=None, ge=1, le=604800, description="Fail the RJ if it waits Queued longer than this."
+    )
+    suspend: bool = Field(default=False, description="Suspend (or keep from starting) the Job.")
+
+
+class SecretKeyRef(_Model):
+    name: DnsSubdomain
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class Callback(_Model):
+    """A completion webhook: POSTed once the RJ reaches a terminal phase, HMAC-SHA256 signed."""
+
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s]+$")
+    secret_ref: SecretKeyRef = Field(description="Secret key holding the HMAC signing secret.")
+
+
+class Output(_Model):
+    """What the job writes besides its summary."""
+
+    ttl_seconds: int = Field(
+        default=604800, ge=60, le=7776000, description="How long results stay in Redis."
+    )
+    annotate: bool = Field(
+        default=False, description="Write annotated copies of each photo (boxes, ids, scores)."
+    )
+
+
+class RecognitionJobSpec(_Model):
+    """What to recognise, against which gallery, and how to run it."""
+
+    mode: Mode = Field(default=Mode.IDENTIFY, description="identify: take attendance; enroll: build the gallery.")
+    class_code: Ident = Field(description="The class (or class period) the photos belong to.")
+    images: ImagesSource
+    roster: list[Ident] = Field(
+        default_factory=list,
+        max_length=MAX_ROSTER,
+        description="Student ids expected in class; identify matches only against these.",
+    )
+    gallery: Ident | None = Field(default=None, description="Gallery name in Redis; defaults to classCode.")
+    matching: Matching = Field(default_factory=Matching)
+    model: DnsLabel = Field(default="default", description="Model card name.")
+    resources: Resources = Field(default_factory=Resources)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    callback: Callback | None = None
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first when queued.")
+    queue: DnsLabel | None = Field(default=None, description="Kueue LocalQueue name, when Kueue runs.")
+    output: Output = Field(default_factory=Output)
+
+    @model_validator(mode="after")
+    def _roster_rules(self) -> RecognitionJobSpec:
+        if self.mode is Mode.IDENTIFY and not self.roster:
+            raise ValueError("roster is required in identify mode")
+        if len(set(self.roster)) != len(self.roster):
+            raise ValueError("roster must not repeat a student id")
+        return self
+
+    @property
+    def gallery_name(self) -> str:
+        return self.gallery or self.class_code
+
+
+class Progress(_Model):
+    done: int = Field(default=0, ge=0)
+    total: int = Field(default=0, ge=0)
+
+
+class Summary(_Model):
+    """The job's outcome in numbers; copied from the container's termination message."""
+
+    images: int = 0
+    faces: int = 0
+    matched: int = 0
+    unknown: int = 0
+    present: int = 0
+    absent: int = 0
+    errors: int = 0
+    enrolled: int = 0
+    rejected: int = 0
+
+
+class Condition(_Model):
+    type: str
+    status: str = Field(pattern=r"^(True|False|Unknown)$")
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+
+
+class WebhookDelivery(_Model):
+    delivered: bool = False
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    last_attempt_time: str | None = None
+
+
+class RecognitionJobStatus(_Model):
+    """Written by the operator only; the API and kubectl read it."""
+
+    phase: Phase = Phase.PENDING
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    job_name: str | None = None
+    attempts: int = 0
+    queued_time: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    progress: Progress = Field(default_factory=Progress)
+    summary: Summary | None = None
+    result_key: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    webhook: WebhookDelivery | None = None
+
+
+def parse_spec(raw: dict[str, Any]) -> RecognitionJobSpec:
+    """Validate a spec as read from the apiserver or a request body (camelCase keys)."""
+    return RecognitionJobSpec.model_validate(raw)
