@@ -64,6 +64,18 @@ class _Model(BaseModel):
 class ImagesSource(_Model):
     """Where the class photos are: a PersistentVolumeClaim and a folder inside it (mounted read-only)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.subPath) || !self.subPath.split('/').exists(s, s == '..')",
+                    "message": "images.subPath must stay inside the volume: '..' is not allowed",
+                    "fieldPath": ".subPath",
+                },
+            ]
+        }
+    )
+
     claim_name: DnsSubdomain = Field(description="PersistentVolumeClaim holding the photos.")
     sub_path: str = Field(
         default="",
@@ -140,8 +152,26 @@ class Output(_Model):
     )
 
 
+# Spec fields a running RJ may change; everything else is fixed once the Job is built from it.
+MUTABLE_SPEC_FIELDS = frozenset({"runPolicy.suspend"})
+
+
 class RecognitionJobSpec(_Model):
     """What to recognise, against which gallery, and how to run it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.mode != 'identify' || (has(self.roster) && size(self.roster) > 0)",
+                    "message": "roster is required in identify mode: list the student ids "
+                    "expected in this class",
+                    "fieldPath": ".roster",
+                    "reason": "FieldValueRequired",
+                },
+            ]
+        }
+    )
 
     mode: Mode = Field(default=Mode.IDENTIFY, description="identify: take attendance; enroll: build the gallery.")
     class_code: Ident = Field(description="The class (or class period) the photos belong to.")
@@ -150,6 +180,8 @@ class RecognitionJobSpec(_Model):
         default_factory=list,
         max_length=MAX_ROSTER,
         description="Student ids expected in class; identify matches only against these.",
+        # The apiserver itself rejects a repeated id ("Duplicate value"), at no CEL cost.
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     gallery: Ident | None = Field(default=None, description="Gallery name in Redis; defaults to classCode.")
     matching: Matching = Field(default_factory=Matching)
@@ -177,6 +209,7 @@ class RecognitionJobSpec(_Model):
 class Progress(_Model):
     done: int = Field(default=0, ge=0)
     total: int = Field(default=0, ge=0)
+    text: str = Field(default="", description="done/total, for the PROGRESS column of kubectl.")
 
 
 class Summary(_Model):
