@@ -27,7 +27,7 @@ from rollcall_operator.model import (
     RecognitionJobStatus,
 )
 
-# JSON-schema keywords the structural OpenAPI subset keeps; the rest (title, $defs, ...) are dropped.
+# JSON-schema keywords the structural OpenAPI subset keeps; the rest (title, $defs) are dropped.
 _KEEP = {
     "type",
     "description",
@@ -74,7 +74,9 @@ def _structural(node: dict[str, Any], *, required: bool = True) -> dict[str, Any
         if merged.get("default", ...) is None:
             del merged["default"]
         return _structural(merged, required=required)
-    out: dict[str, Any] = {k: v for k, v in node.items() if k in _KEEP or k.startswith("x-kubernetes-")}
+    out: dict[str, Any] = {
+        k: v for k, v in node.items() if k in _KEEP or k.startswith("x-kubernetes-")
+    }
     if node.get("type") == "object":
         props = node.get("properties", {})
         out["properties"] = {
@@ -120,9 +122,7 @@ def _immutability_rule(spec: dict[str, Any]) -> dict[str, str]:
             if name in required or "default" in sub:
                 clauses.append(f"{new} == {old}")
             else:
-                clauses.append(
-                    f"has({new}) == has({old}) && (!has({new}) || {new} == {old})"
-                )
+                clauses.append(f"has({new}) == has({old}) && (!has({new}) || {new} == {old})")
 
     same("", spec, set(spec.get("required", ())))
     return {"rule": " && ".join(clauses), "message": _IMMUTABLE_MESSAGE}
@@ -159,7 +159,10 @@ def build_crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "rollcall", "app.kubernetes.io/part-of": "rollcall"},
+            "labels": {
+                "app.kubernetes.io/name": "rollcall",
+                "app.kubernetes.io/part-of": "rollcall",
+            },
         },
         "spec": {
             "group": GROUP,

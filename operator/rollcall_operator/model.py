@@ -62,7 +62,7 @@ class _Model(BaseModel):
 
 
 class ImagesSource(_Model):
-    """Where the class photos are: a PersistentVolumeClaim and a folder inside it (mounted read-only)."""
+    """Where the class photos are: a PersistentVolumeClaim and a folder in it (read-only)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -116,15 +116,23 @@ class Resources(_Model):
 class RunPolicy(_Model):
     """Retry, deadline and clean-up policy of the Job."""
 
-    backoff_limit: int = Field(default=2, ge=0, le=10, description="Retries after a transient failure.")
+    backoff_limit: int = Field(
+        default=2, ge=0, le=10, description="Retries after a transient failure."
+    )
     active_deadline_seconds: int = Field(
         default=3600, ge=30, le=86400, description="Wall-clock limit of the Job, retries included."
     )
     ttl_seconds_after_finished: int = Field(
-        default=86400, ge=0, le=2592000, description="Delete the finished Job (not the RJ) after this."
+        default=86400,
+        ge=0,
+        le=2592000,
+        description="Delete the finished Job (not the RJ) after this.",
     )
     queue_timeout_seconds: int | None = Field(
-        default=None, ge=1, le=604800, description="Fail the RJ if it waits Queued longer than this."
+        default=None,
+        ge=1,
+        le=604800,
+        description="Fail the RJ if it waits Queued longer than this.",
     )
     suspend: bool = Field(default=False, description="Suspend (or keep from starting) the Job.")
 
@@ -163,7 +171,8 @@ class RecognitionJobSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.mode != 'identify' || (has(self.roster) && size(self.roster) > 0)",
+                    "rule": "self.mode != 'identify' "
+                    "|| (has(self.roster) && size(self.roster) > 0)",
                     "message": "roster is required in identify mode: list the student ids "
                     "expected in this class",
                     "fieldPath": ".roster",
@@ -173,7 +182,9 @@ class RecognitionJobSpec(_Model):
         }
     )
 
-    mode: Mode = Field(default=Mode.IDENTIFY, description="identify: take attendance; enroll: build the gallery.")
+    mode: Mode = Field(
+        default=Mode.IDENTIFY, description="identify: take attendance; enroll: build the gallery."
+    )
     class_code: Ident = Field(description="The class (or class period) the photos belong to.")
     images: ImagesSource
     roster: list[Ident] = Field(
@@ -183,14 +194,20 @@ class RecognitionJobSpec(_Model):
         # The apiserver itself rejects a repeated id ("Duplicate value"), at no CEL cost.
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    gallery: Ident | None = Field(default=None, description="Gallery name in Redis; defaults to classCode.")
+    gallery: Ident | None = Field(
+        default=None, description="Gallery name in Redis; defaults to classCode."
+    )
     matching: Matching = Field(default_factory=Matching)
     model: DnsLabel = Field(default="default", description="Model card name.")
     resources: Resources = Field(default_factory=Resources)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     callback: Callback | None = None
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first when queued.")
-    queue: DnsLabel | None = Field(default=None, description="Kueue LocalQueue name, when Kueue runs.")
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Higher runs first when queued."
+    )
+    queue: DnsLabel | None = Field(
+        default=None, description="Kueue LocalQueue name, when Kueue runs."
+    )
     output: Output = Field(default_factory=Output)
 
     @model_validator(mode="after")

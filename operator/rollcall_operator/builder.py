@@ -1,0 +1,257 @@
+"""The batch/v1 Job for one RecognitionJob: a pure function of the RJ and the operator settings.
+
+Nothing here talks to a server, so every field is unit-tested (tests/test_job_builder.py). The
+dict reads like the YAML it becomes. The Job's name is derived from the RJ's name only, so a create
+that is repeated (operator restart, concurrent handler) hits AlreadyExists instead of making a twin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from rollcall_job import keys
+from rollcall_job.contract import (
+    INPUT_MOUNT,
+    OUTPUT_MOUNT,
+    REDIS_URL_ENV,
+    TERMINATION_LOG,
+    ExitCode,
+    job_env,
+)
+from rollcall_operator.model import API_VERSION, KIND, RecognitionJobSpec, parse_spec
+from rollcall_operator.settings import OperatorSettings
+
+MANAGED_BY = "rollcall-operator"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_RJ_UID = "rollcall.io/rj-uid"
+LABEL_RJ_NAME = "rollcall.io/rj-name"
+LABEL_CLASS = "rollcall.io/class"
+LABEL_MODE = "rollcall.io/mode"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_RJ = "rollcall.io/recognitionjob"
+# Selects every Job (and pod) this operator made, for watches and for re-counting after a restart.
+MANAGED_SELECTOR = {LABEL_MANAGED_BY: MANAGED_BY}
+
+_MAX_NAME = 63
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_HASH_LEN = 8
+
+
+def job_name(rj_name: str) -> str:
+    """The Job's name: the RJ's name when it is a DNS label, else a shortened form plus a hash.
+
+    Jobs need a DNS label (≤63) because the name becomes the pods' ``job-name`` label; RJ names may
+    be 253-character subdomains. The hash of the full name keeps distinct RJs distinct.
+    """
+    if len(rj_name) <= _MAX_NAME and _DNS_LABEL.match(rj_name):
+        return rj_name
+    digest = hashlib.sha256(rj_name.encode()).hexdigest()[:_HASH_LEN]
+    stem = re.sub(r"[^a-z0-9-]", "-", rj_name.lower())[: _MAX_NAME - _HASH_LEN - 1].strip("-")
+    return f"{stem}-{digest}" if stem else f"rj-{digest}"
+
+
+def label_value(value: str) -> str:
+    """A value safe as a label value (≤63 chars, alphanumeric at both ends)."""
+    cut = re.sub(r"[^A-Za-z0-9._-]", "-", value)[:_MAX_NAME]
+    return cut.strip("._-")
+
+
+def result_key(rj_uid: str) -> str:
+    return keys.job_results(rj_uid)
+
+
+def build_labels(rj_name: str, rj_uid: str, spec: RecognitionJobSpec) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "rollcall-job",
+        "app.kubernetes.io/instance": label_value(rj_name),
+        "app.kubernetes.io/component": "recognition",
+        "app.kubernetes.io/part-of": "rollcall",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_RJ_NAME: label_value(rj_name),
+        LABEL_RJ_UID: rj_uid,
+        LABEL_CLASS: label_value(spec.class_code),
+        LABEL_MODE: spec.mode.value,
+    }
+
+
+def owner_reference(rj: Mapping[str, Any]) -> dict[str, Any]:
+    """Makes the RJ the Job's controller: deleting the RJ garbage-collects the Job and its pods."""
+    meta = rj["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _security_contexts(settings: OperatorSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pod and container security contexts that pass the `restricted` Pod Security Standard."""
+    pod: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if settings.fs_group is not None:
+        pod["fsGroup"] = settings.fs_group
+    container = {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return pod, container
+
+
+def _container(
+    rj: Mapping[str, Any], spec: RecognitionJobSpec, settings: OperatorSettings, name: str
+) -> dict[str, Any]:
+    meta = rj["metadata"]
+    env = job_env(
+        namespace=meta["namespace"],
+        name=name,
+        uid=meta["uid"],
+        mode=spec.mode.value,
+        class_code=spec.class_code,
+        gallery=spec.gallery_name,
+        roster=list(spec.roster),
+        threshold=spec.matching.threshold,
+        top_k=spec.matching.top_k,
+        model=spec.model,
+        result_ttl_seconds=spec.output.ttl_seconds,
+        annotate=spec.output.annotate,
+        extra=dict(settings.extra_env),
+    )
+    env.append(
+        {
+            "name": REDIS_URL_ENV,
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": settings.redis_secret_name,
+                    "key": settings.redis_secret_key,
+                }
+            },
+        }
+    )
+    limits: dict[str, Any] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
+    if spec.resources.gpus:
+        limits[settings.gpu_resource] = str(spec.resources.gpus)
+    input_mount: dict[str, Any] = {"name": "input", "mountPath": INPUT_MOUNT, "readOnly": True}
+    if spec.images.sub_path:
+        input_mount["subPath"] = spec.images.sub_path
+    mounts = [input_mount, {"name": "tmp", "mountPath": "/tmp"}]
+    if spec.output.annotate:
+        mounts.append({"name": "output", "mountPath": OUTPUT_MOUNT})
+    _, security = _security_contexts(settings)
+    container: dict[str, Any] = {
+        "name": settings.container_name,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": env,
+        "resources": {"requests": dict(limits), "limits": limits},
+        "volumeMounts": mounts,
+        "securityContext": security,
+        "terminationMessagePath": TERMINATION_LOG,
+        # The summary is written to the termination log; a crash before that leaves the log tail.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if settings.command is not None:
+        container["command"] = list(settings.command)
+    if settings.args is not None:
+        container["args"] = list(settings.args)
+    return container
+
+
+def _pod_annotations(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, str]:
+    annotations = dict(settings.pod_annotations)
+    for key, value in (rj["metadata"].get("annotations") or {}).items():
+        if any(key.startswith(p) for p in settings.annotation_passthrough_prefixes):
+            annotations[key] = value
+    return annotations
+
+
+def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """The batch/v1 Job manifest for the RJ ``rj`` (a body as read from the apiserver)."""
+    meta = rj["metadata"]
+    spec = parse_spec(rj["spec"])
+    name = job_name(meta["name"])
+    labels = build_labels(meta["name"], meta["uid"], spec)
+    job_labels = dict(labels)
+    if spec.queue:
+        job_labels[LABEL_KUEUE_QUEUE] = spec.queue
+    gpu = spec.resources.gpus > 0
+    pod_security, _ = _security_contexts(settings)
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "input",
+            "persistentVolumeClaim": {"claimName": spec.images.claim_name, "readOnly": True},
+        },
+        {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
+    ]
+    if spec.output.annotate:
+        volumes.append({"name": "output", "emptyDir": {"sizeLimit": settings.output_size_limit}})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security,
+        "containers": [_container(rj, spec, settings, name)],
+        "volumes": volumes,
+    }
+    node_selector = {**settings.node_selector, **(settings.gpu_node_selector if gpu else {})}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = [*settings.tolerations, *(settings.gpu_tolerations if gpu else [])]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if settings.runtime_class_name and gpu:
+        pod_spec["runtimeClassName"] = settings.runtime_class_name
+    if settings.priority_class_name:
+        pod_spec["priorityClassName"] = settings.priority_class_name
+    if settings.service_account_name:
+        pod_spec["serviceAccountName"] = settings.service_account_name
+    policy = spec.run_policy
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": job_labels,
+            "annotations": {ANNOTATION_RJ: f"{meta['namespace']}/{meta['name']}"},
+            "ownerReferences": [owner_reference(rj)],
+        },
+        "spec": {
+            "completions": 1,
+            "parallelism": 1,
+            "backoffLimit": policy.backoff_limit,
+            "activeDeadlineSeconds": policy.active_deadline_seconds,
+            "ttlSecondsAfterFinished": policy.ttl_seconds_after_finished,
+            # Kueue admits a queued Job by un-suspending it; the user's suspend wins otherwise.
+            "suspend": policy.suspend or spec.queue is not None,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": settings.container_name,
+                            "operator": "In",
+                            "values": [int(ExitCode.BAD_INPUT)],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {
+                "metadata": {"labels": labels, "annotations": _pod_annotations(rj, settings)},
+                "spec": pod_spec,
+            },
+        },
+    }

@@ -1,0 +1,93 @@
+"""Operator settings: every field is one ``ROLLCALL_OPERATOR_*`` environment variable.
+
+Cluster-specific knobs (GPU resource name, node placement, image, Redis Secret, caps) live here, not
+in the RJ spec, so a teacher's manifest cannot pick nodes or images and the same RJ runs anywhere.
+Complex values (lists, dicts) are JSON in the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ROLLCALL_OPERATOR_"
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- the Job's pod ---------------------------------------------------------------------
+    image: str = "ghcr.io/rollcall/rollcall-job:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    command: list[str] | None = Field(default=None, description="Override the image's entrypoint.")
+    args: list[str] | None = None
+    container_name: str = "recognize"
+    gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource for a GPU.")
+    gpu_tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ],
+        description="Added to GPU Jobs only: GPU nodes are usually tainted.",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Added to GPU Jobs only (e.g. a GPU product label)."
+    )
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    runtime_class_name: str | None = Field(default=None, description="e.g. nvidia")
+    priority_class_name: str | None = None
+    service_account_name: str | None = Field(
+        default=None, description="Pod ServiceAccount (its token is never mounted)."
+    )
+    run_as_user: int = Field(default=65532, ge=1)
+    run_as_group: int = Field(default=65532, ge=1)
+    fs_group: int | None = Field(default=65532, ge=1)
+    tmp_size_limit: str = "2Gi"
+    output_size_limit: str = "4Gi"
+    redis_secret_name: str = Field(
+        default="rollcall-redis",
+        description="Secret, in the RJ's namespace, holding the Redis URL.",
+    )
+    redis_secret_key: str = "url"
+    extra_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra ROLLCALL_* settings for the container, e.g. PROVIDERS.",
+    )
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    annotation_passthrough_prefixes: list[str] = Field(
+        default_factory=list,
+        description="RJ annotations whose key starts with one of these are copied onto the pod.",
+    )
+
+    # --- what the operator watches and how ---------------------------------------------------
+    namespaces: list[str] = Field(default_factory=list, description="Empty: the whole cluster.")
+    kubeconfig: Path | None = Field(default=None, description="Empty: in-cluster or $KUBECONFIG.")
+    redis_url: str = Field(default="redis://localhost:6379/0", description="For progress reads.")
+    peering_name: str | None = Field(
+        default=None, description="kopf peering object for leader election; empty: standalone."
+    )
+    priority: int = 0
+    liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
+    metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables /metrics.")
+
+    # --- queueing ------------------------------------------------------------------------------
+    max_running: int = Field(default=0, ge=0, description="Cap on unfinished GPU Jobs; 0: no cap.")
+    max_running_per_namespace: int = Field(default=0, ge=0, description="Per namespace; 0: no cap.")
+    admission_concurrency: int = Field(default=32, ge=1, description="Job creations in flight.")
+
+    # --- progress and webhooks -----------------------------------------------------------------
+    progress_interval_seconds: float = Field(default=2.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_seconds: float = Field(default=1.0, gt=0)
+    webhook_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> OperatorSettings:
+    """The process's settings, read once; tests build ``OperatorSettings(...)`` directly."""
+    return OperatorSettings()
