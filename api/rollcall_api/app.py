@@ -1,0 +1,98 @@
+"""The app factory. The lifespan owns the apiserver and Redis clients and the key reloader."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from kubernetes_asyncio import client, config
+from redis.asyncio import Redis
+
+from rollcall_api.auth import KeyStore
+from rollcall_api.errors import install_error_handlers
+from rollcall_api.kube import RecognitionJobs
+from rollcall_api.middleware import BodyLimitMiddleware, Metrics, RequestContextMiddleware
+from rollcall_api.routes import enrollments, health, jobs
+from rollcall_api.settings import Settings, get_settings
+from rollcall_api.store import Store
+
+log = logging.getLogger("rollcall_api")
+
+DESCRIPTION = """
+Submit face-recognition attendance jobs for a class; they run as GPU Jobs on Kubernetes, never in
+this process. Authenticate with your school's API key: `Authorization: Bearer <key>`.
+
+Errors always have the body `{"error": {"code", "message", "requestId", "details"}}`.
+"""
+
+
+async def kube_client(settings: Settings) -> client.ApiClient:
+    """An ApiClient from the configured kubeconfig, else the pod's ServiceAccount."""
+    configuration = client.Configuration()
+    if settings.kubeconfig is not None:
+        await config.load_kube_config(
+            config_file=str(settings.kubeconfig),
+            context=settings.kube_context,
+            client_configuration=configuration,
+        )
+    else:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configuration=configuration)
+
+
+async def _reload_keys(keys: KeyStore, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        await keys.reload()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        api_client = await kube_client(settings)
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        keys = KeyStore(settings.keys_file)
+        await keys.reload()
+        app.state.jobs = RecognitionJobs(api_client, settings.kube_timeout_seconds)
+        app.state.store = Store(redis)
+        app.state.keys = keys
+        reloader = (
+            asyncio.create_task(_reload_keys(keys, settings.keys_reload_seconds))
+            if settings.keys_reload_seconds > 0
+            else None
+        )
+        try:
+            yield
+        finally:
+            if reloader is not None:
+                reloader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reloader
+            await api_client.close()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="rollcall",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    metrics = Metrics()
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(enrollments.router)
+    # Outermost first: the request id exists before the body limit can refuse a request.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,131 @@
+"""Per-school API keys: stored hashed, compared in constant time, each mapped to namespaces.
+
+Why SHA-256 and not bcrypt/argon2: the keys are 256-bit random tokens (see :func:`new_key`), so a
+leaked hash cannot be reversed by guessing; slow password hashes defend low-entropy *passwords* and
+would spend ~100 ms of CPU on the event loop per request. A plain digest keeps the file safe to
+store in a Secret and the check cheap.
+
+The key file (YAML or JSON, usually a mounted Kubernetes Secret) maps the hex SHA-256 of each key
+to the school holding it::
+
+    3b5d...e1:            # sha256(key).hexdigest()
+      school: north-high
+      namespaces: [school-north-high]   # the first is the default
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rollcall_operator.model import DNS_LABEL
+
+log = logging.getLogger("rollcall_api.auth")
+
+KEY_PREFIX = "rk_"
+_HEX64 = r"^[0-9a-f]{64}$"
+
+
+def new_key() -> str:
+    """A fresh API key: 32 random bytes, URL-safe, with a recognisable prefix."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class KeyEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    school: str = Field(min_length=1, max_length=128)
+    namespaces: list[str] = Field(min_length=1, max_length=64)
+
+    def model_post_init(self, _: Any) -> None:
+        for ns in self.namespaces:
+            if len(ns) > 63 or not re.match(DNS_LABEL, ns):
+                raise ValueError(f"namespace {ns!r} is not a DNS label")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated school; ``key_id`` (a hash prefix) is safe to log, the key never is."""
+
+    school: str
+    namespaces: tuple[str, ...]
+    key_id: str
+
+    @property
+    def default_namespace(self) -> str:
+        return self.namespaces[0]
+
+
+def parse_key_file(text: str) -> dict[bytes, Caller]:
+    """Parse the key file into digest -> caller; raises ValueError on any malformed entry."""
+    raw = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise ValueError("key file must be a mapping of sha256 hex -> {school, namespaces}")
+
+    out: dict[bytes, Caller] = {}
+    for digest, entry in raw.items():
+        digest = str(digest).lower().removeprefix("sha256:")
+        if not re.match(_HEX64, digest):
+            raise ValueError("key file: every key must be a 64-hex-digit SHA-256 digest")
+        try:
+            parsed = KeyEntry.model_validate(entry)
+        except ValidationError as exc:
+            raise ValueError(f"key file entry {digest[:8]}: {exc.errors()[0]['msg']}") from None
+        out[bytes.fromhex(digest)] = Caller(
+            school=parsed.school, namespaces=tuple(parsed.namespaces), key_id=digest[:8]
+        )
+    return out
+
+
+class KeyStore:
+    """The loaded keys; reloaded in a worker thread when the file changes (Secret rotation)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._keys: dict[bytes, Caller] = {}
+        self._stamp: tuple[int, int] | None = None
+        self.loaded = False
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _load_sync(self) -> bool:
+        st = self.path.stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return False
+        keys = parse_key_file(self.path.read_text(encoding="utf-8"))
+        self._keys, self._stamp, self.loaded = keys, stamp, True
+        return True
+
+    async def reload(self) -> None:
+        """Re-read the file if it changed; a bad or missing file keeps the previous keys."""
+        try:
+            if await anyio.to_thread.run_sync(self._load_sync):
+                log.info("api keys loaded", extra={"keys": len(self._keys), "path": str(self.path)})
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            log.error("api key file not loaded", extra={"path": str(self.path), "error": str(exc)})
+
+    def authenticate(self, token: str) -> Caller | None:
+        """Compare the token's digest with every stored digest in constant time."""
+        digest = hashlib.sha256(token.encode("utf-8")).digest()
+        found: Caller | None = None
+        for stored, caller in self._keys.items():
+            # No early exit: the time taken does not depend on which entry (if any) matched.
+            if hmac.compare_digest(stored, digest):
+                found = caller
+        return found

@@ -1,0 +1,215 @@
+"""RecognitionJobs through the apiserver: the only Kubernetes calls the API makes.
+
+The API's ServiceAccount needs exactly the verbs used here on ``recognitionjobs.rollcall.io``:
+create, get, list, watch, delete. Apiserver failures become ``ApiError``s with a status a
+client can act on; the apiserver's own validation (CRD schema, CEL) surfaces as 422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from rollcall_api.errors import ApiError
+from rollcall_operator.model import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger("rollcall_api.kube")
+
+NAME_PREFIX = "rj-"
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_MODE = "rollcall.io/mode"
+LABEL_CLASS = "rollcall.io/class-code"
+ANNOTATION_SCHOOL = "rollcall.io/school"
+ANNOTATION_REQUEST_ID = "rollcall.io/request-id"
+MANAGER = "rollcall-api"
+
+
+def new_job_name() -> str:
+    """``rj-`` + 12 random base-36 characters (~62 bits): unique without asking the apiserver."""
+    return NAME_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(12))
+
+
+def _status_message(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "{}")
+        return str(body.get("message") or exc.reason or "apiserver error")
+    except (TypeError, ValueError):
+        return str(exc.reason or "apiserver error")
+
+
+def api_error(exc: ApiException, what: str) -> ApiError:
+    """Map an apiserver error to what the caller should see."""
+    status = int(exc.status or 0)
+    if status == 404:
+        return ApiError(404, f"{what} not found")
+    if status == 409:
+        return ApiError(409, f"{what}: {_status_message(exc)}")
+    if status in (400, 422):
+        return ApiError(422, f"rejected by the apiserver: {_status_message(exc)}")
+    if status == 410:
+        return ApiError(400, "the continue token has expired; list again", code="continue_expired")
+    log.error("apiserver error", extra={"status": status, "reason": exc.reason, "what": what})
+    if status in (401, 403):
+        return ApiError(502, "the API is not allowed to do this in the apiserver")
+    if status == 429 or status >= 500:
+        return ApiError(
+            503, "the apiserver is unavailable, retry later", headers={"Retry-After": "1"}
+        )
+    return ApiError(502, "unexpected apiserver response")
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    continue_token: str | None
+
+
+class RecognitionJobs:
+    """Thin async wrapper over the custom-objects API for one resource."""
+
+    def __init__(self, api_client: client.ApiClient, timeout: float) -> None:
+        self.api_client = api_client
+        self.objects = client.CustomObjectsApi(api_client)
+        self.timeout = timeout
+
+    async def _call(self, what: str, coro: Any) -> Any:
+        try:
+            return await coro
+        except ApiException as exc:
+            raise api_error(exc, what) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.error("apiserver unreachable", extra={"error": repr(exc)})
+            raise ApiError(
+                503, "the apiserver is unreachable", headers={"Retry-After": "1"}
+            ) from None
+
+    async def ping(self) -> None:
+        await self._call(
+            "version", client.VersionApi(self.api_client).get_code(_request_timeout=self.timeout)
+        )
+
+    async def create(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        labels: dict[str, str],
+        annotations: dict[str, str],
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": spec,
+        }
+        result: dict[str, Any] = await self._call(
+            f"recognition job {name}",
+            self.objects.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, body, _request_timeout=self.timeout
+            ),
+        )
+        return result
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call(
+                f"recognition job {name}",
+                self.objects.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout
+                ),
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    async def find(self, namespaces: tuple[str, ...], name: str) -> dict[str, Any] | None:
+        """The job in whichever of the caller's namespaces holds it (looked up concurrently)."""
+        if len(namespaces) == 1:
+            return await self.get(namespaces[0], name)
+        found = await asyncio.gather(*(self.get(ns, name) for ns in namespaces))
+        return next((obj for obj in found if obj is not None), None)
+
+    async def list(
+        self, namespace: str, *, label_selector: str, limit: int, continue_token: str | None
+    ) -> Page:
+        kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": limit}
+        if continue_token:
+            kwargs["_continue"] = continue_token
+        result = await self._call(
+            "recognition jobs",
+            self.objects.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _request_timeout=self.timeout, **kwargs
+            ),
+        )
+        return Page(
+            items=list(result.get("items") or []),
+            continue_token=(result.get("metadata") or {}).get("continue") or None,
+        )
+
+    async def delete(self, namespace: str, name: str) -> None:
+        await self._call(
+            f"recognition job {name}",
+            self.objects.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                propagation_policy="Background",
+                _request_timeout=self.timeout,
+            ),
+        )
+
+    async def watch(
+        self, namespace: str, name: str, resource_version: str, timeout_seconds: int = 300
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(type, object) events for one job after ``resource_version``; ends when the server does.
+
+        A raw watch (not ``kubernetes_asyncio.watch.Watch``): the caller decides what 410 means.
+        """
+        resp = await self._call(
+            f"recognition job {name}",
+            self.objects.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=resource_version,
+                allow_watch_bookmarks=False,
+                timeout_seconds=timeout_seconds,
+                watch=True,
+                _preload_content=False,
+                _request_timeout=timeout_seconds + 30,
+            ),
+        )
+        try:
+            while True:
+                line = await resp.content.readline()
+                if not line:
+                    return
+                event = json.loads(line)
+                etype = str(event.get("type", ""))
+                obj = event.get("object") or {}
+                if etype == "ERROR":
+                    code = int(obj.get("code") or 500)
+                    raise ApiError(
+                        410 if code == 410 else 503,
+                        str(obj.get("message", "")),
+                        code="watch_expired" if code == 410 else None,
+                    )
+                yield etype, obj
+        finally:
+            resp.release()

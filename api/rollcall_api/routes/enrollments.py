@@ -1,0 +1,32 @@
+"""/v1/enrollments: the same job resource in enroll mode, for clients that prefer a noun."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from rollcall_api.deps import CallerDep, JobsDep, MetricsDep, SettingsDep, StoreDep
+from rollcall_api.errors import ERROR_RESPONSES
+from rollcall_api.routes.jobs import IdempotencyKey, accept
+from rollcall_api.schemas import EnrollmentRequest, JobView
+
+router = APIRouter(prefix="/v1/enrollments", tags=["enrollments"], responses=ERROR_RESPONSES)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobView,
+    summary="Enroll a class: build its gallery from one photo folder per student",
+)
+async def create_enrollment(
+    response: Response,
+    settings: SettingsDep,
+    jobs: JobsDep,
+    store: StoreDep,
+    metrics: MetricsDep,
+    caller: CallerDep,
+    body: EnrollmentRequest,
+    idempotency_key: IdempotencyKey = None,
+) -> JobView:
+    """Equivalent to POST /v1/recognition-jobs with ``mode: enroll``; read it back there."""
+    return await accept(response, settings, jobs, store, metrics, caller, body, idempotency_key)

@@ -1,0 +1,88 @@
+"""Request and response bodies. Requests *are* the RJ spec model plus where to put the job."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from rollcall_operator.model import DnsLabel, Mode, Phase, RecognitionJobSpec, Summary
+
+
+class JobRequest(RecognitionJobSpec):
+    """A RecognitionJob spec (camelCase, as in the CRD) plus the target namespace.
+
+    ``namespace`` may be left out when the API key has one namespace (or to use its first).
+    """
+
+    namespace: DnsLabel | None = Field(
+        default=None, description="Target namespace; must be one the API key may use."
+    )
+
+    def spec(self) -> RecognitionJobSpec:
+        return RecognitionJobSpec.model_validate(self.model_dump(exclude={"namespace"}))
+
+
+class EnrollmentRequest(JobRequest):
+    """An enroll-mode job: photos in one sub-folder per student id build the class gallery."""
+
+    mode: Literal[Mode.ENROLL] = Field(default=Mode.ENROLL, description="Always enroll here.")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class ProgressOut(_Out):
+    done: int = 0
+    total: int = 0
+
+
+class Links(_Out):
+    self: str
+    results: str
+    events: str
+
+
+class JobView(_Out):
+    """A job as the school system sees it."""
+
+    id: str = Field(description="The job id (the RecognitionJob's name).")
+    namespace: str
+    uid: str
+    mode: str
+    class_code: str
+    phase: Phase
+    progress: ProgressOut
+    summary: Summary | None = None
+    reason: str | None = None
+    message: str | None = None
+    created_at: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    links: Links
+    spec: dict[str, Any] = Field(description="The RecognitionJob spec as stored (defaults filled).")
+
+
+class JobList(_Out):
+    items: list[JobView]
+    continue_: str | None = Field(
+        default=None,
+        alias="continue",
+        description="Pass as ?continue= for the next page; null when there are no more. A page "
+        "filtered by phase may hold fewer than limit items (even none) and still have a next page.",
+    )
+
+
+class JobResults(_Out):
+    id: str
+    phase: Phase
+    summary: dict[str, Any] | None = None
+    attendance: Any = Field(default=None, description="Per-student present/absent, from the job.")
+    photos: Any = Field(default=None, description="Per-photo faces and matches, from the job.")
+
+
+class Health(_Out):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

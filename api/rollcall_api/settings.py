@@ -1,0 +1,60 @@
+"""Settings of the API process, read from ``ROLLCALL_API_*`` environment variables.
+
+Obtained through the cached :func:`get_settings` so tests hand ``create_app`` their own instance (or
+override the dependency) instead of patching import-time globals.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ROLLCALL_API_"
+
+
+class Settings(BaseSettings):
+    """Everything the API needs to reach its clients and to protect itself."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    keys_file: Path = Field(
+        default=Path("/etc/rollcall/api-keys/keys.yaml"),
+        description="YAML/JSON file (a mounted Secret) mapping SHA-256 key hashes to schools.",
+    )
+    keys_reload_seconds: float = Field(
+        default=10.0, ge=0, description="How often the key file is re-read (0 disables reloading)."
+    )
+    kubeconfig: Path | None = Field(
+        default=None, description="Kubeconfig to use; empty means the in-cluster ServiceAccount."
+    )
+    kube_context: str | None = None
+    redis_url: str = "redis://localhost:6379/0"
+    max_body_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    idempotency_ttl_seconds: int = Field(
+        default=86400, ge=60, description="How long an Idempotency-Key is remembered."
+    )
+    public_url: str = Field(
+        default="", description="Prefix for status URLs in responses; empty gives relative URLs."
+    )
+    list_limit_default: int = Field(default=50, ge=1, le=500)
+    events_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Progress poll interval of the SSE stream between watch events.",
+    )
+    events_keepalive_seconds: float = Field(default=15.0, gt=0)
+    kube_timeout_seconds: float = Field(default=10.0, gt=0)
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: str = "info"
+    log_json: bool = True
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,109 @@
+"""What the API reads from and writes to Redis: idempotency claims, job progress and results.
+
+Key names come from ``rollcall_job.keys`` only, so the job, the operator and the API agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from rollcall_api.errors import ApiError
+from rollcall_job import keys
+
+log = logging.getLogger("rollcall_api.store")
+
+# Delete the claim only if it still holds our value: a slow failing request must not drop a claim
+# that expired and was re-taken by another request meanwhile.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who owns an Idempotency-Key: ``won`` is True for the request that set it."""
+
+    won: bool
+    name: str
+    fingerprint: str
+    raw: str
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    log.error("redis unavailable", extra={"error": repr(exc)})
+    return ApiError(
+        503, "the result store is unavailable, retry later", headers={"Retry-After": "1"}
+    )
+
+
+class Store:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+
+    async def claim(self, namespace: str, key: str, name: str, fingerprint: str, ttl: int) -> Claim:
+        """SET NX the key to (name, fingerprint): exactly one concurrent request wins."""
+        value = json.dumps({"name": name, "fingerprint": fingerprint}, separators=(",", ":"))
+        rkey = keys.idempotency(namespace, key)
+        try:
+            for _ in range(3):
+                if await self.redis.set(rkey, value, nx=True, ex=ttl):
+                    return Claim(True, name, fingerprint, value)
+                existing = await self.redis.get(rkey)
+                if existing is not None:  # else it expired between SET and GET: try again
+                    text = existing.decode() if isinstance(existing, bytes) else str(existing)
+                    data = json.loads(text)
+                    return Claim(False, str(data["name"]), str(data["fingerprint"]), text)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        raise ApiError(503, "idempotency key is churning, retry later")
+
+    async def release(self, namespace: str, key: str, claim: Claim) -> None:
+        """Give up a claim whose job could not be created, so a retry can create it."""
+        try:
+            await self.redis.eval(_RELEASE, 1, keys.idempotency(namespace, key), claim.raw)
+        except (RedisError, OSError) as exc:
+            log.warning("idempotency claim not released", extra={"error": repr(exc)})
+
+    async def progress(self, uid: str) -> tuple[int, int] | None:
+        """The job's own (done, total), fresher than the RJ status; None if not written yet."""
+        try:
+            done, total = await self.redis.hmget(keys.job_progress(uid), ["done", "total"])
+        except (RedisError, OSError) as exc:
+            log.warning("progress not read", extra={"error": repr(exc)})
+            return None
+        if done is None or total is None:
+            return None
+        try:
+            return int(done), int(total)
+        except ValueError:
+            return None
+
+    async def results(self, uid: str) -> dict[str, Any] | None:
+        """The results hash with its JSON fields decoded; None if the job wrote none."""
+        try:
+            raw = await self.redis.hgetall(keys.job_results(uid))
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        if not raw:
+            return None
+        out: dict[str, Any] = {}
+        for field, value in raw.items():
+            name = field.decode() if isinstance(field, bytes) else str(field)
+            try:
+                out[name] = json.loads(value)
+            except ValueError:
+                out[name] = value.decode(errors="replace") if isinstance(value, bytes) else value
+        return out
