@@ -155,7 +155,7 @@ class _Stream:
         self.pos += n
         return chunk
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         control = self._take(1)[0]
         size = control & 0x0F
         if size > 8:
@@ -163,51 +163,51 @@ class _Stream:
         value = int.from_bytes(self._take(size), "little")
         return -value if control & 0x80 else value
 
-    def float(self) -> float:
-        mantissa = self.int()
-        exponent = self.int()
+    def read_float(self) -> float:
+        mantissa = self.read_int()
+        exponent = self.read_int()
         if abs(exponent) > 2000:  # dlib's inf/nan markers: never valid in a trained model
             raise DlibFormatError("non-finite float in the model")
         return float(mantissa) * 2.0**exponent
 
-    def string(self) -> str:
-        return self._take(self.int()).decode("ascii")
+    def read_string(self) -> str:
+        return self._take(self.read_int()).decode("ascii")
 
-    def bool(self) -> bool:
+    def read_bool(self) -> bool:
         ch = self._take(1)
         if ch not in (b"0", b"1"):
             raise DlibFormatError(f"bad bool {ch!r} at {self.pos - 1}")
         return ch == b"1"
 
-    def tensor(self) -> Array:
-        if (version := self.int()) != 2:
+    def read_tensor(self) -> Array:
+        if (version := self.read_int()) != 2:
             raise DlibFormatError(f"unknown tensor version {version}")
-        shape = tuple(self.int() for _ in range(4))
+        shape = tuple(self.read_int() for _ in range(4))
         count = int(np.prod(shape))
         raw = self._take(4 * count)
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
-    def alias(self) -> tuple[int, ...]:
-        if (version := self.int()) != 1:
+    def read_alias(self) -> tuple[int, ...]:
+        if (version := self.read_int()) != 1:
             raise DlibFormatError(f"unknown alias_tensor version {version}")
-        return tuple(self.int() for _ in range(4))
+        return tuple(self.read_int() for _ in range(4))
 
     def expect(self, name: str) -> None:
-        found = self.string()
+        found = self.read_string()
         if found != name:
             raise DlibFormatError(f"expected {name!r}, found {found!r}")
 
 
 def _read_details(s: _Stream) -> tuple[str, Layer | None]:
     """One layer's details; returns its token kind and the parsed layer (None for markers)."""
-    name = s.string()
+    name = s.read_string()
     if name == "con_4":
-        params = s.tensor().reshape(-1)
-        n_filters, nr, nc, stride_y, stride_x, pad_y, pad_x = (s.int() for _ in range(7))
-        filters = s.alias()
-        bias_shape = s.alias()
+        params = s.read_tensor().reshape(-1)
+        n_filters, nr, nc, stride_y, stride_x, pad_y, pad_x = (s.read_int() for _ in range(7))
+        filters = s.read_alias()
+        bias_shape = s.read_alias()
         for _ in range(4):  # learning-rate and weight-decay multipliers
-            s.float()
+            s.read_float()
         if nr != nc or stride_y != stride_x or pad_y != pad_x:
             raise DlibFormatError("only square convolutions are supported")
         n_weights = int(np.prod(filters))
@@ -216,17 +216,17 @@ def _read_details(s: _Stream) -> tuple[str, Layer | None]:
         weight = params[:n_weights].reshape(filters)
         return "con", Conv(weight, params[n_weights:].copy(), stride_y, pad_y)
     if name == "affine_":
-        params = s.tensor().reshape(-1)
-        gamma_shape = s.alias()
-        s.alias()  # beta has gamma's shape
-        if s.int() != 0:  # CONV_MODE (0): one gamma/beta per channel
+        params = s.read_tensor().reshape(-1)
+        gamma_shape = s.read_alias()
+        s.read_alias()  # beta has gamma's shape
+        if s.read_int() != 0:  # CONV_MODE (0): one gamma/beta per channel
             raise DlibFormatError("only per-channel affine layers are supported")
         k = int(np.prod(gamma_shape))
         return "affine", Affine(params[:k].copy(), params[k : 2 * k].copy())
     if name == "relu_":
         return "relu", Relu()
     if name in ("max_pool_2", "avg_pool_2"):
-        nr, nc, stride_y, stride_x, pad_y, pad_x = (s.int() for _ in range(6))
+        nr, nc, stride_y, stride_x, pad_y, pad_x = (s.read_int() for _ in range(6))
         if nr != nc or stride_y != stride_x or pad_y != pad_x:
             raise DlibFormatError("only square pooling is supported")
         kind: Literal["max", "avg"] = "max" if name.startswith("max") else "avg"
@@ -234,13 +234,13 @@ def _read_details(s: _Stream) -> tuple[str, Layer | None]:
     if name == "add_prev_":
         return "add_prev", None
     if name == "fc_2":
-        n_out, n_in = s.int(), s.int()
-        params = s.tensor().reshape(-1)
-        s.alias()
-        s.alias()
-        s.int()  # bias mode, implied by the parameter count below
+        n_out, n_in = s.read_int(), s.read_int()
+        params = s.read_tensor().reshape(-1)
+        s.read_alias()
+        s.read_alias()
+        s.read_int()  # bias mode, implied by the parameter count below
         for _ in range(4):
-            s.float()
+            s.read_float()
         if params.size == n_in * n_out:
             return "fc", Fc(params.reshape(n_in, n_out).copy(), None)
         if params.size == (n_in + 1) * n_out:
@@ -252,23 +252,23 @@ def _read_details(s: _Stream) -> tuple[str, Layer | None]:
 
 def _read_add_layer_tail(s: _Stream) -> None:
     for _ in range(3):
-        s.bool()
+        s.read_bool()
     for _ in range(3):  # x_grad, cached_output, params_grad/grad_final: training state
-        s.tensor()
+        s.read_tensor()
 
 
 def parse_dlib_net(data: bytes) -> DlibNet:
     """Parse the serialised network and check it is dlib's published face-recognition ResNet."""
     s = _Stream(data)
-    if s.int() != 1:
+    if s.read_int() != 1:
         raise DlibFormatError("unknown add_loss_layer version")
     s.expect("loss_metric_2")
-    s.float()  # margin: training only
-    dist_thresh = s.float()
+    s.read_float()  # margin: training only
+    dist_thresh = s.read_float()
 
     versions: list[int] = []
     while True:
-        v = s.int()
+        v = s.read_int()
         if v not in (1, 2, 3):
             raise DlibFormatError(f"unknown layer version {v}")
         versions.append(v)
@@ -276,8 +276,8 @@ def parse_dlib_net(data: bytes) -> DlibNet:
             break
 
     s.expect("input_rgb_image_sized")
-    mean = (s.float(), s.float(), s.float())
-    nr, nc = s.int(), s.int()
+    mean = (s.read_float(), s.read_float(), s.read_float())
+    nr, nc = s.read_int(), s.read_int()
     if nr != nc:
         raise DlibFormatError("only square inputs are supported")
     net_input = InputRGB(mean, nr)
@@ -289,7 +289,7 @@ def parse_dlib_net(data: bytes) -> DlibNet:
             continue
         found.append(_read_details(s))
         _read_add_layer_tail(s)
-        if i == 0 and s.int() != 1:  # bottom layer: sample expansion factor
+        if i == 0 and s.read_int() != 1:  # bottom layer: sample expansion factor
             raise DlibFormatError("unexpected sample expansion factor")
     if s.pos != len(s.data):
         raise DlibFormatError(f"{len(s.data) - s.pos} trailing bytes")

@@ -10,14 +10,16 @@ one row/column); ONNX Add only broadcasts, so the converter tracks static shapes
 from __future__ import annotations
 
 from itertools import count
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rollcall_job.models.dlib_format import (
-    Affine,
     AddPrev,
+    Affine,
     Conv,
     DlibNet,
     Fc,
@@ -47,12 +49,12 @@ class _Graph:
     def name(self, stem: str) -> str:
         return f"{stem}_{next(self._ids)}"
 
-    def const(self, stem: str, value: np.ndarray) -> str:  # type: ignore[type-arg]
+    def const(self, stem: str, value: npt.NDArray[Any]) -> str:
         name = self.name(stem)
         self.inits.append(numpy_helper.from_array(value, name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
         out = self.name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out

@@ -12,8 +12,8 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from rollcall_job.models.dlib_format import (
-    Affine,
     AddPrev,
+    Affine,
     Conv,
     DlibNet,
     Fc,

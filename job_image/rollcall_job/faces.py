@@ -1,0 +1,193 @@
+"""The face engine the pipeline uses: detect, align, embed, as the model cards say.
+
+Everything model-specific (input size, colour order, normalisation, layout, template, metric)
+comes from the cards in the model directory, so swapping the embedder for a school's own ONNX
+model is a matter of files, not code. Logs carry counts and timings only, never face data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from rollcall_job.align import warp_face
+from rollcall_job.models.cache import models_dir
+from rollcall_job.models.cards import DETECTOR_CARD, EMBEDDER_CARD, ModelCard, load_card
+from rollcall_job.models.mtcnn import Mtcnn
+from rollcall_job.runtime import Model, load_model
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR_ENV = "ROLLCALL_MODEL_DIR"
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
+    score: float
+    landmarks: npt.NDArray[np.float32]  # (5, 2): left eye, right eye, nose, mouth left, right
+
+    @property
+    def size(self) -> float:
+        """The shorter side of the box, the quantity the minimum face size limits."""
+        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+
+class FaceEngine:
+    """Detector + embedder sessions built from two cards; thread-compatible, not thread-safe."""
+
+    def __init__(
+        self,
+        detector_card: ModelCard,
+        embedder_card: ModelCard,
+        detector: Mtcnn,
+        embedder: Model,
+        *,
+        min_face_px: int = 40,
+    ) -> None:
+        if min_face_px < 12:
+            raise ValueError("min_face_px below 12 is smaller than the detector's cell")
+        self.detector_card = detector_card
+        self.embedder_card = embedder_card
+        self.min_face_px = min_face_px
+        self._detector = detector
+        self._embedder = embedder
+        card = embedder_card
+        assert card.input_size is not None and card.template is not None  # the card validates
+        self._crop_size: tuple[int, int] = card.input_size
+        self._template = card.template
+        self._scale = np.float32(card.scale)
+        self._mean = np.asarray(card.mean, dtype=np.float32)
+        self._std = np.asarray(card.std, dtype=np.float32)
+
+    @property
+    def embedding_dim(self) -> int:
+        assert self.embedder_card.embedding_dim is not None
+        return self.embedder_card.embedding_dim
+
+    @property
+    def providers(self) -> list[str]:
+        return self._embedder.providers
+
+    def detect(self, image_bgr: npt.NDArray[np.uint8]) -> list[DetectedFace]:
+        """Faces whose box's shorter side is at least ``min_face_px``, best score first."""
+        found = self._detector.detect(image_bgr, self.min_face_px)
+        faces = [
+            DetectedFace(
+                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                score=float(s),
+                landmarks=np.ascontiguousarray(m, dtype=np.float32),
+            )
+            for b, s, m in zip(found.boxes, found.scores, found.landmarks, strict=True)
+        ]
+        kept = [f for f in faces if f.size >= self.min_face_px]
+        if len(kept) < len(faces):
+            log.debug("dropped %d faces below %d px", len(faces) - len(kept), self.min_face_px)
+        return sorted(kept, key=lambda f: -f.score)
+
+    def align(
+        self, image_bgr: npt.NDArray[np.uint8], faces: Sequence[DetectedFace]
+    ) -> list[npt.NDArray[np.uint8]]:
+        """BGR crops of the embedder's input size, landmarks moved onto its template."""
+        return [warp_face(image_bgr, f.landmarks, self._template, self._crop_size) for f in faces]
+
+    def embed(
+        self, image_bgr: npt.NDArray[np.uint8], faces: Sequence[DetectedFace]
+    ) -> npt.NDArray[np.float32]:
+        """(len(faces), dim) embeddings, in the order of ``faces``."""
+        return self.embed_aligned(self.align(image_bgr, faces))
+
+    def embed_aligned(self, crops: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+        """Embeddings of BGR crops already aligned to the card (what ``align`` returns)."""
+        if len(crops) == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        w, h = self._crop_size
+        batch = np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
+        if batch.shape[1:] != (h, w, 3):
+            raise ValueError(f"crops must be ({h}, {w}, 3) BGR, got {batch.shape[1:]}")
+        out = self._embedder.run(self._prepare(batch))[0]
+        return np.ascontiguousarray(out.reshape(len(crops), -1), dtype=np.float32)
+
+    def _prepare(self, batch_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        ordered = batch_bgr[..., ::-1] if self.embedder_card.colour == "RGB" else batch_bgr
+        x = (ordered.astype(np.float32) * self._scale - self._mean) / self._std
+        if self.embedder_card.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _input_shape(card: ModelCard, n: int) -> tuple[int, int, int, int]:
+    assert card.input_size is not None
+    w, h = card.input_size
+    return (n, 3, h, w) if card.layout == "NCHW" else (n, h, w, 3)
+
+
+def load_engine(
+    model_dir: Path,
+    *,
+    providers: Sequence[str] | None = None,
+    threads: int = 0,
+    batch_size: int = 32,
+    min_face_px: int = 40,
+) -> FaceEngine:
+    """Open ``detector.card.json`` and ``embedder.card.json`` in ``model_dir`` and their models.
+
+    Each session runs once on zeros before this returns, so the first photo is not slower.
+    """
+    detector_card = load_card(model_dir / DETECTOR_CARD)
+    embedder_card = load_card(model_dir / EMBEDDER_CARD)
+    if detector_card.kind != "detector" or embedder_card.kind != "embedder":
+        raise ValueError("detector.card.json / embedder.card.json describe the wrong kinds")
+
+    def stage(role: str) -> Model:
+        return load_model(
+            detector_card.path(role, model_dir),
+            providers=providers,
+            threads=threads,
+            batch_size=256,  # R-Net/O-Net candidates are tiny; batch them all
+        )
+
+    pnet, rnet, onet = stage("pnet"), stage("rnet"), stage("onet")
+    detector = Mtcnn(detector_card, pnet.run, rnet.run, onet.run)
+    embedder = load_model(
+        embedder_card.path("model", model_dir),
+        providers=providers,
+        threads=threads,
+        batch_size=batch_size,
+        warm_up_shape=_input_shape(embedder_card, 1),
+    )
+    engine = FaceEngine(detector_card, embedder_card, detector, embedder, min_face_px=min_face_px)
+    # Warm the detector path too (pyramid, R-Net, O-Net shapes) on a small blank frame.
+    engine.detect(np.zeros((2 * min_face_px, 2 * min_face_px, 3), dtype=np.uint8))
+    for model, size in ((rnet, 24), (onet, 48)):
+        model.warm_up((1, size, size, 3))
+    log.info(
+        "face engine ready: detector=%s embedder=%s providers=%s",
+        detector_card.id,
+        embedder_card.id,
+        ",".join(embedder.providers),
+    )
+    return engine
+
+
+def default_model_dir() -> Path:
+    """``$ROLLCALL_MODEL_DIR`` (the job image sets it), else where ``build.py`` writes."""
+    if env := os.environ.get(MODEL_DIR_ENV):
+        return Path(env)
+    return models_dir()
+
+
+def read_image(path: Path) -> npt.NDArray[np.uint8]:
+    """Decode a photo file to BGR (raises instead of returning None like cv2.imread)."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode image {path.name}")
+    return np.asarray(image, dtype=np.uint8)

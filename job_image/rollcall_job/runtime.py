@@ -1,0 +1,103 @@
+"""onnxruntime sessions: provider choice, threading, warm-up, batched runs.
+
+One factory so every model in the container runs under the same settings: CUDA first when the
+installed onnxruntime offers it (the GPU image installs onnxruntime-gpu), otherwise CPU; a fixed
+thread budget so several sessions in one pod do not oversubscribe the cores they were given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """The providers to use: the requested ones that are installed, CPU always last.
+
+    With nothing requested: CUDA when available, then CPU.
+    """
+    available = set(ort.get_available_providers())
+    wanted = list(requested) if requested else [CUDA, CPU]
+    chosen = [p for p in wanted if p in available and p != CPU]
+    unknown = [p for p in wanted if p not in available]
+    if unknown and requested:
+        log.warning("onnxruntime providers not installed, skipped: %s", ", ".join(unknown))
+    return [*chosen, CPU]
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """Full graph optimisation; ``threads`` intra-op threads (0: onnxruntime's choice)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = max(threads, 0)
+    opts.inter_op_num_threads = 1  # one graph at a time; the parallelism is inside ops
+    opts.log_severity_level = 3
+    return opts
+
+
+def make_session(
+    path: Path, *, providers: Sequence[str] | None = None, threads: int = 0
+) -> ort.InferenceSession:
+    return ort.InferenceSession(
+        str(path), sess_options=session_options(threads), providers=choose_providers(providers)
+    )
+
+
+class Model:
+    """A session with one input, run in batches of at most ``batch_size``."""
+
+    def __init__(self, session: ort.InferenceSession, batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.session = session
+        self.batch_size = batch_size
+        self.input_name: str = session.get_inputs()[0].name
+        self.output_names: list[str] = [o.name for o in session.get_outputs()]
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run(self, x: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+        """All outputs for the whole batch ``x``, computed ``batch_size`` rows at a time."""
+        if len(x) <= self.batch_size:
+            return self._run_one(x)
+        parts = [
+            self._run_one(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)
+        ]
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(self.output_names))]
+
+    def _run_one(self, x: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+        outs: list[Any] = self.session.run(self.output_names, {self.input_name: x})
+        return [np.asarray(o, dtype=np.float32) for o in outs]
+
+    def warm_up(self, shape: Sequence[int]) -> None:
+        """One run on zeros, so the first real request does not pay for allocations."""
+        self._run_one(np.zeros(tuple(shape), dtype=np.float32))
+
+
+def load_model(
+    path: Path,
+    *,
+    providers: Sequence[str] | None = None,
+    threads: int = 0,
+    batch_size: int = 32,
+    warm_up_shape: Sequence[int] | None = None,
+) -> Model:
+    model = Model(make_session(path, providers=providers, threads=threads), batch_size)
+    if warm_up_shape is not None:
+        model.warm_up(warm_up_shape)
+    return model
+
