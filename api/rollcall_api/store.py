@@ -92,18 +92,33 @@ class Store:
             return None
 
     async def results(self, uid: str) -> dict[str, Any] | None:
-        """The results hash with its JSON fields decoded; None if the job wrote none."""
+        """The published results (field -> decoded JSON); None if the job wrote none."""
         try:
             raw = await self.redis.hgetall(keys.job_results(uid))
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
         if not raw:
             return None
-        out: dict[str, Any] = {}
-        for field, value in raw.items():
-            name = field.decode() if isinstance(field, bytes) else str(field)
-            try:
-                out[name] = json.loads(value)
-            except ValueError:
-                out[name] = value.decode(errors="replace") if isinstance(value, bytes) else value
-        return out
+        return decode_results({_text(k): _text(v) for k, v in raw.items()})
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def decode_results(fields: dict[str, str]) -> dict[str, Any]:
+    """Join and decode the job's results hash (``rollcall_job.results`` writes it).
+
+    A big field is split over ``name``, ``name:1``... with ``parts`` = {name: count}; the hash is
+    renamed into place whole, so a missing part means corruption, reported as an error.
+    """
+    if "parts" not in fields:
+        raise ApiError(502, "stored results are incomplete", code="results_corrupt")
+    out: dict[str, Any] = {}
+    try:
+        for name, n in json.loads(fields["parts"]).items():
+            text = "".join(fields[name if i == 0 else f"{name}:{i}"] for i in range(int(n)))
+            out[str(name)] = json.loads(text)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise ApiError(502, "stored results are incomplete", code="results_corrupt") from None
+    return out
