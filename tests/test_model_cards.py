@@ -1,0 +1,157 @@
+"""Model cards: built-ins are complete, incomplete cards are refused, and a school's own
+embedder (here a tiny generated ONNX model with a cosine card) runs without code changes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from pydantic import ValidationError
+
+from rollcall_job.faces import load_engine, read_image
+from rollcall_job.models.assets import photo
+from rollcall_job.models.build import build_models
+from rollcall_job.models.cards import (
+    DETECTOR_CARD,
+    EMBEDDER_CARD,
+    ModelCard,
+    dlib_chip_template,
+    dlib_resnet_card,
+    load_card,
+    mtcnn_card,
+    write_card,
+)
+
+
+@pytest.mark.parametrize("card", [dlib_resnet_card(), mtcnn_card()], ids=["embedder", "detector"])
+def test_builtin_cards_round_trip_through_json(card: ModelCard, tmp_path: Path) -> None:
+    path = tmp_path / "x.card.json"
+    write_card(card, path)
+    assert load_card(path) == card
+
+
+def test_dlib_card_says_euclidean_at_0_6() -> None:
+    card = dlib_resnet_card()
+    assert (card.metric, card.threshold, card.embedding_dim, card.input_size) == (
+        "euclidean",
+        0.6,
+        128,
+        (150, 150),
+    )
+
+
+def test_dlib_template_is_a_symmetric_face_inside_the_chip() -> None:
+    (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = dlib_chip_template(150, 0.25)
+    assert 0 < lx < nx < rx < 150 and 0 < mlx < nx < mrx < 150
+    assert ly == pytest.approx(ry, abs=0.5) and mly == pytest.approx(mry, abs=0.5)
+    assert ly < ny < mly
+    assert (lx + rx) / 2 == pytest.approx(75, abs=2)  # centred
+    # No padding and unit size gives dlib's unit-square mean face back.
+    assert dlib_chip_template(1, 0.0)[2] == pytest.approx((0.490127, 0.515625))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"template": None}, "template"),
+        ({"metric": None}, "metric"),
+        ({"files": {"weights": "x.onnx"}}, "files.model"),
+        ({"std": (1.0, 0.0, 1.0)}, "std"),
+        ({"layout": "CHWN"}, "layout"),
+        ({"colour": "GRAY"}, "colour"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_incomplete_or_wrong_embedder_cards_are_refused(
+    change: dict[str, object], message: str
+) -> None:
+    data = dlib_resnet_card().model_dump()
+    data.update(change)
+    with pytest.raises(ValidationError, match=message):
+        ModelCard.model_validate(data)
+
+
+def test_detector_cards_need_a_known_family_and_its_files() -> None:
+    data = mtcnn_card().model_dump()
+    with pytest.raises(ValidationError, match="unknown detector family"):
+        ModelCard.model_validate({**data, "family": "yolo"})
+    with pytest.raises(ValidationError, match="onet"):
+        ModelCard.model_validate({**data, "files": {"pnet": "p.onnx", "rnet": "r.onnx"}})
+
+
+def test_yaml_cards_load(tmp_path: Path) -> None:
+    pytest.importorskip("yaml")
+    path = tmp_path / "embedder.card.yaml"
+    path.write_text(
+        "id: arcface-r50\nkind: embedder\nfamily: arcface\nfiles: {model: w600k_r50.onnx}\n"
+        "input_size: [112, 112]\nlayout: NCHW\ncolour: RGB\nmean: [127.5, 127.5, 127.5]\n"
+        "std: [127.5, 127.5, 127.5]\nmetric: cosine\nthreshold: 0.5\nembedding_dim: 512\n"
+        "template: [[38.29, 51.70], [73.53, 51.50], [56.03, 71.74],\n"
+        "           [41.55, 92.37], [70.73, 92.20]]\n"
+    )
+    card = load_card(path)
+    assert card.metric == "cosine" and card.input_size == (112, 112)
+
+
+def _tiny_embedder(weights: npt.NDArray[np.float32]) -> onnx.ModelProto:
+    """NCHW float input (n, 3, 112, 112) -> per-channel means @ weights: (n, 4)."""
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 112, 112])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(weights.astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.models
+def test_a_schools_own_embedder_runs_from_its_card(tmp_path: Path) -> None:
+    built = build_models()
+    weights = np.arange(12, dtype=np.float32).reshape(3, 4) - 5.0
+    onnx.save(_tiny_embedder(weights), tmp_path / "tiny.onnx")
+    card = ModelCard(
+        id="tiny-cosine",
+        kind="embedder",
+        family="test",
+        files={"model": "tiny.onnx"},
+        input_size=(112, 112),
+        layout="NCHW",
+        colour="RGB",
+        mean=(127.5, 127.5, 127.5),
+        std=(127.5, 127.5, 127.5),
+        template=((38.29, 51.70), (73.53, 51.50), (56.03, 71.74), (41.55, 92.37), (70.73, 92.20)),
+        metric="cosine",
+        threshold=0.5,
+        embedding_dim=4,
+    )
+    (tmp_path / EMBEDDER_CARD).write_text(card.model_dump_json())
+    # Reuse the built detector: card files may point elsewhere (absolute paths here).
+    detector = json.loads((built / DETECTOR_CARD).read_text())
+    detector["files"] = {k: str(built / v) for k, v in detector["files"].items()}
+    (tmp_path / DETECTOR_CARD).write_text(json.dumps(detector))
+
+    engine = load_engine(tmp_path, threads=1)
+    image = read_image(photo("astronaut.png"))
+    faces = engine.detect(image)
+    assert len(faces) == 1
+    crops = engine.align(image, faces)
+    assert crops[0].shape == (112, 112, 3)
+    got = engine.embed(image, faces)
+    # What the card promises: RGB order, (x - 127.5) / 127.5, then the model.
+    rgb = crops[0][..., ::-1].astype(np.float64)
+    expected = ((rgb - 127.5) / 127.5).mean(axis=(0, 1)) @ weights
+    assert got.shape == (1, 4)
+    np.testing.assert_allclose(got[0], expected, rtol=1e-4, atol=1e-4)
