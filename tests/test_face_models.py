@@ -77,7 +77,9 @@ def test_group_photo_gives_one_face_per_person(engine: FaceEngine) -> None:
 def test_faces_below_the_minimum_size_are_dropped() -> None:
     image = read_image(photo("t1.jpg"))
     # About 30 px faces: found with a 15 px minimum, all dropped with the default 40 px.
-    small = np.asarray(cv2.resize(image, None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA))
+    small = np.asarray(
+        cv2.resize(image, None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA), dtype=np.uint8
+    )
     permissive = load_engine(build_models(), threads=2, min_face_px=15).detect(small)
     assert len(permissive) >= 5
     assert all(f.size < 40 for f in permissive)
