@@ -1,0 +1,125 @@
+"""The generated CRD on the real kube-apiserver: defaults applied, valid RJs stored, bad ones refused
+with a message an IT admin can act on."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from rollcall_operator.model import GROUP, PLURAL, VERSION
+
+pytestmark = pytest.mark.k8s
+
+
+def manifest(name: str = "math-7b", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RecognitionJob",
+        "metadata": {"name": name},
+        "spec": {
+            "classCode": "MATH-7B",
+            "images": {"claimName": "photos", "subPath": "2026-11-27/p1"},
+            "roster": ["s1", "s2"],
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def create(api: client.ApiClient, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+    got: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, body
+    )
+    return got
+
+
+def test_valid_rj_is_stored_with_defaults(
+    k8s_api: client.ApiClient, crds: list[str], namespace: str
+) -> None:
+    stored = create(k8s_api, namespace, manifest())
+    spec = stored["spec"]
+    assert spec["mode"] == "identify"
+    assert spec["matching"] == {"topK": 1}
+    assert spec["resources"] == {"gpus": 1, "cpu": "2", "memory": "4Gi"}
+    assert spec["runPolicy"] == {
+        "backoffLimit": 2, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 86400,
+        "suspend": False,
+    }
+    assert spec["model"] == "default" and spec["priority"] == 0
+    assert spec["output"] == {"ttlSeconds": 604800, "annotate": False}
+
+
+def test_enroll_needs_no_roster(k8s_api: client.ApiClient, crds: list[str], namespace: str) -> None:
+    body = manifest(mode="enroll")
+    del body["spec"]["roster"]
+    assert create(k8s_api, namespace, body)["spec"]["roster"] == []
+
+
+BAD: list[tuple[str, dict[str, Any], str]] = [
+    ("identify without roster", {"roster": []}, "roster is required in identify mode"),
+    ("repeated student id", {"roster": ["s1", "s1"]}, "Duplicate value"),
+    ("escape the volume", {"images": {"claimName": "photos", "subPath": "a/../../etc"}},
+     "must stay inside the volume"),
+    ("absolute path", {"images": {"claimName": "photos", "subPath": "/etc"}}, "subPath"),
+    ("threshold out of range", {"matching": {"threshold": 7}}, "threshold"),
+    ("unknown mode", {"mode": "guess"}, "Unsupported value"),
+    ("class code with spaces", {"classCode": "math 7b"}, "classCode"),
+    ("too many GPUs", {"resources": {"gpus": 64}}, "gpus"),
+    ("deadline too short", {"runPolicy": {"activeDeadlineSeconds": 1}}, "activeDeadlineSeconds"),
+    ("callback without secret", {"callback": {"url": "https://x.example/hook"}}, "secretRef"),
+]
+
+
+@pytest.mark.parametrize(("patch", "needle"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_malformed_rj_is_rejected_with_a_clear_message(
+    k8s_api: client.ApiClient, crds: list[str], namespace: str, patch: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ApiException) as err:
+        create(k8s_api, namespace, manifest(**patch))
+    assert err.value.status == 422
+    assert needle in err.value.body, err.value.body
+
+
+def test_missing_class_code_is_rejected(
+    k8s_api: client.ApiClient, crds: list[str], namespace: str
+) -> None:
+    body = manifest()
+    del body["spec"]["classCode"]
+    with pytest.raises(ApiException) as err:
+        create(k8s_api, namespace, body)
+    assert "spec.classCode: Required value" in err.value.body
+
+
+def test_spec_is_immutable_except_suspend(
+    k8s_api: client.ApiClient, crds: list[str], namespace: str
+) -> None:
+    api = client.CustomObjectsApi(k8s_api)
+    create(k8s_api, namespace, manifest())
+    ok = api.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "math-7b", {"spec": {"runPolicy": {"suspend": True}}}
+    )
+    assert ok["spec"]["runPolicy"]["suspend"] is True
+    with pytest.raises(ApiException) as err:
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "math-7b", {"spec": {"roster": ["s9"]}}
+        )
+    assert "spec cannot change once the RecognitionJob exists" in err.value.body
+
+
+def test_status_is_a_subresource(
+    k8s_api: client.ApiClient, crds: list[str], namespace: str
+) -> None:
+    api = client.CustomObjectsApi(k8s_api)
+    body = copy.deepcopy(manifest())
+    body["status"] = {"phase": "Succeeded"}
+    assert "status" not in create(k8s_api, namespace, body)
+    patched = api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "math-7b",
+        {"status": {"phase": "Running", "progress": {"done": 1, "total": 3, "text": "1/3"}}},
+    )
+    assert patched["status"]["phase"] == "Running"
+    assert patched["status"]["attempts"] == 0  # status defaults apply too
