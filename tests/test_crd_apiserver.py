@@ -1,5 +1,5 @@
-"""The generated CRD on the real kube-apiserver: defaults applied, valid RJs stored, bad ones refused
-with a message an IT admin can act on."""
+"""The generated CRD on the real kube-apiserver: defaults applied, valid RJs stored, bad ones
+refused with a message an IT admin can act on."""
 
 from __future__ import annotations
 
