@@ -31,7 +31,8 @@ def manifest(name: str = "math-7b", **spec: Any) -> dict[str, Any]:
 
 
 def create(api: client.ApiClient, ns: str, body: dict[str, Any]) -> dict[str, Any]:
-    got: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
+    custom: Any = client.CustomObjectsApi(api)
+    got: dict[str, Any] = custom.create_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, body
     )
     return got
@@ -81,7 +82,7 @@ def test_malformed_rj_is_rejected_with_a_clear_message(
     with pytest.raises(ApiException) as err:
         create(k8s_api, namespace, manifest(**patch))
     assert err.value.status == 422
-    assert needle in err.value.body, err.value.body
+    assert needle in str(err.value.body), err.value.body
 
 
 def test_missing_class_code_is_rejected(
@@ -91,13 +92,13 @@ def test_missing_class_code_is_rejected(
     del body["spec"]["classCode"]
     with pytest.raises(ApiException) as err:
         create(k8s_api, namespace, body)
-    assert "spec.classCode: Required value" in err.value.body
+    assert "spec.classCode: Required value" in str(err.value.body)
 
 
 def test_spec_is_immutable_except_suspend(
     k8s_api: client.ApiClient, crds: list[str], namespace: str
 ) -> None:
-    api = client.CustomObjectsApi(k8s_api)
+    api: Any = client.CustomObjectsApi(k8s_api)
     create(k8s_api, namespace, manifest())
     ok = api.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "math-7b", {"spec": {"runPolicy": {"suspend": True}}}
@@ -107,13 +108,13 @@ def test_spec_is_immutable_except_suspend(
         api.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, "math-7b", {"spec": {"roster": ["s9"]}}
         )
-    assert "spec cannot change once the RecognitionJob exists" in err.value.body
+    assert "spec cannot change once the RecognitionJob exists" in str(err.value.body)
 
 
 def test_status_is_a_subresource(
     k8s_api: client.ApiClient, crds: list[str], namespace: str
 ) -> None:
-    api = client.CustomObjectsApi(k8s_api)
+    api: Any = client.CustomObjectsApi(k8s_api)
     body = copy.deepcopy(manifest())
     body["status"] = {"phase": "Succeeded"}
     assert "status" not in create(k8s_api, namespace, body)
