@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import uuid
@@ -20,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from rollcall_api.app import create_app
+from rollcall_api.logs import JsonFormatter, RequestIdFilter
 from rollcall_api.settings import Settings
 from rollcall_api.testing import serve_in_thread, write_key_file
 from rollcall_job import keys
@@ -60,16 +62,27 @@ def other_namespace(k8s_api: client.ApiClient) -> Iterator[str]:
 
 @pytest.fixture
 def api_settings(
-    tmp_path: Path, kubeconfig: Path, redis_url: str, crds: list[str], namespace: str,
+    tmp_path: Path,
+    kubeconfig: Path,
+    redis_url: str,
+    crds: list[str],
+    namespace: str,
     other_namespace: str,
 ) -> tuple[Settings, dict[str, str]]:
     issued = write_key_file(
         tmp_path / "keys.yaml",
-        {"north": [namespace], "south": [other_namespace], "district": [namespace, other_namespace]},
+        {
+            "north": [namespace],
+            "south": [other_namespace],
+            "district": [namespace, other_namespace],
+        },
     )
     settings = Settings(
-        kubeconfig=kubeconfig, keys_file=tmp_path / "keys.yaml", redis_url=redis_url,
-        keys_reload_seconds=0, events_poll_seconds=0.2,
+        kubeconfig=kubeconfig,
+        keys_file=tmp_path / "keys.yaml",
+        redis_url=redis_url,
+        keys_reload_seconds=0,
+        events_poll_seconds=0.2,
     )
     return settings, issued
 
@@ -157,7 +170,9 @@ async def test_status_progress_and_summary_read_back(
     api: Api, k8s_api: client.ApiClient, redis_client: redis.Redis
 ) -> None:
     job = (await submit(api)).json()
-    set_status(k8s_api, api.ns, job["id"], {"phase": "Running", "progress": {"done": 3, "total": 10}})
+    set_status(
+        k8s_api, api.ns, job["id"], {"phase": "Running", "progress": {"done": 3, "total": 10}}
+    )
     got = (await api.http.get(f"/v1/recognition-jobs/{job['id']}", headers=api.auth())).json()
     assert got["phase"] == "Running" and got["progress"] == {"done": 3, "total": 10}
 
@@ -167,10 +182,17 @@ async def test_status_progress_and_summary_read_back(
     assert got["progress"] == {"done": 7, "total": 10}
 
     summary = {"images": 10, "faces": 31, "matched": 28, "unknown": 3, "present": 3, "absent": 0}
-    set_status(k8s_api, api.ns, job["id"], {
-        "phase": "Succeeded", "progress": {"done": 10, "total": 10}, "summary": summary,
-        "completionTime": "2026-11-27T10:00:00Z",
-    })
+    set_status(
+        k8s_api,
+        api.ns,
+        job["id"],
+        {
+            "phase": "Succeeded",
+            "progress": {"done": 10, "total": 10},
+            "summary": summary,
+            "completionTime": "2026-11-27T10:00:00Z",
+        },
+    )
     got = (await api.http.get(f"/v1/recognition-jobs/{job['id']}", headers=api.auth())).json()
     assert got["phase"] == "Succeeded" and got["completionTime"] == "2026-11-27T10:00:00Z"
     assert {k: got["summary"][k] for k in summary} == summary
@@ -184,15 +206,24 @@ async def test_results_are_409_until_finished_then_come_from_redis(
     resp = await api.http.get(url, headers=api.auth())
     assert resp.status_code == 409 and resp.json()["error"]["code"] == "not_finished"
 
-    attendance = [{"studentId": "s-001", "present": True, "score": 0.31},
-                  {"studentId": "s-002", "present": False}]
-    photos = [{"file": f"img{i}.jpg", "faces": [{"box": [1, 2, 3, 4], "match": "s-001"}]}
-              for i in range(50)]
+    attendance = [
+        {"studentId": "s-001", "present": True, "score": 0.31},
+        {"studentId": "s-002", "present": False},
+    ]
+    photos = [
+        {"file": f"img{i}.jpg", "faces": [{"box": [1, 2, 3, 4], "match": "s-001"}]}
+        for i in range(50)
+    ]
     summary = {"images": 50, "faces": 50, "matched": 50, "present": 1, "absent": 1}
     # The job's own writer, with tiny chunks so the multi-part layout is exercised too.
-    write_results(redis_client, job["uid"], "a1",
-                  {"summary": summary, "attendance": attendance, "photos": photos},
-                  ttl_seconds=600, chunk_bytes=256)
+    write_results(
+        redis_client,
+        job["uid"],
+        "a1",
+        {"summary": summary, "attendance": attendance, "photos": photos},
+        ttl_seconds=600,
+        chunk_bytes=256,
+    )
     set_status(k8s_api, api.ns, job["id"], {"phase": "Succeeded"})
     resp = await api.http.get(url, headers=api.auth())
     assert resp.status_code == 200, resp.text
@@ -245,8 +276,12 @@ async def test_keys_are_required_and_schools_are_isolated(
 
     job = (await submit(api)).json()
     url = f"/v1/recognition-jobs/{job['id']}"
-    for method, path in [("GET", url), ("GET", f"{url}/results"), ("GET", f"{url}/events"),
-                         ("DELETE", url)]:
+    for method, path in [
+        ("GET", url),
+        ("GET", f"{url}/results"),
+        ("GET", f"{url}/events"),
+        ("DELETE", url),
+    ]:
         resp = await api.http.request(method, path, headers=api.auth("south"))
         assert resp.status_code == 404, (method, path, resp.text)
     assert get_rj(k8s_api, api.ns, job["id"])  # south's DELETE did nothing
@@ -258,8 +293,9 @@ async def test_keys_are_required_and_schools_are_isolated(
     assert rjs(k8s_api, api.other) == []
 
     # A district key holds both namespaces: it chooses, and finds jobs in either.
-    resp = await api.http.post("/v1/recognition-jobs", json={**BODY, "namespace": api.other},
-                               headers=api.auth("district"))
+    resp = await api.http.post(
+        "/v1/recognition-jobs", json={**BODY, "namespace": api.other}, headers=api.auth("district")
+    )
     assert resp.status_code == 202 and resp.json()["namespace"] == api.other
     for job_id in (job["id"], resp.json()["id"]):
         got = await api.http.get(f"/v1/recognition-jobs/{job_id}", headers=api.auth("district"))
@@ -278,8 +314,9 @@ async def test_list_filters_by_class_and_phase_and_pages(
     seen: list[str] = []
     params: dict[str, Any] = {"limit": 2}
     while True:
-        page = (await api.http.get("/v1/recognition-jobs", params=params,
-                                   headers=api.auth())).json()
+        page = (
+            await api.http.get("/v1/recognition-jobs", params=params, headers=api.auth())
+        ).json()
         assert len(page["items"]) <= 2
         seen += [j["id"] for j in page["items"]]
         if not page["continue"]:
@@ -287,30 +324,46 @@ async def test_list_filters_by_class_and_phase_and_pages(
         params["continue"] = page["continue"]
     assert sorted(seen) == sorted(ids)
 
-    a1 = (await api.http.get("/v1/recognition-jobs", params={"classCode": "A1"},
-                             headers=api.auth())).json()
+    a1 = (
+        await api.http.get("/v1/recognition-jobs", params={"classCode": "A1"}, headers=api.auth())
+    ).json()
     assert sorted(j["id"] for j in a1["items"]) == sorted(i for i, v in ids.items() if v[1] == "A1")
-    run = (await api.http.get("/v1/recognition-jobs", params={"phase": "Running"},
-                              headers=api.auth())).json()
+    run = (
+        await api.http.get("/v1/recognition-jobs", params={"phase": "Running"}, headers=api.auth())
+    ).json()
     assert [j["id"] for j in run["items"]] == [running]
-    bad = await api.http.get("/v1/recognition-jobs", params={"continue": "garbage"},
-                             headers=api.auth())
+    bad = await api.http.get(
+        "/v1/recognition-jobs", params={"continue": "garbage"}, headers=api.auth()
+    )
     assert bad.status_code in (400, 422), bad.text
 
 
 async def test_errors_share_one_shape(api: Api, k8s_api: client.ApiClient) -> None:
     cases = [
-        ("POST", "/v1/recognition-jobs", {"content": b"{not json",
-                                          "headers": {"content-type": "application/json"}}, 400),
+        (
+            "POST",
+            "/v1/recognition-jobs",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+        ),
         ("POST", "/v1/recognition-jobs", {"json": {"classCode": "7B"}}, 422),
         ("POST", "/v1/recognition-jobs", {"json": {**BODY, "roster": []}}, 422),
-        ("POST", "/v1/recognition-jobs", {"json": {**BODY, "images": {"claimName": "p",
-                                                                       "subPath": "a/../b"}}}, 422),
+        (
+            "POST",
+            "/v1/recognition-jobs",
+            {"json": {**BODY, "images": {"claimName": "p", "subPath": "a/../b"}}},
+            422,
+        ),
         ("POST", "/v1/recognition-jobs", {"json": {**BODY, "surprise": 1}}, 422),
         ("POST", "/v1/recognition-jobs", {"content": b"x" * 300_000}, 413),
         ("GET", "/v1/recognition-jobs/NOT_A_NAME", {}, 404),
         ("GET", "/v1/recognition-jobs?limit=0", {}, 422),
-        ("POST", "/v1/recognition-jobs", {"json": BODY, "headers": {"Idempotency-Key": "a b"}}, 400),
+        (
+            "POST",
+            "/v1/recognition-jobs",
+            {"json": BODY, "headers": {"Idempotency-Key": "a b"}},
+            400,
+        ),
     ]
     for method, path, kw, status in cases:
         headers = {**api.auth(), **kw.pop("headers", {})}
@@ -322,23 +375,33 @@ async def test_errors_share_one_shape(api: Api, k8s_api: client.ApiClient) -> No
     assert rjs(k8s_api, api.ns) == []
 
 
-async def test_probes_metrics_and_request_ids(
-    api: Api, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_probes_metrics_and_request_ids(api: Api) -> None:
     assert (await api.http.get("/healthz")).status_code == 200
     ready = await api.http.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"apiserver": "ok", "redis": "ok", "keys": "ok"}
-    with caplog.at_level(logging.INFO, logger="rollcall_api"):
+
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("rollcall_api")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
         resp = await submit(api, **{"X-Request-ID": "req-abc-123"})
+    finally:
+        logger.removeHandler(handler)
     assert resp.headers["x-request-id"] == "req-abc-123"
-    access = [r for r in caplog.records if r.name == "rollcall_api.access"]
-    assert access and getattr(access[-1], "request_id", None) is None or True
-    logged = "\n".join(json.dumps(vars(r), default=str) for r in caplog.records)
-    assert api.keys["north"] not in logged
+    records = [json.loads(line) for line in lines.getvalue().splitlines()]
+    access = [r for r in records if r["logger"] == "rollcall_api.access"]
+    assert access[-1]["request_id"] == "req-abc-123" and access[-1]["status"] == 202
+    assert access[-1]["school"] == "north"
+    assert api.keys["north"] not in lines.getvalue()
+
     metrics = (await api.http.get("/metrics")).text
-    assert 'rollcall_api_requests_total{method="POST",route="/v1/recognition-jobs",status="202"}' \
-        in metrics
+    created = 'rollcall_api_requests_total{method="POST",route="/v1/recognition-jobs",status="202"}'
+    assert created in metrics
     assert 'rollcall_api_jobs_created_total{mode="identify"} 1.0' in metrics
 
 
@@ -347,10 +410,10 @@ async def test_readyz_fails_when_redis_is_gone(
 ) -> None:
     settings = api_settings[0].model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://api") as http:
-            resp = await http.get("/readyz")
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api"
+    ) as http:
+        resp = await http.get("/readyz")
     assert resp.status_code == 503
     assert resp.json()["checks"]["redis"] == "unavailable"
 
@@ -358,37 +421,54 @@ async def test_readyz_fails_when_redis_is_gone(
 def _sse(text: str) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for block in text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if not line.startswith(":")
+        )
         if "event" in fields:
             out.append((fields["event"], json.loads(fields["data"])))
     return out
 
 
 def test_events_stream_progress_and_phase_until_the_job_ends_over_http(
-    api_settings: tuple[Settings, dict[str, str]], namespace: str, k8s_api: client.ApiClient,
+    api_settings: tuple[Settings, dict[str, str]],
+    namespace: str,
+    k8s_api: client.ApiClient,
     redis_client: redis.Redis,
 ) -> None:
     settings, issued = api_settings
     auth = {"Authorization": f"Bearer {issued['north']}"}
+    events: list[tuple[str, dict[str, Any]]] = []
     with serve_in_thread(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
         job = http.post("/v1/recognition-jobs", json=BODY, headers=auth).json()
-        events: list[tuple[str, dict[str, Any]]] = []
-        with http.stream("GET", f"/v1/recognition-jobs/{job['id']}/events", headers=auth) as resp:
+        stream = http.stream("GET", f"/v1/recognition-jobs/{job['id']}/events", headers=auth)
+        with stream as resp:
             assert resp.status_code == 200
             assert resp.headers["content-type"].startswith("text/event-stream")
             buf = ""
             # Each step happens once the stream has shown the previous one: (event, key) -> step.
             steps = {
                 ("snapshot", "Pending"): lambda: set_status(
-                    k8s_api, namespace, job["id"], {"phase": "Queued"}),
+                    k8s_api, namespace, job["id"], {"phase": "Queued"}
+                ),
                 ("phase", "Queued"): lambda: set_status(
-                    k8s_api, namespace, job["id"],
-                    {"phase": "Running", "progress": {"done": 0, "total": 4}}),
+                    k8s_api,
+                    namespace,
+                    job["id"],
+                    {"phase": "Running", "progress": {"done": 0, "total": 4}},
+                ),
                 ("phase", "Running"): lambda: redis_client.hset(
-                    keys.job_progress(job["uid"]), mapping={"done": 2, "total": 4}),
-                ("progress", "2"): lambda: set_status(k8s_api, namespace, job["id"], {
-                    "phase": "Succeeded", "progress": {"done": 4, "total": 4},
-                    "summary": {"images": 4, "present": 3, "absent": 0}}),
+                    keys.job_progress(job["uid"]), mapping={"done": 2, "total": 4}
+                ),
+                ("progress", "2"): lambda: set_status(
+                    k8s_api,
+                    namespace,
+                    job["id"],
+                    {
+                        "phase": "Succeeded",
+                        "progress": {"done": 4, "total": 4},
+                        "summary": {"images": 4, "present": 3, "absent": 0},
+                    },
+                ),
             }
             for chunk in resp.iter_text():
                 buf += chunk
