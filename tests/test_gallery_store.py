@@ -72,9 +72,9 @@ def test_load_is_one_round_trip(redis_client: redis.Redis, monkeypatch: pytest.M
     calls = []
     real = redis.client.Pipeline.execute
 
-    def counting(self: redis.client.Pipeline, *a: object, **kw: object) -> object:
+    def counting(self: redis.client.Pipeline, raise_on_error: bool = True) -> object:
         calls.append(len(self.command_stack))
-        return real(self, *a, **kw)
+        return real(self, raise_on_error)
 
     monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
     monkeypatch.setattr(redis.Redis, "execute_command",

@@ -36,7 +36,7 @@ class _EvalExploit:
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
 def test_plain_numeric_arrays_load(protocol: int, dtype: type) -> None:
-    a = (np.arange(128) % 7).astype(dtype)
+    a: np.ndarray = (np.arange(128) % 7).astype(dtype)
     got = safe_loads(pickle.dumps(a, protocol=protocol))
     assert got.dtype == np.float32 and got.tolist() == a.astype(np.float32).tolist()
 

@@ -21,7 +21,8 @@ from rollcall_job.matcher import (
 
 def _rng_unit(n: int, d: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    unit: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

@@ -59,6 +59,7 @@ class JobSettings(BaseSettings):
     threads: int = 0
     min_face_px: int = 40
     max_image_bytes: int = 40 * 1024 * 1024
+    max_image_pixels: int = 64_000_000  # decoded size cap, checked from the header before decoding
     progress_interval_seconds: float = 1.0
     termination_log: Path = Path(TERMINATION_LOG)
 

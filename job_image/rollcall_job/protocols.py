@@ -17,16 +17,16 @@ Embeddings = npt.NDArray[np.float32]
 
 
 class Card(Protocol):
-    """The parts of a model card the pipeline reads."""
+    """The parts of an embedder's model card the pipeline reads (``models.cards.ModelCard``)."""
 
     @property
     def id(self) -> str: ...
     @property
-    def metric(self) -> str: ...  # 'euclidean' | 'cosine'
+    def metric(self) -> str | None: ...  # 'euclidean' | 'cosine'
     @property
-    def threshold(self) -> float: ...
+    def threshold(self) -> float | None: ...  # same person when distance <= / similarity >= it
     @property
-    def dim(self) -> int: ...
+    def embedding_dim(self) -> int | None: ...
 
 
 class Face(Protocol):

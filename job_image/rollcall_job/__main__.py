@@ -1,0 +1,242 @@
+"""``python -m rollcall_job`` / ``rollcall-job``: the recognition container's entry point.
+
+Reads ``JobSettings`` from the ROLLCALL_* environment the operator renders, runs identify or enroll,
+publishes results atomically, writes a <= 4 KiB JSON summary to the termination log and exits with a
+``contract.ExitCode``: BAD_INPUT when retrying cannot help (the Job's podFailurePolicy fails the Job
+at once), TRANSIENT when it can (Redis unreachable), 1 for anything unexpected (retried up to the
+Job's backoffLimit). Logs are JSON lines on stdout with counts and timings only: no embeddings, no
+secrets (the Redis URL's password is redacted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from pydantic import ValidationError
+
+from rollcall_job.contract import TERMINATION_LOG, ExitCode, JobSettings
+from rollcall_job.enroll import enroll, student_photos
+from rollcall_job.gallery import GalleryError, GalleryStore
+from rollcall_job.photos import list_photos
+from rollcall_job.pipeline import BadInput, embedder_spec, identify
+from rollcall_job.progress import Progress, log_sink, redis_sink
+from rollcall_job.protocols import Engine
+from rollcall_job.results import write_results
+from rollcall_job.termination import error_message, summary_message
+
+log = logging.getLogger("rollcall_job")
+# Faces smaller than this are not even looked for in enroll mode (the detector's own floor is 12).
+ENROLL_DETECT_FLOOR_PX = 20
+_STD_ATTRS = set(vars(logging.makeLogRecord({})))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, plus any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update({k: v for k, v in vars(record).items() if k not in _STD_ATTRS})
+        if record.exc_info and record.exc_info[0] is not None:
+            doc["exc"] = record.exc_info[0].__name__
+            doc["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def configure_logging(stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("ROLLCALL_LOG_LEVEL", "INFO").upper())
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (user names are kept: they help debugging)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparseable redis url>"
+
+
+def resolve_model_dir(settings: JobSettings) -> Path:
+    """``model`` "default" is the built-in models; any other name is a sub-folder of cards."""
+    from rollcall_job.faces import default_model_dir
+
+    base = settings.model_dir or default_model_dir()
+    if settings.model in ("", "default"):
+        return base
+    candidate = base / settings.model
+    if settings.model in (".", "..") or "/" in settings.model or not candidate.is_dir():
+        raise BadInput(f"unknown model {settings.model!r}")
+    return candidate
+
+
+EngineLoader = Callable[[JobSettings, int], Engine[Any]]
+
+
+def load_engine(settings: JobSettings, min_face_px: int) -> Engine[Any]:
+    from rollcall_job.faces import load_engine as load
+
+    model_dir = resolve_model_dir(settings)
+    if not model_dir.is_dir():
+        raise BadInput(f"model directory {model_dir} does not exist (run `make models`)")
+    return load(model_dir, providers=settings.providers or None, threads=settings.threads,
+                batch_size=settings.batch_size, min_face_px=min_face_px)
+
+
+def _attempt() -> str:
+    """Unique per try of the Job: the pod name (HOSTNAME) and the process id."""
+    return f"{os.environ.get('HOSTNAME', 'local')}-{os.getpid()}"
+
+
+def run(
+    settings: JobSettings, *, engine_loader: EngineLoader = load_engine
+) -> tuple[dict[str, Any], str]:
+    """Do the job; returns (summary, results key). Raises BadInput / redis errors / anything."""
+    if settings.mode not in ("identify", "enroll"):
+        raise BadInput(f"unknown mode {settings.mode!r}")
+    if not settings.input_dir.is_dir():
+        raise BadInput(f"input directory {settings.input_dir} does not exist")
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=60)
+    try:
+        client.ping()  # fail fast (TRANSIENT) before seconds of model loading
+        if settings.mode == "enroll":
+            return _enroll(settings, client, engine_loader)
+        return _identify(settings, client, engine_loader)
+    finally:
+        client.close()
+
+
+def _progress(settings: JobSettings, client: redis.Redis, total: int) -> Progress:
+    sink = redis_sink(client, settings.job_uid, settings.result_ttl_seconds)
+    progress = Progress(total, [sink, log_sink()], interval=settings.progress_interval_seconds)
+    progress.start()
+    return progress
+
+
+def _identify(
+    settings: JobSettings, client: redis.Redis, engine_loader: EngineLoader
+) -> tuple[dict[str, Any], str]:
+    photos = list_photos(settings.input_dir)
+    if not photos:
+        raise BadInput(f"no photos in {settings.input_dir}")
+    engine = engine_loader(settings, settings.min_face_px)
+    spec = embedder_spec(engine.embedder_card, settings.threshold)
+    gallery = GalleryStore(client).load(settings.gallery, spec.meta, settings.roster or None)
+    if len(gallery) == 0:
+        raise BadInput(f"gallery {settings.gallery!r} has none of the roster enrolled")
+    progress = _progress(settings, client, len(photos))
+    result = identify(
+        engine, photos, gallery,
+        roster=settings.roster, threshold=spec.threshold, top_k=settings.top_k,
+        max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+        annotate_dir=settings.output_dir if settings.annotate else None,
+        on_photo=progress.advance,
+    )
+    progress.finish()
+    key = write_results(client, settings.job_uid, _attempt(), result.documents,
+                        ttl_seconds=settings.result_ttl_seconds)
+    summary: dict[str, Any] = result.documents["summary"]
+    if result.photos_ok == 0:
+        raise BadInput("no photo could be read: " + _first_reasons(summary))
+    return summary, key
+
+
+def _enroll(
+    settings: JobSettings, client: redis.Redis, engine_loader: EngineLoader
+) -> tuple[dict[str, Any], str]:
+    engine = engine_loader(settings, min(settings.min_face_px, ENROLL_DETECT_FLOOR_PX))
+    spec = embedder_spec(engine.embedder_card, settings.threshold)
+    total = sum(len(p) for p in student_photos(settings.input_dir).values())
+    progress = _progress(settings, client, total)
+    outcome = enroll(
+        engine, settings.input_dir,
+        metric=spec.meta.metric, model_id=spec.meta.model_id, min_face_px=settings.min_face_px,
+        max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+        on_photo=progress.advance,
+    )
+    progress.finish()
+    if outcome.students:
+        GalleryStore(client).put(settings.gallery, spec.meta, outcome.students)
+    key = write_results(client, settings.job_uid, _attempt(), outcome.documents,
+                        ttl_seconds=settings.result_ttl_seconds)
+    summary: dict[str, Any] = outcome.documents["summary"]
+    if not outcome.students:
+        raise BadInput("no student could be enrolled: " + _first_reasons(summary))
+    return summary, key
+
+
+def _first_reasons(summary: dict[str, Any]) -> str:
+    failed = summary.get("failed") or []
+    return ", ".join(f"{f['photo']}: {f['reason']}" for f in failed[:5]) or "no usable photo"
+
+
+def _write_termination(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        log.warning("cannot write termination log %s: %s", path, e.strerror)
+
+
+def main(argv: list[str] | None = None, *, engine_loader: EngineLoader = load_engine) -> int:
+    configure_logging()
+    term_path = Path(os.environ.get("ROLLCALL_TERMINATION_LOG", TERMINATION_LOG))
+    try:
+        settings = JobSettings()
+    except ValidationError as e:
+        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors())
+        log.error("invalid job settings: %s", fields)
+        _write_termination(term_path, error_message(f"invalid settings: {fields}",
+                                                    reason="BadInput"))
+        return int(ExitCode.BAD_INPUT)
+    term_path = settings.termination_log
+    log.info("job start", extra={"job": settings.job_name, "namespace": settings.job_namespace,
+                                 "mode": settings.mode, "class_code": settings.class_code,
+                                 "redis": redact_url(settings.redis_url)})
+    try:
+        summary, key = run(settings, engine_loader=engine_loader)
+    except (BadInput, GalleryError) as e:
+        log.error("bad input: %s", e)
+        _write_termination(term_path, error_message(str(e), reason="BadInput"))
+        return int(ExitCode.BAD_INPUT)
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
+        # redis-py's messages name host and port, never the password; redact anyway
+        msg = f"redis unavailable ({type(e).__name__}) at {redact_url(settings.redis_url)}"
+        log.error(msg)
+        _write_termination(term_path, error_message(msg, reason="Transient"))
+        return int(ExitCode.TRANSIENT)
+    except Exception as e:
+        log.exception("job failed")
+        _write_termination(term_path, error_message(f"{type(e).__name__}: {e}", reason="Error"))
+        return 1
+    _write_termination(term_path, summary_message(summary, result_key=key))
+    log.info("job done", extra={"result_key": key, **{k: v for k, v in summary.items()
+                                                      if isinstance(v, int | float | str)}})
+    return int(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
