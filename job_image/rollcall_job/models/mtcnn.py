@@ -99,7 +99,11 @@ def crop_resized(image: npt.NDArray[np.uint8], boxes: F32, size: int) -> npt.NDA
         sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, img_w), min(y2, img_h)
         if sx2 > sx1 and sy2 > sy1:
             patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
-        out[i] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+        # Area averaging only pays when shrinking; enlarging small boxes is cheaper bilinear.
+        shrink = patch.shape[0] > size
+        out[i] = cv2.resize(
+            patch, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
     return out
 
 
