@@ -1,13 +1,35 @@
-"""Fixtures for real servers: a Kubernetes control plane and a redis-server on loopback."""
+"""Fixtures for real servers: a Kubernetes control plane, a process node agent and redis-server.
+
+Everything here is real: etcd + kube-apiserver + controller-manager + scheduler built from the Go
+module proxy (hack/localk8s.py), a node agent that runs bound pods (hack/nodeagent.py), and the
+Debian redis-server (hack/redisrig.py). One control plane per session; a fresh namespace per test.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+import yaml
+from kubernetes import client, config, utils
+from kubernetes.client.exceptions import ApiException
 
+from localk8s import ControlPlane, ensure_tools, wait_for
+from localk8s import control_plane as start_control_plane
+from nodeagent import NodeAgent, ProcessRunner
 from redisrig import RedisServer, redis_server
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_DIR = REPO / "charts" / "rollcall" / "crds"
+GPU_NODE = "gpu-node-0"
+
+
+# --- Redis -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -20,17 +42,114 @@ def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer
 @pytest.fixture
 def redis_url(redis_proc: RedisServer) -> Iterator[str]:
     """The URL of the session's redis-server, emptied before each test."""
-    client = redis.Redis.from_url(redis_proc.url)
-    client.flushall()
-    client.close()
+    client_ = redis.Redis.from_url(redis_proc.url)
+    client_.flushall()
+    client_.close()
     yield redis_proc.url
 
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
+    client_ = redis.Redis.from_url(redis_url)
+    yield client_
+    client_.close()
+
+
+# --- Kubernetes ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler on loopback."""
+    with start_control_plane(tmp_path_factory.mktemp("controlplane")) as cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: ControlPlane) -> Path:
+    """An admin kubeconfig (system:masters via a static token)."""
+    return control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def k8s_api(kubeconfig: Path) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def tools_bin() -> Path:
+    """The directory holding kubectl and helm (from the registry package, cached)."""
+    return ensure_tools()
+
+
+@pytest.fixture(scope="session")
+def crds(k8s_api: client.ApiClient) -> list[str]:
+    """Install every CRD under charts/rollcall/crds and wait until each is Established."""
+    ext = client.ApiextensionsV1Api(k8s_api)
+    names = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            with contextlib.suppress(utils.FailToCreateError):
+                utils.create_from_dict(k8s_api, doc)
+            names.append(doc["metadata"]["name"])
+    for name in names:
+        wait_for(
+            lambda n=name: any(
+                c.type == "Established" and c.status == "True"
+                for c in (ext.read_custom_resource_definition(n).status.conditions or [])
+            ),
+            f"CRD {name} Established",
+        )
+    return names
+
+
+@pytest.fixture(scope="session")
+def node_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the node agent keeps volumes (<root>/volumes/<ns>/<claim>) and pod folders."""
+    return tmp_path_factory.mktemp("node")
+
+
+@pytest.fixture(scope="session")
+def gpu_node(k8s_api: client.ApiClient, node_root: Path) -> Iterator[NodeAgent]:
+    """A Ready Node with 8 `nvidia.com/gpu`, whose bound pods run as local processes by default."""
+    bin_dir = str(Path(sys.executable).parent)
+    agent = NodeAgent(k8s_api, GPU_NODE, ProcessRunner(k8s_api, node_root, extra_path=[bin_dir]))
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def namespace(k8s_api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace that enforces the restricted Pod Security profile."""
+    core = client.CoreV1Api(k8s_api)
+    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:6]}"
+    name = "".join(c for c in name if c.isalnum() or c == "-")
+    core.create_namespace(
+        {
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            }
+        }
+    )
+    yield name
+    with contextlib.suppress(ApiException):
+        core.delete_namespace(name)
+
+
+@pytest.fixture
+def node_agent(gpu_node: NodeAgent, namespace: str) -> Iterator[NodeAgent]:
+    """The GPU node's agent; `node_agent.use(namespace, runner)` scripts this test's pods."""
+    yield gpu_node
+    gpu_node.use(namespace, None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,5 +158,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = set(getattr(item, "fixturenames", ()))
         if names & {"redis_url", "redis_client", "redis_proc"}:
             item.add_marker(pytest.mark.redis)
-
-
+        if names & {"control_plane", "kubeconfig", "k8s_api", "namespace", "gpu_node", "crds"}:
+            item.add_marker(pytest.mark.k8s)

@@ -54,7 +54,9 @@ class JobSettings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     result_ttl_seconds: int = 604800
     model_dir: Path | None = None
-    providers: list[str] = Field(default_factory=list)  # JSON list; empty = CUDA if present, else CPU
+    providers: list[str] = Field(
+        default_factory=list
+    )  # JSON list; empty = CUDA if present, else CPU
     batch_size: int = 32
     threads: int = 0
     min_face_px: int = 40

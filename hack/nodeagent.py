@@ -1,0 +1,516 @@
+"""A process "kubelet" for one Node: runs the pods the real scheduler binds to it as local processes.
+
+Registers a Node with GPU capacity, watches the pods bound to it, and for each one either runs its
+first container's command as a local process (``ProcessRunner``: pod env and volumes mapped to local
+folders) or asks a test-supplied function for the outcome (``ScriptedRunner``). It reports the pod's
+status (Running, then Succeeded/Failed with exit code and termination message) back to the apiserver,
+so the Job controller really counts completions and failures. A deleted pod's process is stopped and
+the pod is removed with grace period 0, as a kubelet would.
+
+Limits, on purpose: one container per pod (init containers and sidecars are not run), no images (the
+command must exist on this machine), no network isolation, no resource enforcement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("rollcall.nodeagent")
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    message: str = ""
+
+
+class Runner(Protocol):
+    def __call__(self, pod: client.V1Pod, cancelled: threading.Event) -> Outcome: ...
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ScriptedRunner:
+    """The outcome comes from a test's function; handy to drive Jobs to chosen ends."""
+
+    def __init__(self, decide: Callable[[client.V1Pod], Outcome], delay: float = 0.0) -> None:
+        self.decide = decide
+        self.delay = delay
+
+    def __call__(self, pod: client.V1Pod, cancelled: threading.Event) -> Outcome:
+        if cancelled.wait(self.delay):
+            return Outcome(137, "killed")
+        return self.decide(pod)
+
+
+class ProcessRunner:
+    """Runs the pod's first container as a local process with its env and volumes mapped.
+
+    PersistentVolumeClaims map to ``<root>/volumes/<namespace>/<claim>``; emptyDirs and the
+    termination-message file to ``<root>/pods/<uid>/``. Environment values that start with a mount
+    path are rewritten to the local folder, so a container that is told ``/data/input`` reads the
+    claim's folder here.
+    """
+
+    def __init__(
+        self, api: client.ApiClient, root: Path, extra_path: list[str] | None = None
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.root = root
+        self.extra_path = extra_path or []
+
+    def claim_dir(self, namespace: str, claim: str) -> Path:
+        return self.root / "volumes" / namespace / claim
+
+    def _mounts(self, pod: client.V1Pod, pod_dir: Path) -> dict[str, Path]:
+        volumes: dict[str, Path] = {}
+        for vol in pod.spec.volumes or []:
+            if vol.persistent_volume_claim is not None:
+                volumes[vol.name] = self.claim_dir(
+                    pod.metadata.namespace, vol.persistent_volume_claim.claim_name
+                )
+            elif vol.empty_dir is not None:
+                volumes[vol.name] = pod_dir / "volumes" / vol.name
+            elif vol.secret is not None:
+                volumes[vol.name] = self._materialise_secret(pod, vol.secret.secret_name, pod_dir)
+        mounts: dict[str, Path] = {}
+        for vm in pod.spec.containers[0].volume_mounts or []:
+            if vm.name not in volumes:
+                continue
+            local = volumes[vm.name] / (vm.sub_path or "")
+            local.mkdir(parents=True, exist_ok=True)
+            mounts[vm.mount_path] = local
+        return mounts
+
+    def _materialise_secret(self, pod: client.V1Pod, name: str, pod_dir: Path) -> Path:
+        target = pod_dir / "secrets" / name
+        target.mkdir(parents=True, exist_ok=True)
+        secret = self.core.read_namespaced_secret(name, pod.metadata.namespace)
+        import base64
+
+        for key, value in (secret.data or {}).items():
+            (target / key).write_bytes(base64.b64decode(value))
+        return target
+
+    def _env(
+        self, pod: client.V1Pod, mounts: dict[str, Path], term_path: str, term_local: Path
+    ) -> dict[str, str]:
+        container = pod.spec.containers[0]
+        env = {
+            "PATH": os.pathsep.join([*self.extra_path, os.environ.get("PATH", "")]),
+            "HOME": str(term_local.parent),
+            "LANG": "C.UTF-8",
+        }
+        for item in container.env or []:
+            value = item.value
+            if item.value_from is not None:
+                value = self._value_from(pod, item.value_from)
+            if value is None:
+                continue
+            env[item.name] = self._localise(value, mounts, term_path, term_local)
+        return env
+
+    def _value_from(self, pod: client.V1Pod, src: client.V1EnvVarSource) -> str | None:
+        import base64
+
+        ns = pod.metadata.namespace
+        if src.secret_key_ref is not None:
+            ref = src.secret_key_ref
+            try:
+                secret = self.core.read_namespaced_secret(ref.name, ns)
+            except ApiException:
+                if ref.optional:
+                    return None
+                raise
+            data = (secret.data or {}).get(ref.key)
+            return base64.b64decode(data).decode() if data is not None else None
+        if src.config_map_key_ref is not None:
+            ref = src.config_map_key_ref
+            cm = self.core.read_namespaced_config_map(ref.name, ns)
+            return (cm.data or {}).get(ref.key)
+        if src.field_ref is not None:
+            path = src.field_ref.field_path
+            fields = {
+                "metadata.name": pod.metadata.name,
+                "metadata.namespace": ns,
+                "metadata.uid": pod.metadata.uid,
+                "spec.nodeName": pod.spec.node_name,
+            }
+            if path in fields:
+                return str(fields[path])
+            if path.startswith("metadata.labels['"):
+                return (pod.metadata.labels or {}).get(path[len("metadata.labels['") : -2])
+            if path.startswith("metadata.annotations['"):
+                return (pod.metadata.annotations or {}).get(
+                    path[len("metadata.annotations['") : -2]
+                )
+        return None
+
+    @staticmethod
+    def _localise(value: str, mounts: dict[str, Path], term_path: str, term_local: Path) -> str:
+        if value == term_path:
+            return str(term_local)
+        for mount_path in sorted(mounts, key=len, reverse=True):
+            if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                return str(mounts[mount_path]) + value[len(mount_path.rstrip("/")) :]
+        return value
+
+    def __call__(self, pod: client.V1Pod, cancelled: threading.Event) -> Outcome:
+        container = pod.spec.containers[0]
+        pod_dir = self.root / "pods" / pod.metadata.uid
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        term_path = container.termination_message_path or "/dev/termination-log"
+        term_local = pod_dir / "termination-log"
+        term_local.write_text("")
+        try:
+            mounts = self._mounts(pod, pod_dir)
+            env = self._env(pod, mounts, term_path, term_local)
+        except ApiException as exc:
+            return Outcome(128, f"CreateContainerConfigError: {exc.reason}")
+        argv = [*(container.command or []), *(container.args or [])]
+        if not argv:
+            return Outcome(128, "no command: the node agent cannot run an image's entrypoint")
+        exe = shutil.which(argv[0], path=env["PATH"])
+        if exe is None:
+            return Outcome(127, f"command not found: {argv[0]}")
+        with (pod_dir / f"{container.name}.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [exe, *argv[1:]],
+                env=env,
+                cwd=pod_dir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        grace = pod.spec.termination_grace_period_seconds or 30
+        while proc.poll() is None:
+            if cancelled.wait(0.2):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(min(grace, 10))
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        message = term_local.read_text(errors="replace")[:TERMINATION_MESSAGE_LIMIT]
+        if not message and container.termination_message_policy == "FallbackToLogsOnError" and code:
+            message = (pod_dir / f"{container.name}.log").read_text(errors="replace")[-2048:]
+        return Outcome(code, message)
+
+
+class NodeAgent:
+    """Registers a Node and plays its kubelet until ``stop()``."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        name: str,
+        runner: Runner,
+        *,
+        gpus: int = 8,
+        gpu_resource: str = "nvidia.com/gpu",
+        cpu: str = "64",
+        memory: str = "256Gi",
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.name = name
+        self.default_runner = runner
+        self.runners: dict[str, Runner] = {}
+        self.gpus, self.gpu_resource, self.cpu, self.memory = gpus, gpu_resource, cpu, memory
+        self.labels = labels or {}
+        self._stop = threading.Event()
+        self._running: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.heartbeat_seconds = 5.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, ready_timeout: float = 60) -> NodeAgent:
+        """Register, start heart-beating and running pods; wait until the Node is schedulable."""
+        self.register()
+        for target in (self._watch_loop, self._heartbeat_loop):
+            t = threading.Thread(target=target, name=f"nodeagent-{self.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            # Admission taints a new Node not-ready; the node lifecycle controller lifts it once it
+            # sees the Ready heart-beat. Until then nothing schedules here.
+            if not [
+                t
+                for t in self.core.read_node(self.name).spec.taints or []
+                if t.key.startswith("node.kubernetes.io/")
+            ]:
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"node {self.name} still tainted after {ready_timeout}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for ev in self._running.values():
+                ev.set()
+        for t in self._threads:
+            t.join(5)
+
+    def use(self, namespace: str, runner: Runner | None) -> None:
+        """Run this namespace's pods with ``runner`` (None restores the default)."""
+        if runner is None:
+            self.runners.pop(namespace, None)
+        else:
+            self.runners[namespace] = runner
+
+    def register(self) -> None:
+        capacity = {
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "pods": "250",
+            self.gpu_resource: str(self.gpus),
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": {
+                    "kubernetes.io/hostname": self.name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "rollcall.io/local-node": "true",
+                    **self.labels,
+                },
+            },
+        }
+        with contextlib.suppress(ApiException):
+            self.core.delete_node(self.name)
+        self.core.create_node(body)
+        self.core.patch_node_status(
+            self.name,
+            {
+                "status": {
+                    "capacity": capacity,
+                    "allocatable": capacity,
+                    "conditions": [self._ready_condition()],
+                    "addresses": [
+                        {"type": "InternalIP", "address": "127.0.0.1"},
+                        {"type": "Hostname", "address": self.name},
+                    ],
+                    "nodeInfo": {
+                        "kubeletVersion": "v0.0.0-rollcall-nodeagent",
+                        "operatingSystem": "linux",
+                        "architecture": "amd64",
+                        "containerRuntimeVersion": "process://local",
+                        "kernelVersion": "",
+                        "osImage": "",
+                        "kubeProxyVersion": "",
+                        "machineID": "",
+                        "systemUUID": "",
+                        "bootID": "",
+                    },
+                }
+            },
+        )
+
+    @staticmethod
+    def _ready_condition() -> dict[str, str]:
+        now = _now()
+        return {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "rollcall node agent is posting ready status",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+
+    def _heartbeat_loop(self) -> None:
+        """Renew the node Lease and Ready condition, as a kubelet does, so lifecycle checks pass."""
+        coord = client.CoordinationV1Api(self.api)
+        first = True
+        while first or not self._stop.wait(self.heartbeat_seconds):
+            first = False
+            with contextlib.suppress(Exception):
+                self.core.patch_node_status(
+                    self.name, {"status": {"conditions": [self._ready_condition()]}}
+                )
+                now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                lease = {
+                    "metadata": {"name": self.name},
+                    "spec": {
+                        "holderIdentity": self.name,
+                        "leaseDurationSeconds": 40,
+                        "renewTime": now,
+                    },
+                }
+                try:
+                    coord.replace_namespaced_lease(self.name, "kube-node-lease", lease)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        coord.create_namespaced_lease("kube-node-lease", lease)
+
+    # -- pods -----------------------------------------------------------------------------------
+
+    def _watch_loop(self) -> None:
+        selector = f"spec.nodeName={self.name}"
+        while not self._stop.is_set():
+            try:
+                pods = self.core.list_pod_for_all_namespaces(field_selector=selector)
+                for pod in pods.items:
+                    self._handle(pod)
+                w = watch.Watch()
+                for event in w.stream(
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    resource_version=pods.metadata.resource_version,
+                    timeout_seconds=30,
+                ):
+                    if self._stop.is_set():
+                        w.stop()
+                        break
+                    self._handle(event["object"])
+            except Exception as exc:  # the loop must survive apiserver hiccups and 410 Gone
+                if not self._stop.is_set():
+                    log.debug("pod watch restarted: %s", exc)
+                    time.sleep(0.5)
+
+    def _handle(self, pod: client.V1Pod) -> None:
+        uid = pod.metadata.uid
+        if pod.metadata.deletion_timestamp is not None:
+            with self._lock:
+                ev = self._running.get(uid)
+            if ev is not None:
+                ev.set()
+            else:
+                self._remove(pod)
+            return
+        if pod.status.phase in ("Succeeded", "Failed"):
+            return
+        with self._lock:
+            if uid in self._running:
+                return
+            ev = threading.Event()
+            self._running[uid] = ev
+        threading.Thread(
+            target=self._run, args=(pod, ev), daemon=True, name=f"pod-{pod.metadata.name}"
+        ).start()
+
+    def _remove(self, pod: client.V1Pod) -> None:
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespaced_pod(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions={"uid": pod.metadata.uid}
+                ),
+            )
+
+    def _run(self, pod: client.V1Pod, cancelled: threading.Event) -> None:
+        name, ns = pod.metadata.name, pod.metadata.namespace
+        container = pod.spec.containers[0]
+        started = _now()
+        try:
+            self._patch_status(
+                pod,
+                {
+                    "phase": "Running",
+                    "startTime": started,
+                    "hostIP": "127.0.0.1",
+                    "podIP": "127.0.0.1",
+                    "podIPs": [{"ip": "127.0.0.1"}],
+                    "conditions": self._conditions(ready=True),
+                    "containerStatuses": [
+                        {
+                            "name": container.name,
+                            "image": container.image or "",
+                            "imageID": "",
+                            "ready": True,
+                            "started": True,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": started}},
+                        }
+                    ],
+                },
+            )
+            runner = self.runners.get(ns, self.default_runner)
+            try:
+                outcome = runner(pod, cancelled)
+            except Exception as exc:
+                log.exception("runner failed for %s/%s", ns, name)
+                outcome = Outcome(128, f"node agent runner error: {type(exc).__name__}")
+            if cancelled.is_set():
+                self._remove(pod)
+                return
+            self._patch_status(
+                pod,
+                {
+                    "phase": "Succeeded" if outcome.exit_code == 0 else "Failed",
+                    "conditions": self._conditions(ready=False),
+                    "containerStatuses": [
+                        {
+                            "name": container.name,
+                            "image": container.image or "",
+                            "imageID": "",
+                            "ready": False,
+                            "started": False,
+                            "restartCount": 0,
+                            "state": {
+                                "terminated": {
+                                    "exitCode": outcome.exit_code,
+                                    "reason": "Completed" if outcome.exit_code == 0 else "Error",
+                                    "message": outcome.message[:TERMINATION_MESSAGE_LIMIT],
+                                    "startedAt": started,
+                                    "finishedAt": _now(),
+                                    "containerID": f"process://{pod.metadata.uid}",
+                                }
+                            },
+                        }
+                    ],
+                },
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("status update failed for %s/%s: %s", ns, name, exc.reason)
+        finally:
+            with self._lock:
+                self._running.pop(pod.metadata.uid, None)
+
+    def _patch_status(self, pod: client.V1Pod, status: dict[str, Any]) -> None:
+        self.core.patch_namespaced_pod_status(
+            pod.metadata.name, pod.metadata.namespace, {"status": status}
+        )
+
+    @staticmethod
+    def _conditions(*, ready: bool) -> list[dict[str, str]]:
+        now = _now()
+        flag = "True" if ready else "False"
+        return [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
+            {"type": "Ready", "status": flag, "lastTransitionTime": now},
+        ]
