@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cryptography import x509
@@ -481,6 +482,44 @@ def wait_for(
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
+
+
+def local_volume(
+    core: Any, namespace: str, claim: str, path: Path, *, read_only: bool = False
+) -> None:
+    """A PersistentVolume (hostPath ``path``) pre-bound to a new claim, as a storage admin makes.
+
+    Pods that mount the claim then schedule (the volume-binding plugin sees it Bound) and the node
+    agent maps the mount to ``path``.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    pv_name = f"{namespace}-{claim}"[:253]
+    mode = "ReadOnlyMany" if read_only else "ReadWriteOnce"
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv_name, "labels": {"rollcall.io/local-volume": "true"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": [mode],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(path), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": [mode],
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
 
 
 def main() -> None:

@@ -80,11 +80,21 @@ class ProcessRunner:
     def claim_dir(self, namespace: str, claim: str) -> Path:
         return self.root / "volumes" / namespace / claim
 
+    def _claim_path(self, namespace: str, claim: str) -> Path:
+        """A claim bound to a hostPath/local PV is that folder; any other claim gets a cache folder."""
+        pvc = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+        if pvc.spec.volume_name:
+            pv = self.core.read_persistent_volume(pvc.spec.volume_name)
+            source = pv.spec.host_path or pv.spec.local
+            if source is not None:
+                return Path(source.path)
+        return self.claim_dir(namespace, claim)
+
     def _mounts(self, pod: client.V1Pod, pod_dir: Path) -> dict[str, Path]:
         volumes: dict[str, Path] = {}
         for vol in pod.spec.volumes or []:
             if vol.persistent_volume_claim is not None:
-                volumes[vol.name] = self.claim_dir(
+                volumes[vol.name] = self._claim_path(
                     pod.metadata.namespace, vol.persistent_volume_claim.claim_name
                 )
             elif vol.empty_dir is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ import yaml
 from kubernetes import client, config, utils
 from kubernetes.client.exceptions import ApiException
 
-from localk8s import ControlPlane, ensure_tools, wait_for
+from localk8s import ControlPlane, ensure_tools, local_volume, wait_for
 from localk8s import control_plane as start_control_plane
 from nodeagent import NodeAgent, ProcessRunner
 from redisrig import RedisServer, redis_server
@@ -143,6 +143,22 @@ def namespace(k8s_api: client.ApiClient, request: pytest.FixtureRequest) -> Iter
     yield name
     with contextlib.suppress(ApiException):
         core.delete_namespace(name)
+
+
+@pytest.fixture
+def local_claim(k8s_api: client.ApiClient, namespace: str, tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``local_claim("photos")`` makes a bound PVC in the test namespace; returns its folder.
+
+    Pods mounting the claim schedule normally and the node agent maps the mount to that folder.
+    """
+    core = client.CoreV1Api(k8s_api)
+
+    def make(name: str, *, read_only: bool = False) -> Path:
+        folder = tmp_path / "claims" / name
+        local_volume(core, namespace, name, folder, read_only=read_only)
+        return folder
+
+    return make
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -310,3 +312,32 @@ def test_restricted_namespace_rejects_a_pod_without_restricted_security_context(
         core.create_namespaced_pod(namespace, pod)
     assert err.value.status == 403
     assert "violates PodSecurity" in str(err.value.body)
+
+
+def test_pod_mounting_a_local_claim_runs_as_a_process_with_the_folder_mapped(
+    k8s_api: client.ApiClient,
+    namespace: str,
+    node_agent: NodeAgent,
+    local_claim: Callable[..., Path],
+) -> None:
+    folder = local_claim("inbox")
+    (folder / "hello.txt").write_text("from the claim")
+    core = client.CoreV1Api(k8s_api)
+    pod = gpu_pod("reader")
+    container = pod["spec"]["containers"][0]
+    # The node agent runs the command here: copy the mounted file into the termination message.
+    container["command"] = ["sh", "-c", 'cat "$SRC/hello.txt" > "$MSG"']
+    container["env"] = [
+        {"name": "SRC", "value": "/data/in"},
+        {"name": "MSG", "value": "/dev/termination-log"},
+    ]
+    container["volumeMounts"] = [{"name": "in", "mountPath": "/data/in", "readOnly": True}]
+    pod["spec"]["volumes"] = [{"name": "in", "persistentVolumeClaim": {"claimName": "inbox"}}]
+    core.create_namespaced_pod(namespace, pod)
+
+    def finished() -> bool:
+        return core.read_namespaced_pod("reader", namespace).status.phase == "Succeeded"
+
+    wait_for(finished, "the pod to run and succeed")
+    status = core.read_namespaced_pod("reader", namespace).status.container_statuses[0]
+    assert status.state.terminated.message == "from the claim"
