@@ -18,7 +18,7 @@ from rollcall_api.kube import RecognitionJobs
 from rollcall_api.logs import request_id_var
 from rollcall_api.schemas import JobRequest, JobView, Links, ProgressOut
 from rollcall_api.store import Store
-from rollcall_operator.model import Phase, RecognitionJobStatus, Summary
+from rollcall_operator.model import Phase, Progress, RecognitionJobStatus, Summary
 
 log = logging.getLogger("rollcall_api.service")
 
@@ -54,16 +54,15 @@ def parse_status(raw: dict[str, Any] | None) -> RecognitionJobStatus:
         pass
     picked: dict[str, Any] = {}
     for key in ("phase", "progress", "summary", "reason", "message", "startTime", "completionTime"):
-        if key in raw:
-            try:
-                RecognitionJobStatus.model_validate({key: raw[key]})
-            except ValidationError:
-                continue
-            picked[key] = raw[key]
-    if isinstance(picked.get("summary"), dict):
-        picked["summary"] = {
-            k: v for k, v in picked["summary"].items() if k in Summary.model_fields
-        }
+        value = raw.get(key)
+        if isinstance(value, dict):  # keep the counts/fields this version knows
+            known = Summary.model_fields if key == "summary" else Progress.model_fields
+            value = {k: v for k, v in value.items() if k in known}
+        try:
+            RecognitionJobStatus.model_validate({key: value})
+        except ValidationError:
+            continue
+        picked[key] = value
     try:
         return RecognitionJobStatus.model_validate(picked)
     except ValidationError:

@@ -1,0 +1,172 @@
+"""API pieces that need no server: keys, body limit, error mapping, import hygiene, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from rollcall_api.app import create_app
+from rollcall_api.auth import KeyStore, hash_key, new_key, parse_key_file
+from rollcall_api.errors import ApiError
+from rollcall_api.service import parse_status
+from rollcall_api.settings import Settings
+from rollcall_api.store import decode_results
+from rollcall_operator.model import Phase
+
+
+def test_keys_are_high_entropy_and_stored_only_as_digests(tmp_path: Path) -> None:
+    key = new_key()
+    assert key.startswith("rk_") and len(key) >= 43
+    assert new_key() != key
+    (tmp_path / "keys.yaml").write_text(
+        f"{hash_key(key)}:\n  school: north\n  namespaces: [north, north-2]\n"
+    )
+    store = KeyStore(tmp_path / "keys.yaml")
+    store._load_sync()
+    caller = store.authenticate(key)
+    assert caller is not None and caller.school == "north"
+    assert caller.namespaces == ("north", "north-2") and caller.default_namespace == "north"
+    assert caller.key_id == hash_key(key)[:8]
+    assert store.authenticate(key + "x") is None
+    assert store.authenticate("") is None
+    assert key not in (tmp_path / "keys.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "- not a mapping",
+        "abc: {school: x, namespaces: [a]}",  # not a sha256 digest
+        f"{'a' * 64}: {{school: x, namespaces: []}}",
+        f"{'a' * 64}: {{school: x, namespaces: [Not_A_Label]}}",
+        f"{'a' * 64}: {{school: x, namespaces: [a], extra: 1}}",
+    ],
+)
+def test_malformed_key_files_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_key_file(text)
+
+
+def test_json_key_files_and_sha256_prefixes_are_accepted() -> None:
+    digest = hash_key("k")
+    parsed = parse_key_file(json.dumps({f"sha256:{digest}": {"school": "s", "namespaces": ["a"]}}))
+    assert list(parsed) == [bytes.fromhex(digest)]
+
+
+async def test_key_rotation_is_picked_up_and_a_bad_file_keeps_the_old_keys(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keys.yaml"
+    old, new = new_key(), new_key()
+    path.write_text(f"{hash_key(old)}: {{school: s, namespaces: [a]}}\n")
+    store = KeyStore(path)
+    await store.reload()
+    assert store.loaded and store.authenticate(old)
+    path.write_text(f"{hash_key(new)}: {{school: s, namespaces: [a, b]}}\n")
+    await store.reload()
+    assert store.authenticate(old) is None and store.authenticate(new)
+    path.write_text("::: not yaml [")
+    await store.reload()
+    assert store.authenticate(new)
+    path.unlink()
+    await store.reload()
+    assert store.authenticate(new)
+
+
+async def test_a_missing_key_file_leaves_the_store_not_ready(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "absent.yaml")
+    await store.reload()
+    assert not store.loaded and len(store) == 0
+
+
+def test_status_parsing_tolerates_fields_from_newer_operators() -> None:
+    status = parse_status(
+        {
+            "phase": "Running",
+            "progress": {"done": 2, "total": 5},
+            "newThing": {"x": 1},
+            "summary": {"images": 3, "futureCount": 9},
+        }
+    )
+    assert status.phase is Phase.RUNNING and status.progress.done == 2
+    assert status.summary is not None and status.summary.images == 3
+    assert parse_status({"phase": "Exploded"}).phase is Phase.PENDING
+    assert parse_status(None).phase is Phase.PENDING
+
+
+def test_results_decoding_joins_parts_and_flags_corruption() -> None:
+    fields = {
+        "parts": json.dumps({"photos": 2, "summary": 1}),
+        "photos": '[{"a":',
+        "photos:1": "1}]",
+        "summary": '{"images": 1}',
+    }
+    assert decode_results(fields) == {"photos": [{"a": 1}], "summary": {"images": 1}}
+    with pytest.raises(ApiError) as err:
+        decode_results({"parts": json.dumps({"photos": 2}), "photos": "["})
+    assert err.value.status == 502
+    with pytest.raises(ApiError):
+        decode_results({"photos": "[]"})
+
+
+def test_importing_the_api_pulls_no_ml_or_operator_runtime() -> None:
+    """The API image ships without onnxruntime/numpy/cv2/kopf: importing them would crash it."""
+    code = (
+        "import sys, rollcall_api.app, rollcall_api.cli, rollcall_api.__main__;"
+        "bad = sorted(m for m in ('onnxruntime', 'numpy', 'cv2', 'kopf') if m in sys.modules);"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.fixture
+async def bare_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
+    """The app without its lifespan: enough for what is refused before any client is used."""
+    yield create_app(Settings(keys_file=tmp_path / "none.yaml", max_body_bytes=4096))
+
+
+async def test_oversize_bodies_are_refused_before_parsing(bare_app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=bare_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        declared = await http.post("/v1/recognition-jobs", content=b"{" * 5000)
+        assert declared.status_code == 413
+        assert declared.json()["error"]["code"] == "payload_too_large"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+            for _ in range(10):
+                yield b" " * 1000
+
+        streamed = await http.post(
+            "/v1/recognition-jobs", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert streamed.status_code == 413, streamed.text
+        assert streamed.json()["error"]["requestId"] == streamed.headers["x-request-id"]
+        bad = await http.post("/v1/recognition-jobs", headers={"content-length": "abc"})
+        assert bad.status_code == 400
+
+
+def test_openapi_documents_every_route_and_the_bearer_scheme(tmp_path: Path) -> None:
+    doc = create_app(Settings(keys_file=tmp_path / "k.yaml")).openapi()
+    assert set(doc["paths"]) == {
+        "/healthz",
+        "/readyz",
+        "/v1/recognition-jobs",
+        "/v1/recognition-jobs/{job_id}",
+        "/v1/recognition-jobs/{job_id}/results",
+        "/v1/recognition-jobs/{job_id}/events",
+        "/v1/enrollments",
+    }
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    post = doc["paths"]["/v1/recognition-jobs"]["post"]
+    assert "202" in post["responses"] and "413" in post["responses"]
+    assert post["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ErrorBody"
+    )
