@@ -112,9 +112,10 @@ def test_enroll_averages_and_reports_rejected_photos(
     save(root / "dee" / "blank.png", photo([]))
     (root / "eve").mkdir()
     (root / "eve" / "broken.jpg").write_bytes(b"")
-    engine = ToyEngine(min_face_px=20)
+    engine = ToyEngine(min_face_px=40)
     out = enroll(engine, root, metric="cosine", model_id="toy-v1", min_face_px=40,
-                 max_bytes=1 << 20)
+                 max_bytes=1 << 20,
+                 small_faces=lambda img: len(ToyEngine(min_face_px=12).detect(img)))
     assert sorted(out.students) == ["ann", "bob"]
     reasons = {d["photo"]: d.get("reason") for d in out.documents["photos"] if not d["used"]}
     assert reasons == {"bob/group.png": "several_faces", "cy/tiny.png": "too_small",

@@ -29,13 +29,13 @@ from rollcall_job.gallery import GalleryError, GalleryStore
 from rollcall_job.photos import list_photos
 from rollcall_job.pipeline import BadInput, embedder_spec, identify
 from rollcall_job.progress import Progress, log_sink, redis_sink
-from rollcall_job.protocols import Engine
+from rollcall_job.protocols import Engine, ImageBGR
 from rollcall_job.results import write_results
 from rollcall_job.termination import error_message, summary_message
 
 log = logging.getLogger("rollcall_job")
-# Faces smaller than this are not even looked for in enroll mode (the detector's own floor is 12).
-ENROLL_DETECT_FLOOR_PX = 20
+# Enroll mode looks this far down (only in photos with no face) to tell "too small" from "no face".
+SMALL_FACE_FLOOR_PX = 20
 _STD_ATTRS = set(vars(logging.makeLogRecord({})))
 
 
@@ -168,15 +168,22 @@ def _identify(
 def _enroll(
     settings: JobSettings, client: redis.Redis, engine_loader: EngineLoader
 ) -> tuple[dict[str, Any], str]:
-    engine = engine_loader(settings, min(settings.min_face_px, ENROLL_DETECT_FLOOR_PX))
+    engine = engine_loader(settings, settings.min_face_px)
     spec = embedder_spec(engine.embedder_card, settings.threshold)
+    fine: list[Engine[Any]] = []
+
+    def small_faces(image: ImageBGR) -> int:
+        if not fine:  # loaded on the first faceless photo only
+            fine.append(engine_loader(settings, min(settings.min_face_px, SMALL_FACE_FLOOR_PX)))
+        return len(fine[0].detect(image))
+
     total = sum(len(p) for p in student_photos(settings.input_dir).values())
     progress = _progress(settings, client, total)
     outcome = enroll(
         engine, settings.input_dir,
         metric=spec.meta.metric, model_id=spec.meta.model_id, min_face_px=settings.min_face_px,
         max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-        on_photo=progress.advance,
+        small_faces=small_faces, on_photo=progress.advance,
     )
     progress.finish()
     if outcome.students:

@@ -1,9 +1,10 @@
 """Enroll mode: one sub-folder of photos per student id -> one averaged embedding per student.
 
 A photo is used only when it holds exactly one face of at least ``min_face_px``: a second face could
-be anyone, and a tiny face embeds to noise (every embedder collapses below ~40 px). The engine is
-asked for faces down to its own (smaller) floor so a face that is there but too small is reported as
-``too_small`` rather than ``no_face``. Averaging several photos per student smooths pose and light;
+be anyone, and a tiny face embeds to noise (every embedder collapses below ~40 px). Only when no
+face is found is a second, finer detector (``small_faces``) asked, so a face that is there but too
+small is reported as ``too_small`` rather than ``no_face``; it is not used for the main pass
+because a finer pyramid also finds more false faces, which would reject good portraits. Averaging several photos per student smooths pose and light;
 for cosine cards each embedding is L2-normalised before and after averaging, so every photo weighs
 the same and the stored vector lives on the unit sphere the metric assumes.
 """
@@ -23,7 +24,7 @@ import numpy.typing as npt
 from rollcall_job.matcher import Metric, l2_normalise
 from rollcall_job.photos import DEFAULT_MAX_PIXELS, Photo, list_photos
 from rollcall_job.pipeline import BadInput, detect_and_embed
-from rollcall_job.protocols import Engine, F
+from rollcall_job.protocols import Engine, F, ImageBGR
 
 log = logging.getLogger("rollcall_job.enroll")
 FloatArray = npt.NDArray[np.float32]
@@ -64,6 +65,7 @@ def enroll(
     min_face_px: int,
     max_bytes: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    small_faces: Callable[[ImageBGR], int] | None = None,
     on_photo: Callable[[], None] | None = None,
 ) -> EnrollOutcome:
     """Embed each student's usable photos and average them; report every photo not used and why."""
@@ -92,7 +94,8 @@ def enroll(
                 continue
             elif len(big) > 1:
                 reason = "several_faces"
-            elif sizes:
+            elif sizes or (small_faces is not None and pf.image is not None
+                           and small_faces(pf.image) > 0):
                 reason = "too_small"
             else:
                 reason = "no_face"
