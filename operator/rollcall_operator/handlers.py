@@ -1,0 +1,123 @@
+"""kopf handlers: thin shells that hand events to the ``Runtime`` kept in ``memo``.
+
+- startup/cleanup: kopf settings (progress and diff-base in ``rollcall.io`` annotations, no
+  finalizers: deletion cascades through ownerReferences), clients, metrics, the queue seeded from
+  the apiserver;
+- RJ create/resume: validate, then queue (or re-attach to an existing Job);
+- RJ events: keep the cache, the queue and webhook deliveries in step;
+- ``spec.runPolicy.suspend`` changes: suspend/resume the Job;
+- Job events (our label only): fold the Job's state into its RJ's status.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+
+from rollcall_operator.builder import MANAGED_SELECTOR
+from rollcall_operator.kube import ApiException
+from rollcall_operator.model import GROUP, PLURAL, TERMINAL_PHASES, VERSION, Phase, parse_spec
+from rollcall_operator.runtime import Runtime
+from rollcall_operator.settings import get_settings
+
+RJ = (GROUP, VERSION, PLURAL)
+JOBS = ("batch", "v1", "jobs")
+
+
+def _rt(memo: kopf.Memo) -> Runtime:
+    rt: Runtime = memo["rt"]
+    return rt
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    ours = get_settings()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
+    # Our own Events say what happened; kopf's per-handler chatter would double the API calls.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.networking.connect_timeout = 10
+    if ours.metrics_port:
+        start_http_server(ours.metrics_port)
+    rt = await Runtime.open(ours)
+    memo["rt"] = rt
+    await rt.seed()
+    rt.start()
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "rt" in memo:
+        await _rt(memo).close()
+
+
+@kopf.on.probe(id="queue")
+def probe(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+    """Liveness payload: the queue's size (the endpoint answers only while the loop runs)."""
+    rt = _rt(memo)
+    return {"waiting": len(rt.queue.waiting), "running": len(rt.queue.running)}
+
+
+@kopf.on.resume(*RJ)
+@kopf.on.create(*RJ)
+async def admit(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Validate the spec, then queue the RJ or re-attach to the Job a previous run made."""
+    rt = _rt(memo)
+    rj = dict(body)
+    if ((rj.get("status") or {}).get("phase")) in TERMINAL_PHASES:
+        return
+    try:
+        parse_spec(dict(rj["spec"]))
+    except ValidationError as e:
+        message = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        await rt.set_phase(rj, Phase.FAILED, "InvalidSpec", message[:1000])
+        raise kopf.PermanentError(f"invalid spec: {message}") from e
+    try:
+        await rt.ensure_known(rj)
+    except ApiException as e:
+        raise kopf.TemporaryError(f"apiserver: {e.status} {e.reason}", delay=5) from e
+
+
+@kopf.on.event(*RJ)
+async def rj_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    rt = _rt(memo)
+    if type == "DELETED":
+        rt.forget(body["metadata"]["uid"])
+        return
+    rt.remember(dict(body))
+    rt.maybe_deliver(dict(body))
+
+
+@kopf.on.field(*RJ, field="spec.runPolicy.suspend")
+async def suspend(
+    old: Any, new: Any, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Suspend or resume: a queued RJ stops/starts waiting; an existing Job is (un)suspended."""
+    if old is None:
+        return  # creation: the Job is built with the right value
+    rt = _rt(memo)
+    uid, ns = body["metadata"]["uid"], body["metadata"]["namespace"]
+    rt.queue.set_suspended(uid, bool(new))
+    rt.queued_reason.pop(uid, None)
+    rt.wake.set()
+    name = (body.get("status") or {}).get("jobName")
+    if name:
+        try:
+            await rt.kube.patch_job(ns, name, {"spec": {"suspend": bool(new)}})
+        except ApiException as e:
+            if e.status != 404:
+                raise kopf.TemporaryError(f"patching Job {name}: {e.status}", delay=2) from e
+        logger.info("Job %s %s", name, "suspended" if new else "resumed")
+
+
+@kopf.on.event(*JOBS, labels=MANAGED_SELECTOR)
+async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _rt(memo).fold(dict(body), deleted=type == "DELETED")

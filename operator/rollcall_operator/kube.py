@@ -1,0 +1,143 @@
+"""The operator's own apiserver client (kubernetes_asyncio), opened once at startup.
+
+Reads return plain dicts (``_preload_content=False`` + JSON) so they look exactly like the bodies
+kopf hands to handlers and like what the pure modules expect; status writes are JSON merge patches
+on the status subresource carrying ``metadata.uid`` as a precondition, so a write meant for a
+deleted RJ never lands on a new one that reuses its name.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from rollcall_operator.model import GROUP, PLURAL, VERSION
+from rollcall_operator.settings import OperatorSettings
+
+MERGE_PATCH = "application/merge-patch+json"
+
+__all__ = ["ApiException", "Kube"]
+
+
+async def _json(resp: Any) -> Any:
+    data = await resp.read()
+    return json.loads(data)
+
+
+class Kube:
+    def __init__(self, api: Any) -> None:
+        self.api = api
+        # Typed as Any: the stubs omit ``_content_type``/``_preload_content``, which we rely on.
+        self.batch: Any = client.BatchV1Api(api)
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+
+    @classmethod
+    async def open(cls, settings: OperatorSettings) -> Kube:
+        cfg = client.Configuration()
+        path = settings.kubeconfig or os.environ.get("KUBECONFIG")
+        if path:
+            await config.load_kube_config(config_file=str(path), client_configuration=cfg)
+        else:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        cfg.connection_pool_maxsize = max(8, settings.admission_concurrency * 2)
+        return cls(client.ApiClient(cfg))
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    # --- Jobs and pods --------------------------------------------------------------------------
+    async def create_job(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        resp = await self.batch.create_namespaced_job(
+            manifest["metadata"]["namespace"], dict(manifest), _preload_content=False
+        )
+        return await _json(resp)  # type: ignore[no-any-return]
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp = await self.batch.read_namespaced_job(name, namespace, _preload_content=False)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return await _json(resp)  # type: ignore[no-any-return]
+
+    async def patch_job(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        await self.batch.patch_namespaced_job(
+            name, namespace, dict(patch), _content_type=MERGE_PATCH, _preload_content=False
+        )
+
+    async def list_jobs(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        if namespace is None:
+            resp = await self.batch.list_job_for_all_namespaces(
+                label_selector=selector, _preload_content=False
+            )
+        else:
+            resp = await self.batch.list_namespaced_job(
+                namespace, label_selector=selector, _preload_content=False
+            )
+        return (await _json(resp))["items"]  # type: ignore[no-any-return]
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        resp = await self.core.list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False
+        )
+        return (await _json(resp))["items"]  # type: ignore[no-any-return]
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes:
+        resp = await self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        data = (await _json(resp)).get("data") or {}
+        if key not in data:
+            raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data[key])
+
+    # --- RecognitionJobs ------------------------------------------------------------------------
+    async def read_rj(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp = await self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return await _json(resp)  # type: ignore[no-any-return]
+
+    async def list_rjs(self, namespace: str | None) -> list[dict[str, Any]]:
+        if namespace is None:
+            resp = await self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, _preload_content=False
+            )
+        else:
+            resp = await self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _preload_content=False
+            )
+        return (await _json(resp))["items"]  # type: ignore[no-any-return]
+
+    async def patch_rj_status(
+        self, namespace: str, name: str, uid: str, status: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch ``status``; None when the RJ (with this uid) is gone."""
+        body = {"metadata": {"uid": uid}, "status": dict(status)}
+        try:
+            resp = await self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        except ApiException as e:
+            if e.status in (404, 409):
+                return None
+            raise
+        return await _json(resp)  # type: ignore[no-any-return]

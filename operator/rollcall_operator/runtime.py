@@ -1,0 +1,477 @@
+"""The operator's long-lived state and background loops; kopf handlers (handlers.py) call into it.
+
+One ``Runtime`` per process, made in the startup handler and kept in kopf's ``memo``:
+
+- an RJ cache fed by the RJ watch (kopf ``on.event``), so folding a Job's state needs no RJ read;
+- the admission queue and the one task that turns admitted RJs into Jobs (get-or-create by the
+  deterministic name: a repeated or concurrent create meets 409 AlreadyExists, never a twin);
+- Job folding, coalesced per Job: bursts of Job events for one Job cost one status computation;
+- a progress loop that copies done/total from Redis for running RJs in one pipelined round trip;
+- webhook deliveries, one task per RJ, retried with backoff, recorded in ``status.webhook``.
+
+All durable state is in the apiserver; after a restart ``seed`` rebuilds the queue from Jobs and RJs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+import redis.asyncio as aioredis
+
+from rollcall_job import keys
+from rollcall_operator import metrics, webhook
+from rollcall_operator.builder import (
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    build_job,
+    job_name,
+    result_key,
+)
+from rollcall_operator.kube import ApiException, Kube
+from rollcall_operator.model import KIND, TERMINAL_PHASES, Phase
+from rollcall_operator.queue import AdmissionQueue, Entry, entry_for, parse_time
+from rollcall_operator.settings import OperatorSettings
+from rollcall_operator.status import job_status_patch, phase_patch, progress_patch
+
+log = logging.getLogger("rollcall.operator")
+MANAGED_LABEL_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+_WARNING_PHASES = {Phase.FAILED.value, Phase.CANCELLED.value}
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _finished(job: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def _controller(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for ref in job["metadata"].get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND:
+            return ref  # type: ignore[no-any-return]
+    return None
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    """resourceVersion as a number (etcd revisions are; treat anything else as unknown)."""
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _post_event(rj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    """A Kubernetes Event on the RJ (``kubectl describe rj``); best effort, never blocks."""
+    with contextlib.suppress(LookupError, RuntimeError):
+        kopf.event(dict(rj), type=kind, reason=reason, message=message[:1000])  # type: ignore[arg-type]
+
+
+class Runtime:
+    def __init__(self, settings: OperatorSettings, kube: Kube, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.redis = redis
+        self.queue = AdmissionQueue(settings.max_running, settings.max_running_per_namespace)
+        self.rjs: dict[str, dict[str, Any]] = {}  # uid -> latest body
+        self.wake = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.sem = asyncio.Semaphore(settings.admission_concurrency)
+        self.starting: set[str] = set()
+        self.queued_reason: dict[str, tuple[str, str]] = {}
+        self.fold_latest: dict[str, dict[str, Any]] = {}
+        self.fold_tasks: dict[str, asyncio.Task[None]] = {}
+        self.webhooks: dict[str, asyncio.Task[None]] = {}
+        self.http: aiohttp.ClientSession | None = None
+        self.seeded = asyncio.Event()
+
+    @classmethod
+    async def open(cls, settings: OperatorSettings) -> Runtime:
+        kube = await Kube.open(settings)
+        redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        return cls(settings, kube, redis)
+
+    def start(self) -> None:
+        self.http = aiohttp.ClientSession()
+        self.tasks.append(asyncio.create_task(self._admission_loop(), name="rollcall-admission"))
+        self.tasks.append(asyncio.create_task(self._progress_loop(), name="rollcall-progress"))
+
+    async def close(self) -> None:
+        pending = [*self.tasks, *self.fold_tasks.values(), *self.webhooks.values()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
+        await self.redis.aclose()
+        await self.kube.close()
+
+    # --- seeding after a (re)start ----------------------------------------------------------------
+    def _scopes(self) -> list[str | None]:
+        return list(self.settings.namespaces) or [None]
+
+    async def seed(self) -> None:
+        """Rebuild the queue from the apiserver: unfinished Jobs hold slots, job-less RJs wait."""
+        jobs: dict[str, dict[str, Any]] = {}
+        for scope in self._scopes():
+            for job in await self.kube.list_jobs(scope, MANAGED_LABEL_SELECTOR):
+                if (ref := _controller(job)) is not None:
+                    jobs[ref["uid"]] = job
+        for scope in self._scopes():
+            for rj in await self.kube.list_rjs(scope):
+                uid = rj["metadata"]["uid"]
+                self.remember(rj)
+                if (rj.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                    continue
+                entry = entry_for(rj)
+                if uid in jobs:
+                    if entry.capped and not _finished(jobs[uid]):
+                        self.queue.hold(uid, entry.namespace)
+                else:
+                    self.queue.submit(entry)
+        log.info(
+            "seeded: %d RJs, %d Jobs, %d holding slots, %d waiting",
+            len(self.rjs), len(jobs), len(self.queue.running), len(self.queue.waiting),
+        )  # fmt: skip
+        self.seeded.set()
+        self.wake.set()
+
+    # --- the RJ cache -------------------------------------------------------------------------------
+    def remember(self, rj: Mapping[str, Any]) -> None:
+        uid = rj["metadata"]["uid"]
+        old = self.rjs.get(uid)
+        old_phase = (old.get("status") or {}).get("phase") if old else None
+        new_phase = (rj.get("status") or {}).get("phase")
+        if old is not None and _rv(old) > _rv(rj):
+            return  # a stale event after our own, newer patch response
+        self.rjs[uid] = dict(rj)
+        if old_phase != new_phase:
+            if old is not None:
+                metrics.RJS_BY_PHASE.labels(old_phase or "New").dec()
+            metrics.RJS_BY_PHASE.labels(new_phase or "New").inc()
+
+    def forget(self, uid: str) -> None:
+        old = self.rjs.pop(uid, None)
+        if old is not None:
+            metrics.RJS_BY_PHASE.labels((old.get("status") or {}).get("phase") or "New").dec()
+        self.queue.withdraw(uid)
+        if self.queue.release(uid):
+            self.wake.set()
+        self.queued_reason.pop(uid, None)
+        if (task := self.webhooks.pop(uid, None)) is not None:
+            task.cancel()
+
+    # --- status writes --------------------------------------------------------------------------------
+    async def write_status(self, rj: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+        """Send a status merge patch; post an Event and count a transition when the phase moves."""
+        meta = rj["metadata"]
+        updated = await self.kube.patch_rj_status(
+            meta["namespace"], meta["name"], meta["uid"], patch
+        )
+        if updated is None:
+            return False
+        self.remember(updated)
+        phase = patch.get("phase")
+        if phase is not None:
+            status = updated.get("status") or {}
+            message = status.get("message") or status.get("reason") or ""
+            _post_event(
+                updated, "Warning" if phase in _WARNING_PHASES else "Normal", phase, message
+            )
+            metrics.TRANSITIONS.labels(phase).inc()
+            if phase in TERMINAL_PHASES and status.get("startTime"):
+                end = parse_time(status.get("completionTime")) or time.time()
+                metrics.RUN_TIME.observe(max(0.0, end - parse_time(status["startTime"])))
+            self.maybe_deliver(updated)
+        return True
+
+    async def set_phase(
+        self, rj: Mapping[str, Any], phase: Phase, reason: str | None, message: str | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        current = (self.rjs.get(rj["metadata"]["uid"]) or rj).get("status") or {}
+        patch = phase_patch(
+            current, phase, reason=reason, message=message, now=now_iso(), extra=extra
+        )
+        if patch is not None:
+            await self.write_status(rj, patch)
+
+    # --- admission ------------------------------------------------------------------------------------
+    def submit(self, rj: Mapping[str, Any]) -> None:
+        self.queue.submit(entry_for(rj))
+        self.wake.set()
+
+    def hold(self, rj: Mapping[str, Any]) -> None:
+        entry = entry_for(rj)
+        if entry.capped:
+            self.queue.hold(entry.uid, entry.namespace)
+
+    async def _admission_loop(self) -> None:
+        await self.seeded.wait()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+            self.wake.clear()
+            try:
+                await self._admit_round()
+            except Exception:
+                log.exception("admission round failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def _admit_round(self) -> None:
+        for entry in self.queue.expired(time.time()):
+            self.queued_reason.pop(entry.uid, None)
+            message = f"waited longer than queueTimeoutSeconds={entry.timeout}"
+            await self.set_phase(entry.body, Phase.FAILED, "QueueTimeout", message)
+        for entry in self.queue.admissible():
+            self.queued_reason.pop(entry.uid, None)
+            self.starting.add(entry.uid)
+            task = asyncio.create_task(self._start(entry), name=f"rollcall-start-{entry.name}")
+            key = f"start:{entry.uid}"
+            self.fold_tasks[key] = task
+            task.add_done_callback(self._forget_task(key))
+        metrics.QUEUE_LENGTH.set(len(self.queue.waiting))
+        metrics.RUNNING_SLOTS.set(len(self.queue.running))
+        for uid, entry in list(self.queue.waiting.items()):
+            why = self.queue.why_waiting(entry)
+            if self.queued_reason.get(uid) == why:
+                continue
+            self.queued_reason[uid] = why
+            status = (self.rjs.get(uid) or entry.body).get("status") or {}
+            extra = {} if status.get("queuedTime") else {"queuedTime": now_iso()}
+            await self.set_phase(entry.body, Phase.QUEUED, why[0], why[1], extra)
+
+    def _forget_task(self, key: str) -> Any:
+        def done(_task: asyncio.Task[None]) -> None:
+            self.fold_tasks.pop(key, None)
+
+        return done
+
+    async def _start(self, entry: Entry) -> None:
+        """Create the RJ's Job (or find it); on failure give the slot back and retry later."""
+        async with self.sem:
+            try:
+                if await self._create_job(entry):
+                    return
+            except Exception as e:
+                log.warning("creating the Job of %s/%s failed: %s", entry.namespace, entry.name, e)
+            finally:
+                self.starting.discard(entry.uid)
+        self.queue.release(entry.uid)
+        if entry.uid in self.rjs:
+            await asyncio.sleep(2.0)
+            self.queue.submit(entry)
+            self.wake.set()
+
+    async def _create_job(self, entry: Entry) -> bool:
+        rj = self.rjs.get(entry.uid) or dict(entry.body)
+        if (rj.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            self.queue.release(entry.uid)
+            return True
+        manifest = build_job(rj, self.settings)
+        name = manifest["metadata"]["name"]
+        # Status first: if we die after the create, the resume handler finds the name in status.
+        await self.set_phase(
+            rj, Phase.PENDING, "JobCreated", None,
+            {"jobName": name, "resultKey": result_key(entry.uid)},
+        )  # fmt: skip
+        try:
+            await self.kube.create_job(manifest)
+            metrics.JOBS_CREATED.inc()
+            metrics.QUEUE_WAIT.observe(max(0.0, time.time() - entry.created))
+            return True
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        existing = await self.kube.read_job(entry.namespace, name)
+        ref = _controller(existing) if existing else None
+        if ref is not None and ref.get("uid") == entry.uid:
+            return True  # made by an earlier run of this operator: adopt it
+        log.info(
+            "Job %s/%s belongs to another RJ (being deleted?); retrying", entry.namespace, name
+        )
+        return False
+
+    async def ensure_known(self, rj: Mapping[str, Any]) -> None:
+        """Resume/create: hold a slot for an existing Job and fold it, or queue the RJ."""
+        await self.seeded.wait()
+        meta = rj["metadata"]
+        uid = meta["uid"]
+        if uid in self.queue.running or uid in self.queue.waiting or uid in self.starting:
+            return
+        job = await self.kube.read_job(meta["namespace"], job_name(meta["name"]))
+        ref = _controller(job) if job else None
+        if job is not None and ref is not None and ref.get("uid") == uid:
+            if not _finished(job):
+                self.hold(rj)
+            self.fold(job)
+            return
+        self.submit(rj)
+
+    # --- folding Job state into the RJ -----------------------------------------------------------------
+    def fold(self, job: Mapping[str, Any], deleted: bool = False) -> None:
+        """Schedule folding ``job`` into its RJ; events arriving meanwhile are coalesced."""
+        uid = job["metadata"]["uid"]
+        self.fold_latest[uid] = {**job, "_deleted": deleted}
+        if uid not in self.fold_tasks:
+            task = asyncio.create_task(self._fold_loop(uid), name=f"rollcall-fold-{uid}")
+            self.fold_tasks[uid] = task
+
+    async def _fold_loop(self, job_uid: str) -> None:
+        try:
+            while (job := self.fold_latest.pop(job_uid, None)) is not None:
+                try:
+                    await self._fold_once(job, deleted=bool(job.pop("_deleted", False)))
+                except Exception:
+                    log.exception("folding Job %s failed", job["metadata"].get("name"))
+                    await asyncio.sleep(1.0)
+                    self.fold_latest.setdefault(job_uid, job)
+        finally:
+            self.fold_tasks.pop(job_uid, None)
+
+    async def _fold_once(self, job: Mapping[str, Any], deleted: bool) -> None:
+        ref = _controller(job)
+        if ref is None:
+            return
+        rj_uid, namespace = ref["uid"], job["metadata"]["namespace"]
+        if (deleted or _finished(job)) and self.queue.release(rj_uid):
+            self.wake.set()
+        rj = self.rjs.get(rj_uid) or await self.kube.read_rj(namespace, ref["name"])
+        if rj is None or rj["metadata"]["uid"] != rj_uid or rj["metadata"].get("deletionTimestamp"):
+            return
+        current = rj.get("status") or {}
+        if deleted:
+            if current.get("phase") not in TERMINAL_PHASES:
+                await self.set_phase(rj, Phase.CANCELLED, "JobDeleted", "the Job was deleted")
+            return
+        status = job.get("status") or {}
+        needs_pods = _finished(job) or int(status.get("active") or 0) > 0
+        selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+        pods = await self.kube.list_pods(namespace, selector) if needs_pods else []
+        patch = job_status_patch(
+            current,
+            job,
+            pods,
+            now=now_iso(),
+            kueue=bool((rj.get("spec") or {}).get("queue")),
+            generation=rj["metadata"].get("generation"),
+        )
+        if patch is not None:
+            await self.write_status(rj, patch)
+
+    # --- progress --------------------------------------------------------------------------------------
+    async def _progress_loop(self) -> None:
+        interval = self.settings.progress_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            running = [
+                rj for rj in self.rjs.values()
+                if (rj.get("status") or {}).get("phase") == Phase.RUNNING.value
+            ]  # fmt: skip
+            if not running:
+                continue
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for rj in running:
+                    pipe.hmget(keys.job_progress(rj["metadata"]["uid"]), "done", "total")
+                rows = await pipe.execute()
+            except Exception as e:
+                log.warning("reading progress from Redis failed: %s", e)
+                continue
+            for rj, (done, total) in zip(running, rows, strict=True):
+                if done is None or total is None:
+                    continue
+                patch = progress_patch(rj.get("status") or {}, int(done), int(total))
+                if patch is not None:
+                    with contextlib.suppress(ApiException):
+                        await self.write_status(rj, patch)
+
+    # --- webhooks --------------------------------------------------------------------------------------
+    def maybe_deliver(self, rj: Mapping[str, Any]) -> None:
+        status, spec = rj.get("status") or {}, rj.get("spec") or {}
+        uid = rj["metadata"]["uid"]
+        if status.get("phase") not in TERMINAL_PHASES or not spec.get("callback"):
+            return
+        hook = status.get("webhook") or {}
+        if hook.get("delivered") or uid in self.webhooks:
+            return
+        if hook.get("lastStatus") is not None and not webhook.retryable(hook["lastStatus"]):
+            return  # the receiver refused it (4xx): retrying cannot help
+        if int(hook.get("attempts") or 0) >= self.settings.webhook_max_attempts:
+            return
+        task = asyncio.create_task(self._deliver(uid), name=f"rollcall-webhook-{uid}")
+        self.webhooks[uid] = task
+
+    async def _deliver(self, uid: str) -> None:
+        s = self.settings
+        try:
+            rj = self.rjs.get(uid)
+            if rj is None:
+                return
+            meta, callback = rj["metadata"], rj["spec"]["callback"]
+            attempts = int(((rj.get("status") or {}).get("webhook") or {}).get("attempts") or 0)
+            secret_ref = callback["secretRef"]
+            while attempts < s.webhook_max_attempts:
+                rj = self.rjs.get(uid)
+                if rj is None:
+                    return
+                attempts += 1
+                code: int | None
+                error: str | None
+                try:
+                    secret = await self.kube.read_secret_key(
+                        meta["namespace"], secret_ref["name"], secret_ref["key"]
+                    )
+                except (ApiException, KeyError) as e:
+                    code, error = None, f"signing secret unavailable: {e}"[:300]
+                else:
+                    assert self.http is not None
+                    code, error = await webhook.post(
+                        self.http,
+                        callback["url"],
+                        webhook.payload(rj),
+                        secret=secret,
+                        delivery=uid,
+                        timestamp=str(int(time.time())),
+                        timeout=s.webhook_timeout_seconds,
+                    )
+                delivered = error is None
+                final = (
+                    delivered or not webhook.retryable(code) or attempts >= s.webhook_max_attempts
+                )
+                record = {
+                    "delivered": delivered,
+                    "attempts": attempts,
+                    "lastStatus": code,
+                    "lastError": error,
+                    "lastAttemptTime": now_iso(),
+                }
+                await self.write_status(rj, {"webhook": record})
+                if delivered:
+                    metrics.WEBHOOK_DELIVERIES.inc()
+                    _post_event(rj, "Normal", "WebhookDelivered", f"POST {callback['url']}: {code}")
+                    return
+                metrics.WEBHOOK_FAILURES.labels("true" if final else "false").inc()
+                if final:
+                    _post_event(
+                        rj, "Warning", "WebhookFailed", f"{error} after {attempts} attempts"
+                    )
+                    return
+                await asyncio.sleep(
+                    webhook.backoff(
+                        attempts, s.webhook_backoff_seconds, s.webhook_backoff_max_seconds
+                    )
+                )
+        finally:
+            self.webhooks.pop(uid, None)

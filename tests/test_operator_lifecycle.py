@@ -1,0 +1,287 @@
+"""The operator as a process against the real control plane: RJ -> Job -> pods -> RJ status.
+
+Each test runs ``python -m rollcall_operator`` watching only its own namespace; the node agent
+plays the kubelet, with a per-test runner deciding each pod's exit code and termination message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from localk8s import wait_for
+from nodeagent import NodeAgent, Outcome
+from redisrig import free_port
+from rollcall_operator.builder import build_job, job_name
+from rollcall_operator.model import GROUP, PLURAL, VERSION
+from rollcall_operator.settings import OperatorSettings
+
+pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+
+OUTCOME = "test.rollcall.io/outcome"
+SUMMARY = {"images": 3, "faces": 5, "matched": 4, "unknown": 1, "present": 2, "absent": 1}
+
+
+class Operator:
+    """One operator process; ``kill`` is SIGKILL (no cleanup), ``stop`` is SIGTERM."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.health = env["ROLLCALL_OPERATOR_LIVENESS_ENDPOINT"]
+
+    def start(self, timeout: float = 60) -> Operator:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rollcall_operator"], env=self.env, stdout=out,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.logs()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.health, timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            time.sleep(0.2)
+        raise TimeoutError(f"operator not healthy:\n{self.logs()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+
+@pytest.fixture
+def start_operator(
+    kubeconfig: Path, crds: list[str], namespace: str, redis_url: str, tmp_path: Path
+) -> Iterator[Callable[..., Operator]]:
+    started: list[Operator] = []
+
+    def start(**settings: Any) -> Operator:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLCALL_OPERATOR_")}
+        env.update(
+            KUBECONFIG=str(kubeconfig),
+            ROLLCALL_OPERATOR_NAMESPACES=json.dumps([namespace]),
+            ROLLCALL_OPERATOR_REDIS_URL=redis_url,
+            ROLLCALL_OPERATOR_METRICS_PORT="0",
+            ROLLCALL_OPERATOR_LIVENESS_ENDPOINT=f"http://127.0.0.1:{free_port()}/healthz",
+            ROLLCALL_OPERATOR_ANNOTATION_PASSTHROUGH_PREFIXES='["test.rollcall.io/"]',
+            ROLLCALL_OPERATOR_PROGRESS_INTERVAL_SECONDS="0.5",
+            ROLLCALL_OPERATOR_WEBHOOK_BACKOFF_SECONDS="0.3",
+        )
+        for key, value in settings.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            env[f"ROLLCALL_OPERATOR_{key.upper()}"] = text
+        op = Operator(env, tmp_path / f"operator-{len(started)}.log")
+        started.append(op)
+        return op.start()
+
+    yield start
+    for op in started:
+        op.stop()
+
+
+class Script:
+    """The node agent's runner for this test: the outcome is chosen by the RJ's annotation.
+
+    ``ok`` succeeds with SUMMARY; ``bad`` exits 42; ``flaky`` exits 75 once then succeeds;
+    ``hold`` runs until ``release(rj)`` (or the pod is deleted); ``sleep`` never finishes.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.gates: dict[str, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def release(self, rj: str) -> None:
+        self.gate(rj).set()
+
+    def gate(self, rj: str) -> threading.Event:
+        with self.lock:
+            return self.gates.setdefault(rj, threading.Event())
+
+    def __call__(self, pod: client.V1Pod, cancelled: threading.Event) -> Outcome:
+        rj = pod.metadata.labels["rollcall.io/rj-name"]
+        what = (pod.metadata.annotations or {}).get(OUTCOME, "ok")
+        with self.lock:
+            self.seen[rj] = self.seen.get(rj, 0) + 1
+            attempt = self.seen[rj]
+        if what == "bad":
+            return Outcome(42, json.dumps({"error": "no photos under images.subPath"}))
+        if what == "flaky" and attempt == 1:
+            return Outcome(75, json.dumps({"error": "redis unreachable"}))
+        if what in ("hold", "sleep"):
+            gate = self.gate(rj)
+            while not cancelled.is_set() and not gate.is_set():
+                time.sleep(0.1)
+            if cancelled.is_set():
+                return Outcome(137, "killed")
+        return Outcome(0, json.dumps({"summary": SUMMARY}))
+
+
+@pytest.fixture
+def script(node_agent: NodeAgent, namespace: str) -> Script:
+    runner = Script()
+    node_agent.use(namespace, runner)
+    return runner
+
+
+@pytest.fixture
+def photos(k8s_api: client.ApiClient, namespace: str, tmp_path: Path) -> str:
+    """A bound PVC named ``photos`` (hostPath PV), so pods schedule like they would on a cluster."""
+    core: Any = client.CoreV1Api(k8s_api)
+    pv = f"photos-{namespace}"
+    core.create_persistent_volume({
+        "metadata": {"name": pv},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "manual", "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": str(tmp_path)},
+            "claimRef": {"namespace": namespace, "name": "photos"},
+        },
+    })  # fmt: skip
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "photos"},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "manual", "volumeName": pv,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    })  # fmt: skip
+    wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim("photos", namespace).status.phase
+        == "Bound",
+        "photos PVC bound",
+    )
+    return "photos"
+
+
+def rj_body(name: str, outcome: str = "ok", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RecognitionJob",
+        "metadata": {"name": name, "annotations": {OUTCOME: outcome}},
+        "spec": {
+            "classCode": "MATH-7B",
+            "images": {"claimName": "photos", "subPath": "p1"},
+            "roster": ["s1", "s2", "s3"],
+            "resources": {"gpus": 1, "cpu": "100m", "memory": "64Mi"},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+class K:
+    """Small synchronous helpers over the admin client for assertions."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.ns = namespace
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.batch: Any = client.BatchV1Api(api)
+        self.core: Any = client.CoreV1Api(api)
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        got: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, body
+        )
+        return got
+
+    def rj(self, name: str) -> dict[str, Any]:
+        got: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name
+        )
+        return got
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.rj(name).get("status") or {}
+
+    def phase_is(self, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
+        wait_for(lambda: self.status(name).get("phase") == phase,
+                 f"{name} {phase} (now {self.status(name)})", timeout=timeout)  # fmt: skip
+        return self.status(name)
+
+    def jobs(self) -> list[Any]:
+        return list(self.batch.list_namespaced_job(self.ns).items)
+
+    def job(self, name: str) -> Any:
+        return self.batch.read_namespaced_job(job_name(name), self.ns)
+
+    def pods(self, rj: str) -> list[Any]:
+        return list(self.core.list_namespaced_pod(
+            self.ns, label_selector=f"rollcall.io/rj-name={rj}").items)  # fmt: skip
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec}
+        )
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def events(self, name: str) -> list[str]:
+        items = self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={name}").items  # fmt: skip
+        return [e.reason for e in items]
+
+
+@pytest.fixture
+def k(k8s_api: client.ApiClient, namespace: str) -> K:
+    return K(k8s_api, namespace)
+
+
+def test_create_makes_one_job_as_built_and_success_fills_the_summary(
+    k: K, start_operator: Callable[..., Operator], script: Script, photos: str
+) -> None:
+    start_operator()
+    created = k.create(rj_body("math-7b", "hold"))
+    wait_for(lambda: len(k.jobs()) == 1, "the Job exists")
+    job = k.job("math-7b")
+    expected = build_job(created, OperatorSettings(
+        annotation_passthrough_prefixes=["test.rollcall.io/"]))  # fmt: skip
+    assert job.metadata.labels == expected["metadata"]["labels"]
+    owner = job.metadata.owner_references[0]
+    assert (owner.kind, owner.uid, owner.controller, owner.block_owner_deletion) == (
+        "RecognitionJob", created["metadata"]["uid"], True, True)  # fmt: skip
+    assert job.spec.backoff_limit == 2 and job.spec.active_deadline_seconds == 3600
+    assert job.spec.pod_failure_policy.rules[0].on_exit_codes.values == [42]
+    container = job.spec.template.spec.containers[0]
+    assert container.security_context.read_only_root_filesystem is True
+    assert job.spec.template.spec.automount_service_account_token is False
+    running = k.phase_is("math-7b", "Running")
+    assert running["jobName"] == "math-7b" and running["attempts"] == 1
+    script.release("math-7b")
+    done = k.phase_is("math-7b", "Succeeded")
+    assert done["summary"]["present"] == 2 and done["summary"]["absent"] == 1
+    assert done["progress"]["text"] == "3/3"
+    assert done["completionTime"] and done["startTime"]
+    assert done["resultKey"] == f"rollcall:job:{{{created['metadata']['uid']}}}:results"
+    finished = {c["type"]: c for c in done["conditions"]}["Finished"]
+    assert finished["status"] == "True" and finished["reason"] == "Completed"
+    wait_for(lambda: {"Pending", "Running", "Succeeded"} <= set(k.events("math-7b")),
+             f"transition events (got {k.events('math-7b')})")  # fmt: skip
+    assert len(k.jobs()) == 1
