@@ -136,10 +136,12 @@ def load_engine(
     threads: int = 0,
     batch_size: int = 32,
     min_face_px: int = 40,
+    spin: bool = False,
 ) -> FaceEngine:
     """Open ``detector.card.json`` and ``embedder.card.json`` in ``model_dir`` and their models.
 
     Each session runs once on zeros before this returns, so the first photo is not slower.
+    ``spin`` lets idle onnxruntime threads busy-wait (see ``runtime.session_options``).
     """
     detector_card = load_card(model_dir / DETECTOR_CARD)
     embedder_card = load_card(model_dir / EMBEDDER_CARD)
@@ -152,6 +154,7 @@ def load_engine(
             providers=providers,
             threads=threads,
             batch_size=256,  # R-Net/O-Net candidates are tiny; batch them all
+            spin=spin,
         )
 
     pnet, rnet, onet = stage("pnet"), stage("rnet"), stage("onet")
@@ -162,6 +165,7 @@ def load_engine(
         threads=threads,
         batch_size=batch_size,
         warm_up_shape=_input_shape(embedder_card, 1),
+        spin=spin,
     )
     engine = FaceEngine(detector_card, embedder_card, detector, embedder, min_face_px=min_face_px)
     # Warm the detector path too (pyramid, R-Net, O-Net shapes) on a small blank frame.

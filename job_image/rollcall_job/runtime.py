@@ -36,22 +36,29 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [*chosen, CPU]
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
-    """Full graph optimisation; ``threads`` intra-op threads (0: onnxruntime's choice)."""
+def session_options(threads: int = 0, *, spin: bool = False) -> ort.SessionOptions:
+    """Full graph optimisation; ``threads`` intra-op threads (0: onnxruntime's choice).
+
+    Idle worker threads sleep instead of spinning unless ``spin``: spinning burns a pod's CPU
+    quota and, on shared cores, measured 2-3x slower end to end (bench/bench_models.py).
+    """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = max(threads, 0)
     opts.inter_op_num_threads = 1  # one graph at a time; the parallelism is inside ops
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return opts
 
 
 def make_session(
-    path: Path, *, providers: Sequence[str] | None = None, threads: int = 0
+    path: Path, *, providers: Sequence[str] | None = None, threads: int = 0, spin: bool = False
 ) -> ort.InferenceSession:
     return ort.InferenceSession(
-        str(path), sess_options=session_options(threads), providers=choose_providers(providers)
+        str(path),
+        sess_options=session_options(threads, spin=spin),
+        providers=choose_providers(providers),
     )
 
 
@@ -95,9 +102,10 @@ def load_model(
     threads: int = 0,
     batch_size: int = 32,
     warm_up_shape: Sequence[int] | None = None,
+    spin: bool = False,
 ) -> Model:
-    model = Model(make_session(path, providers=providers, threads=threads), batch_size)
+    session = make_session(path, providers=providers, threads=threads, spin=spin)
+    model = Model(session, batch_size)
     if warm_up_shape is not None:
         model.warm_up(warm_up_shape)
     return model
-
