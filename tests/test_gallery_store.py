@@ -81,7 +81,7 @@ def test_load_is_one_round_trip(redis_client: redis.Redis, monkeypatch: pytest.M
                         lambda *a, **k: pytest.fail("unexpected direct command"))
     g = store.load("6b", META, roster=[f"s{i}" for i in range(50)])
     assert len(g) == 50
-    assert calls == [2]
+    assert calls == [3]  # meta, packed copy, HLEN: one round trip
 
 
 def test_missing_gallery_is_a_clear_error(redis_client: redis.Redis) -> None:
@@ -108,9 +108,67 @@ def test_mismatched_meta_is_refused_on_load_and_on_write(
 def test_corrupt_stored_value_is_a_clear_error(redis_client: redis.Redis) -> None:
     store = GalleryStore(redis_client)
     store.put("6b", META, {"s1": _emb(1, 1)})
+    # a foreign writer that follows the contract (bumps meta's stamp) but writes garbage
     redis_client.hset(keys.gallery("6b", META.model_id), "s1", b"\x80\x04garbage")
+    redis_client.hset(keys.gallery_meta("6b", META.model_id), "updated", "later")
     with pytest.raises(GalleryMismatch, match="s1"):
         store.load("6b", META)
+
+
+def _same(a: Gallery, b: Gallery) -> None:
+    assert (a.student_ids, a.missing) == (b.student_ids, b.missing)
+    assert a.offsets.tolist() == b.offsets.tolist()
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+
+
+@pytest.mark.parametrize(
+    "roster",
+    [None, ["s3", "s0"], ["s5", "s1", "s1", "ghost", "s2"], ["ghost"],
+     [f"s{i}" for i in range(8)]],
+)
+def test_packed_copy_and_hash_give_the_same_gallery(
+    redis_client: redis.Redis, roster: list[str] | None
+) -> None:
+    store = GalleryStore(redis_client)
+    store.put("6b", META, {f"s{i}": _emb(1 + i % 3, i) for i in range(8)})
+    fast = store.load("6b", META, roster)
+    redis_client.delete(keys.gallery_packed("6b", META.model_id))
+    _same(fast, store.load("6b", META, roster))
+
+
+@pytest.mark.parametrize("edit", ["foreign_student", "garbage_packed", "restamped"])
+def test_a_stale_or_broken_packed_copy_is_not_trusted(
+    redis_client: redis.Redis, edit: str
+) -> None:
+    store = GalleryStore(redis_client)
+    store.put("6b", META, {"s1": _emb(1, 1), "s2": _emb(2, 2)})
+    newcomer = _emb(1, 3)
+    gkey, pkey = keys.gallery("6b", META.model_id), keys.gallery_packed("6b", META.model_id)
+    if edit == "foreign_student":  # written straight into the hash, meta untouched
+        redis_client.hset(gkey, "s3", newcomer.tobytes())
+    elif edit == "garbage_packed":
+        redis_client.set(pkey, b"RCG1\xff\xff\xff\x7fnot json")
+    else:  # someone rewrote a row and bumped the stamp, leaving the packed copy behind
+        redis_client.hset(gkey, "s1", newcomer.tobytes())
+        redis_client.hset(keys.gallery_meta("6b", META.model_id), "updated", "later")
+    g = store.load("6b", META)
+    rows = {s: g.embeddings[g.offsets[i]] for i, s in enumerate(g.student_ids)}
+    if edit == "foreign_student":
+        np.testing.assert_array_equal(rows["s3"], newcomer[0])
+    elif edit == "restamped":
+        np.testing.assert_array_equal(rows["s1"], newcomer[0])
+    else:
+        assert g.student_ids == ("s1", "s2") and len(g.embeddings) == 3
+
+
+def test_put_keeps_the_packed_copy_in_step(redis_client: redis.Redis) -> None:
+    store = GalleryStore(redis_client)
+    store.put("6b", META, {"s1": _emb(1, 1)})
+    store.put("6b", META, {"s2": _emb(2, 2), "s1": _emb(1, 9)})
+    fast = store.load("6b", META)
+    redis_client.delete(keys.gallery_packed("6b", META.model_id))
+    _same(fast, store.load("6b", META))
+    np.testing.assert_array_equal(fast.embeddings[0], _emb(1, 9)[0])
 
 
 def test_replace_drops_other_students(redis_client: redis.Redis) -> None:

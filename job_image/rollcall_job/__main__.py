@@ -112,6 +112,13 @@ def _attempt() -> str:
     return f"{os.environ.get('HOSTNAME', 'local')}-{os.getpid()}"
 
 
+def redis_client(url: str) -> redis.Redis:
+    """Bounded connect/read timeouts (a hung Redis becomes TRANSIENT, not a stuck Job); a 1 MiB
+    read buffer, because a class gallery arrives as one multi-megabyte reply."""
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60,
+                                socket_read_size=1 << 20)
+
+
 def run(
     settings: JobSettings, *, engine_loader: EngineLoader = load_engine
 ) -> tuple[dict[str, Any], str]:
@@ -120,7 +127,7 @@ def run(
         raise BadInput(f"unknown mode {settings.mode!r}")
     if not settings.input_dir.is_dir():
         raise BadInput(f"input directory {settings.input_dir} does not exist")
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=60)
+    client = redis_client(settings.redis_url)
     try:
         client.ping()  # fail fast (TRANSIENT) before seconds of model loading
         if settings.mode == "enroll":

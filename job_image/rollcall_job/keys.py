@@ -22,6 +22,12 @@ def gallery_meta(name: str, model_id: str) -> str:
     return f"{PREFIX}:gallery:{{{name}:{model_id}}}:meta"
 
 
+def gallery_packed(name: str, model_id: str) -> str:
+    """String: every row of ``gallery`` in one value (ids + raw float32), rewritten with it in one
+    MULTI/EXEC, so a class loads as one reply; stamped with meta's ``updated`` to detect drift."""
+    return f"{PREFIX}:gallery:{{{name}:{model_id}}}:packed"
+
+
 def job_results(job_uid: str) -> str:
     """Hash: summary, attendance, photos (JSON fields) — renamed into place whole, never partial."""
     return f"{PREFIX}:job:{{{job_uid}}}:results"
