@@ -10,11 +10,14 @@ from hypothesis import strategies as st
 from rollcall_job.matcher import (
     UNKNOWN,
     Match,
+    Metric,
     affinity,
     assign_greedy,
     attendance,
+    from_affinity,
     match_faces,
     per_student,
+    to_affinity,
     top_k,
 )
 
@@ -34,8 +37,8 @@ def test_affinity_agrees_with_a_pairwise_loop(metric: str) -> None:
             if metric == "cosine":
                 want = p[i] @ g[j] / np.linalg.norm(p[i]) / np.linalg.norm(g[j])
             else:
-                want = -np.linalg.norm(p[i] - g[j])
-            assert got[i, j] == pytest.approx(want, abs=1e-5)
+                want = -np.linalg.norm(p[i] - g[j]) ** 2  # squared: same order, no sqrt
+            assert got[i, j] == pytest.approx(want, abs=1e-4)
 
 
 def test_affinity_rejects_dimension_mismatch() -> None:
@@ -86,12 +89,24 @@ def test_assignment_is_one_to_one_and_above_threshold(nf: int, ns: int, seed: in
             assert all(aff[f, j] < 0.2 for j in free)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("score", [0.0, 0.3, 0.6, 1.2])
+def test_affinity_conversion_round_trips_and_keeps_order(metric: Metric, score: float) -> None:
+    m = metric
+    assert from_affinity(to_affinity(score, m), m) == pytest.approx(score)
+    better = score + 0.1 if metric == "cosine" else max(score - 0.1, 0.0)
+    if better != score:
+        assert to_affinity(better, m) > to_affinity(score, m)
+
+
 def test_top_k_orders_best_first() -> None:
     aff = np.array([[0.1, 0.7, 0.3, 0.9]], dtype=np.float32)
     idx, vals = top_k(aff, 3)
     assert idx.tolist() == [[3, 1, 2]]
     assert vals[0].tolist() == pytest.approx([0.9, 0.7, 0.3])
     assert top_k(aff, 10)[0].shape == (1, 4)
+    one_idx, one_val = top_k(aff, 1)
+    assert one_idx.tolist() == [[3]] and one_val.tolist() == [[pytest.approx(0.9)]]
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

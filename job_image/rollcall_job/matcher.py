@@ -36,7 +36,11 @@ def l2_normalise(x: FloatArray) -> FloatArray:
 
 
 def affinity(probes: FloatArray, gallery: FloatArray, metric: Metric) -> FloatArray:
-    """(n_probes, n_rows) affinities, higher is better: one matrix product for either metric."""
+    """(n_probes, n_rows) affinities, higher is better: one matrix product for either metric.
+
+    Euclidean affinity is the negated *squared* distance: same order, no square root over the
+    whole matrix (``from_affinity`` takes it for the few numbers that leave the module).
+    """
     p = np.asarray(probes, dtype=np.float32)
     g = np.asarray(gallery, dtype=np.float32)
     if p.ndim != 2 or g.ndim != 2 or (p.size and g.size and p.shape[1] != g.shape[1]):
@@ -44,19 +48,22 @@ def affinity(probes: FloatArray, gallery: FloatArray, metric: Metric) -> FloatAr
     if metric == "cosine":
         return l2_normalise(p) @ l2_normalise(g).T
     if metric == "euclidean":
-        sq = (p * p).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * (p @ g.T)
-        dist: FloatArray = np.sqrt(np.maximum(sq, 0.0, dtype=np.float32))
-        return -dist
+        aff: FloatArray = p @ g.T  # in place from here: the matrix is the big allocation
+        aff *= 2.0
+        aff -= (p * p).sum(1)[:, None]
+        aff -= (g * g).sum(1)[None, :]
+        np.minimum(aff, 0.0, out=aff)  # rounding can make a distance^2 slightly negative
+        return aff
     raise ValueError(f"unknown metric {metric!r}")
 
 
 def to_affinity(score: float, metric: Metric) -> float:
     """A metric's own number (similarity or distance) as an affinity (higher is better)."""
-    return score if metric == "cosine" else -score
+    return score if metric == "cosine" else -(score * score)
 
 
 def from_affinity(aff: float, metric: Metric) -> float:
-    return aff if metric == "cosine" else -aff
+    return aff if metric == "cosine" else float(np.sqrt(max(-aff, 0.0)))
 
 
 def per_student(aff: FloatArray, offsets: npt.NDArray[np.intp]) -> FloatArray:
@@ -67,6 +74,8 @@ def per_student(aff: FloatArray, offsets: npt.NDArray[np.intp]) -> FloatArray:
     """
     if aff.shape[0] == 0 or len(offsets) == 0:
         return np.zeros((aff.shape[0], len(offsets)), dtype=np.float32)
+    if len(offsets) == aff.shape[1]:  # one row per student (enrolled averages): nothing to reduce
+        return aff
     return np.maximum.reduceat(aff, offsets, axis=1)
 
 
@@ -93,6 +102,9 @@ def top_k(aff: FloatArray, k: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
     if k == 0:
         empty = np.zeros((aff.shape[0], 0))
         return empty.astype(np.intp), empty.astype(np.float32)
+    if k == 1:
+        best = aff.argmax(axis=1)[:, None]
+        return best, np.take_along_axis(aff, best, axis=1)
     idx = np.argpartition(-aff, k - 1, axis=1)[:, :k]
     part = np.take_along_axis(aff, idx, axis=1)
     order = np.argsort(-part, axis=1, kind="stable")
