@@ -1,0 +1,230 @@
+{{/*
+The chart name, overridable.
+*/}}
+{{- define "rollcall.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name prefix of every object: <release>-<chart>, or <release> when it already holds the
+chart name. Truncated to 45 characters so suffixes like "-operator-framework" stay within 63.
+*/}}
+{{- define "rollcall.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rollcall.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every object.
+*/}}
+{{- define "rollcall.labels" -}}
+helm.sh/chart: {{ include "rollcall.chart" . }}
+{{ include "rollcall.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: rollcall
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels (immutable in Deployments: never add to them).
+*/}}
+{{- define "rollcall.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rollcall.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Per-component labels: include with (dict "ctx" $ "component" "api").
+*/}}
+{{- define "rollcall.componentLabels" -}}
+{{ include "rollcall.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "rollcall.componentSelectorLabels" -}}
+{{ include "rollcall.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+ServiceAccount names.
+*/}}
+{{- define "rollcall.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (printf "%s-operator" (include "rollcall.fullname" .)) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "rollcall.api.serviceAccountName" -}}
+{{- if .Values.api.serviceAccount.create }}
+{{- default (printf "%s-api" (include "rollcall.fullname" .)) .Values.api.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.api.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "rollcall.serviceAccountName" -}}
+{{- include "rollcall.operator.serviceAccountName" . }}
+{{- end }}
+
+{{/*
+Images: repository:tag, the tag defaulting to the chart's appVersion.
+*/}}
+{{- define "rollcall.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/*
+The school namespaces as a list (empty value: the release namespace).
+*/}}
+{{- define "rollcall.namespaces" -}}
+{{- if .Values.namespaces }}
+{{- toJson (uniq .Values.namespaces) }}
+{{- else }}
+{{- toJson (list .Release.Namespace) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Namespaces that need the Redis URL Secret: the school namespaces plus the release namespace
+(where the API and the operator read it).
+*/}}
+{{- define "rollcall.redisSecretNamespaces" -}}
+{{- $ns := include "rollcall.namespaces" . | fromJsonArray }}
+{{- toJson (uniq (append $ns .Release.Namespace)) }}
+{{- end }}
+
+{{/*
+Redis: the Secret holding the URL, its key, the bundled Service name.
+*/}}
+{{- define "rollcall.redis.fullname" -}}
+{{- printf "%s-redis" (include "rollcall.fullname" .) }}
+{{- end }}
+
+{{- define "rollcall.redis.secretName" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret }}
+{{- .Values.redis.external.existingSecret }}
+{{- else }}
+{{- printf "%s-redis-url" (include "rollcall.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "rollcall.redis.secretKey" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret }}
+{{- .Values.redis.external.existingSecretKey }}
+{{- else }}url{{- end }}
+{{- end }}
+
+{{/*
+The bundled Redis password: the value, else the one already in the cluster, else a new one.
+Generated once: later upgrades read it back with `lookup` so clients keep working.
+*/}}
+{{- define "rollcall.redis.password" -}}
+{{- if .Values.redis.password }}
+{{- .Values.redis.password }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "rollcall.redis.fullname" .) }}
+{{- if and $existing $existing.data (index $existing.data "password") }}
+{{- index $existing.data "password" | b64dec }}
+{{- else }}
+{{- $cached := get .Values "_generatedRedisPassword" }}
+{{- if $cached }}{{ $cached }}{{ else }}
+{{- $p := randAlphaNum 32 }}
+{{- $_ := set .Values "_generatedRedisPassword" $p }}
+{{- $p }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rollcall.redis.url" -}}
+{{- if .Values.redis.enabled }}
+{{- printf "redis://:%s@%s.%s.svc:6379/0" (include "rollcall.redis.password" . | urlquery) (include "rollcall.redis.fullname" .) .Release.Namespace }}
+{{- else }}
+{{- .Values.redis.external.url }}
+{{- end }}
+{{- end }}
+
+{{/*
+The webhook signing Secret.
+*/}}
+{{- define "rollcall.webhook.secretName" -}}
+{{- default (printf "%s-webhook" (include "rollcall.fullname" .)) .Values.webhook.signingSecret.name }}
+{{- end }}
+
+{{- define "rollcall.webhook.secretValue" -}}
+{{- if .Values.webhook.signingSecret.value }}
+{{- .Values.webhook.signingSecret.value }}
+{{- else }}
+{{- $ns := include "rollcall.namespaces" . | fromJsonArray | first }}
+{{- $existing := lookup "v1" "Secret" $ns (include "rollcall.webhook.secretName" .) }}
+{{- $key := .Values.webhook.signingSecret.key }}
+{{- if and $existing $existing.data (index $existing.data $key) }}
+{{- index $existing.data $key | b64dec }}
+{{- else }}
+{{- $cached := get .Values "_generatedWebhookSecret" }}
+{{- if $cached }}{{ $cached }}{{ else }}
+{{- $p := randAlphaNum 48 }}
+{{- $_ := set .Values "_generatedWebhookSecret" $p }}
+{{- $p }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The kopf peering object's name, when peering is on (more than one operator replica).
+*/}}
+{{- define "rollcall.peeringName" -}}
+{{- if gt (int .Values.operator.replicas) 1 }}
+{{- include "rollcall.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The securityContexts (restricted Pod Security Standard).
+*/}}
+{{- define "rollcall.podSecurityContext" -}}
+{{- toYaml .Values.podSecurityContext }}
+{{- end }}
+
+{{- define "rollcall.securityContext" -}}
+{{- toYaml .Values.securityContext }}
+{{- end }}
+
+{{/*
+Checks that fail the render with a readable message.
+*/}}
+{{- define "rollcall.validate" -}}
+{{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) }}
+{{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret" }}
+{{- end }}
+{{- $ns := include "rollcall.namespaces" . | fromJsonArray }}
+{{- range $digest, $entry := .Values.api.keys.entries }}
+{{- range $entry.namespaces }}
+{{- if not (has . $ns) }}
+{{- fail (printf "api.keys.entries: namespace %q (key %s...) is not in `namespaces` %v: the API could not reach it" . (trunc 8 (toString $digest)) $ns) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and .Values.webhook.enabled (not .Values.webhook.allowAnySecret) (not .Values.webhook.signingSecret.create) (not .Values.webhook.signingSecret.name) }}
+{{- fail "webhook.allowAnySecret=false with signingSecret.create=false needs webhook.signingSecret.name" }}
+{{- end }}
+{{- end }}
