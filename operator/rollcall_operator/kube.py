@@ -8,10 +8,11 @@ deleted RJ never lands on a new one that reuses its name.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -26,8 +27,28 @@ __all__ = ["ApiException", "Kube"]
 
 
 async def _json(resp: Any) -> Any:
+    """The JSON body; a non-2xx answer raises ApiException (unread responses are not checked)."""
     data = await resp.read()
+    if not 200 <= resp.status <= 299:
+        err = ApiException(status=resp.status, reason=resp.reason)
+        err.body = data.decode(errors="replace")
+        raise err
     return json.loads(data)
+
+
+_RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+async def _retrying(call: Callable[[], Awaitable[Any]], attempts: int = 30) -> Any:
+    """Retry a read the apiserver asks us to retry (429 while a CRD's storage initialises, 5xx)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await _json(await call())
+        except ApiException as e:
+            if e.status not in _RETRY_STATUSES or attempt == attempts:
+                raise
+            await asyncio.sleep(min(2.0, 0.2 * attempt))
+    raise AssertionError("unreachable")
 
 
 class Kube:
@@ -62,33 +83,42 @@ class Kube:
     async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             resp = await self.batch.read_namespaced_job(name, namespace, _preload_content=False)
+            return await _json(resp)  # type: ignore[no-any-return]
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        return await _json(resp)  # type: ignore[no-any-return]
 
     async def patch_job(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        await self.batch.patch_namespaced_job(
+        resp = await self.batch.patch_namespaced_job(
             name, namespace, dict(patch), _content_type=MERGE_PATCH, _preload_content=False
         )
+        await _json(resp)
 
     async def list_jobs(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
         if namespace is None:
-            resp = await self.batch.list_job_for_all_namespaces(
-                label_selector=selector, _preload_content=False
+            return (  # type: ignore[no-any-return]
+                await _retrying(
+                    lambda: self.batch.list_job_for_all_namespaces(
+                        label_selector=selector, _preload_content=False
+                    )
+                )
+            )["items"]
+        return (  # type: ignore[no-any-return]
+            await _retrying(
+                lambda: self.batch.list_namespaced_job(
+                    namespace, label_selector=selector, _preload_content=False
+                )
             )
-        else:
-            resp = await self.batch.list_namespaced_job(
-                namespace, label_selector=selector, _preload_content=False
-            )
-        return (await _json(resp))["items"]  # type: ignore[no-any-return]
+        )["items"]
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        resp = await self.core.list_namespaced_pod(
-            namespace, label_selector=selector, _preload_content=False
+        got = await _retrying(
+            lambda: self.core.list_namespaced_pod(
+                namespace, label_selector=selector, _preload_content=False
+            )
         )
-        return (await _json(resp))["items"]  # type: ignore[no-any-return]
+        return got["items"]  # type: ignore[no-any-return]
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes:
         resp = await self.core.read_namespaced_secret(name, namespace, _preload_content=False)
@@ -103,22 +133,26 @@ class Kube:
             resp = await self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
             )
+            return await _json(resp)  # type: ignore[no-any-return]
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        return await _json(resp)  # type: ignore[no-any-return]
 
     async def list_rjs(self, namespace: str | None) -> list[dict[str, Any]]:
         if namespace is None:
-            resp = await self.custom.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, _preload_content=False
+            got = await _retrying(
+                lambda: self.custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, _preload_content=False
+                )
             )
         else:
-            resp = await self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, _preload_content=False
+            got = await _retrying(
+                lambda: self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, _preload_content=False
+                )
             )
-        return (await _json(resp))["items"]  # type: ignore[no-any-return]
+        return got["items"]  # type: ignore[no-any-return]
 
     async def patch_rj_status(
         self, namespace: str, name: str, uid: str, status: Mapping[str, Any]
@@ -136,8 +170,8 @@ class Kube:
                 _content_type=MERGE_PATCH,
                 _preload_content=False,
             )
+            return await _json(resp)  # type: ignore[no-any-return]
         except ApiException as e:
             if e.status in (404, 409):
                 return None
             raise
-        return await _json(resp)  # type: ignore[no-any-return]
