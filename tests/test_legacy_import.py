@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from rollcall_job.gallery import GalleryMeta, GalleryStore
-from rollcall_job.legacy import LegacyLayout, UnsafePickle, import_legacy, safe_loads
+from rollcall_job.legacy import LegacyLayout, UnsafePickle, import_legacy, main, safe_loads
 
 META = GalleryMeta("dlib-resnet-v1", 128, "euclidean")
 
@@ -133,3 +133,15 @@ def test_import_converts_good_rows_and_reports_bad_ones(
     g = GalleryStore(redis_client).load("6B", META)
     assert g.student_ids == ("ann", "bob")
     np.testing.assert_allclose(g.embeddings, np.vstack(good["ann"] + good["bob"]), rtol=1e-6)
+
+
+def test_command_line_import(
+    redis_client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = LegacyLayout(prefix="att", class_code="7A", period="p1")
+    _seed_legacy(redis_client, layout, {"zoe": [pickle.dumps(np.ones(128))]})
+    rc = main(["--from-url", redis_url, "--prefix", "att", "--class-code", "7A",
+               "--period", "p1", "--gallery", "7a"])
+    assert rc == 0
+    assert '"students": 1' in capsys.readouterr().out
+    assert GalleryStore(redis_client).load("7a", META).student_ids == ("zoe",)

@@ -18,6 +18,7 @@ before anything is called, so a malicious pickle is refused without being execut
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import io
 import pickle
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import redis
 
 from rollcall_job.gallery import GalleryMeta, GalleryStore, Redis
 
@@ -239,3 +241,38 @@ def import_legacy(
     students, report = read_legacy(client, layout, meta.dim)
     GalleryStore(target or client).put(gallery, meta, students, replace=replace)
     return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rollcall_job.legacy``: import one class/period, print the report as JSON."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m rollcall_job.legacy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--from-url", required=True, help="Redis holding the legacy layout")
+    ap.add_argument("--to-url", help="Redis to write the gallery to (default: --from-url)")
+    ap.add_argument("--prefix", default="attendance")
+    ap.add_argument("--class-code", required=True)
+    ap.add_argument("--period", required=True)
+    ap.add_argument("--gallery", required=True, help="gallery name to write")
+    ap.add_argument("--model-id", default="dlib-resnet-v1",
+                    help="embedder card id the legacy features came from")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
+    args = ap.parse_args(argv)
+    source = redis.Redis.from_url(args.from_url)
+    target = redis.Redis.from_url(args.to_url) if args.to_url else source
+    report = import_legacy(
+        source,
+        LegacyLayout(args.prefix, args.class_code, args.period),
+        gallery=args.gallery,
+        meta=GalleryMeta(args.model_id, args.dim, args.metric),
+        target=target,
+    )
+    print(json.dumps(dataclasses.asdict(report), indent=2))
+    return 0 if report.students else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
