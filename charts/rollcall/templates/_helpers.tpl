@@ -7,17 +7,17 @@ The chart name, overridable.
 
 {{/*
 The full name prefix of every object: <release>-<chart>, or <release> when it already holds the
-chart name. Truncated to 45 characters so suffixes like "-operator-framework" stay within 63.
+chart name. Truncated to 44 characters so the longest suffix, "-operator-framework" (19), stays within 63.
 */}}
 {{- define "rollcall.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 44 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- .Release.Name | trunc 44 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 44 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
