@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -66,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.keys_reload_seconds > 0
             else None
         )
+        # Objects made at start-up live as long as the process: keep the cyclic GC from rescanning
+        # them, so a gen-2 collection under load stays short (it showed as 150+ ms loop stalls).
+        gc.freeze()
         try:
             yield
         finally:
@@ -85,7 +89,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.dependency_overrides[get_settings] = lambda: settings
+
+    async def app_settings() -> Settings:  # async: a sync dependency would cost a thread hop
+        return settings
+
+    app.dependency_overrides[get_settings] = app_settings
     metrics = Metrics()
     app.state.metrics = metrics
     install_error_handlers(app)
