@@ -188,3 +188,27 @@ def test_redis_down_is_transient_and_the_password_never_leaks(
     out = capsys.readouterr()
     assert "hunter2" not in term + out.out + out.err
     assert ":***@127.0.0.1" in out.out
+
+
+def test_enroll_into_a_gallery_of_another_metric_is_refused_before_any_work(
+    job_env: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    import numpy as np
+
+    from rollcall_job.gallery import GalleryMeta, GalleryStore
+
+    GalleryStore(redis_client).put("6b", GalleryMeta("toy-v1", 3, "euclidean"),
+                                   {"old": np.ones((1, 3), np.float32)})
+    mp, tmp = job_env["monkeypatch"], job_env["tmp"]
+    save(tmp / "enroll" / "ann" / "1.png", photo([("ann", 10, 10, 60)]))
+    mp.setenv("ROLLCALL_MODE", "enroll")
+    mp.setenv("ROLLCALL_INPUT_DIR", str(tmp / "enroll"))
+    engines: list[ToyEngine] = []
+
+    def loader(settings: JobSettings, min_face_px: int) -> ToyEngine:
+        engines.append(ToyEngine(min_face_px=min_face_px))
+        return engines[-1]
+
+    assert main([], engine_loader=loader) == ExitCode.BAD_INPUT
+    assert "metric=euclidean" in _termination(job_env)["error"]
+    assert [e.detect_calls for e in engines] == [0]

@@ -6,7 +6,10 @@ import logging
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from redisrig import free_port
 from rollcall_job import keys
 from rollcall_job.progress import Progress, log_sink, redis_sink
 
@@ -63,3 +66,11 @@ def test_redis_and_log_sinks(redis_client: redis.Redis, caplog: pytest.LogCaptur
     assert (stored[b"done"], stored[b"total"]) == (b"3", b"4")
     assert 0 < redis_client.ttl(keys.job_progress("uid-1")) <= 60
     assert "progress 3/4 photos (75%)" in caplog.text
+
+
+def test_a_failed_progress_write_does_not_stop_the_job(caplog: pytest.LogCaptureFixture) -> None:
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    p = Progress(2, [redis_sink(dead, "uid-1", 60)], interval=0.0)
+    p.start()
+    p.advance(2)
+    assert p.done == 2 and "progress write failed" in caplog.text

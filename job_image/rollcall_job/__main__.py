@@ -177,6 +177,9 @@ def _enroll(
 ) -> tuple[dict[str, Any], str]:
     engine = engine_loader(settings, settings.min_face_px)
     spec = embedder_spec(engine.embedder_card, settings.threshold)
+    existing = GalleryStore(client).meta(settings.gallery, spec.meta.model_id)
+    if existing is not None:
+        existing.check(spec.meta)  # refuse before minutes of work, not after
     fine: list[Engine[Any]] = []
 
     def small_faces(image: ImageBGR) -> int:

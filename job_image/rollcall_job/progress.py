@@ -58,14 +58,21 @@ class Progress:
 
 
 def redis_sink(client: redis.Redis, job_uid: str, ttl_seconds: int) -> Sink:
-    """Write done/total/updated to the job's progress hash (one pipelined round trip)."""
+    """Write done/total/updated to the job's progress hash (one pipelined round trip).
+
+    Progress is advisory: a failed write is logged and skipped, not fatal; the results write at
+    the end is what must succeed (and fails the job as TRANSIENT if Redis is really gone).
+    """
     key = keys.job_progress(job_uid)
 
     def write(done: int, total: int) -> None:
         pipe = client.pipeline(transaction=True)
         pipe.hset(key, mapping={"done": done, "total": total, "updated": f"{time.time():.3f}"})
         pipe.expire(key, ttl_seconds)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError as e:
+            log.warning("progress write failed: %s", type(e).__name__)
 
     return write
 
