@@ -41,7 +41,7 @@ def test_identify_marks_present_absent_unknown(class_photos: Path, tmp_path: Pat
     engine = ToyEngine()
     gallery = _gallery(["ann", "bob", "cy", "dee"], engine)
     roster = ["ann", "bob", "cy", "dee", "eve"]  # eve was never enrolled
-    out = identify(engine, list_photos(class_photos), gallery, roster=roster, threshold=0.95,
+    out = identify(engine, list_photos(class_photos), gallery, roster=roster, threshold=0.05,
                    top_k=2, max_bytes=1 << 20, annotate_dir=tmp_path / "out")
     docs = out.documents
     att = docs["attendance"]
@@ -58,7 +58,7 @@ def test_identify_marks_present_absent_unknown(class_photos: Path, tmp_path: Pat
     front = by_photo["01_front.png"]["faces"]
     assert [f["student"] for f in front] == ["ann", "bob", "unknown"]
     assert len(front[0]["candidates"]) == 2 and front[0]["candidates"][0]["student"] == "ann"
-    assert front[2]["score"] is None
+    assert front[2]["distance"] is None and front[0]["distance"] <= 0.05
     annotated = sorted(p.relative_to(tmp_path / "out").as_posix()
                        for p in (tmp_path / "out").rglob("*.jpg"))
     assert annotated == ["annotated/01_front.jpg", "annotated/02_back.jpg",
@@ -70,7 +70,7 @@ def test_a_student_is_one_face_per_photo(tmp_path: Path) -> None:
     save(tmp_path / "twins.png", photo([("ann", 10, 10, 40), ("ann", 100, 10, 40)]))
     engine = ToyEngine()
     out = identify(engine, list_photos(tmp_path), _gallery(["ann", "bob"], engine),
-                   roster=[], threshold=0.95, max_bytes=1 << 20)
+                   roster=[], threshold=0.05, max_bytes=1 << 20)
     faces = out.documents["photos"][0]["faces"]
     assert sorted(f["student"] for f in faces) == ["ann", "unknown"]
     assert out.documents["attendance"]["absent"] == ["bob"]  # empty roster = whole gallery
@@ -89,7 +89,7 @@ def test_euclidean_card_threshold_is_a_distance(class_photos: Path) -> None:
     present = {p["student"]: p for p in out.documents["attendance"]["present"]}
     # the darker copy of ann/cy is too far in Euclidean terms; the front photo's ann is exact
     assert set(present) == {"ann"}
-    assert present["ann"]["photo"] == "01_front.png" and present["ann"]["score"] < 0.01
+    assert present["ann"]["photo"] == "01_front.png" and present["ann"]["distance"] < 0.01
 
 
 def test_embedder_spec_needs_metric_and_threshold() -> None:

@@ -30,7 +30,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 class ToyCard:
     id: str = "toy-v1"
     metric: str | None = "cosine"
-    threshold: float | None = 0.95
+    threshold: float | None = 0.05  # cosine distance (1 - similarity)
     embedding_dim: int | None = 3
 
 

@@ -1,9 +1,10 @@
 """Matching maths: score faces against a gallery, assign faces to students, fold into attendance.
 
-Pure numpy, no I/O. Scores are *affinities* internally (higher is better): cosine similarity for
-cosine cards, the negated distance for Euclidean ones, so one code path serves both metrics; what
-leaves this module (``Match.score``) is the metric's own number (similarity or distance), which is
-what a person reading the results expects.
+Pure numpy, no I/O. Thresholds and the scores that leave this module (``Match.score``) are
+*distances* in the card's metric, the convention the model cards and the RecognitionJob spec share:
+Euclidean distance, or cosine distance (1 - similarity); same person when distance <= threshold.
+Internally they are *affinities* (higher is better): cosine similarity, or the negated squared
+Euclidean distance, so one code path serves both metrics.
 
 Assignment within one photo is greedy on the affinity matrix: take the best remaining (face,
 student) pair above the threshold, retire both, repeat. Why greedy rather than the Hungarian
@@ -57,13 +58,14 @@ def affinity(probes: FloatArray, gallery: FloatArray, metric: Metric) -> FloatAr
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def to_affinity(score: float, metric: Metric) -> float:
-    """A metric's own number (similarity or distance) as an affinity (higher is better)."""
-    return score if metric == "cosine" else -(score * score)
+def to_affinity(distance: float, metric: Metric) -> float:
+    """A distance in the card's metric as an affinity (higher is better)."""
+    return 1.0 - distance if metric == "cosine" else -(distance * distance)
 
 
 def from_affinity(aff: float, metric: Metric) -> float:
-    return aff if metric == "cosine" else float(np.sqrt(max(-aff, 0.0)))
+    """An affinity back to the card's distance: 1 - similarity, or the Euclidean distance."""
+    return 1.0 - aff if metric == "cosine" else float(np.sqrt(max(-aff, 0.0)))
 
 
 def per_student(aff: FloatArray, offsets: npt.NDArray[np.intp]) -> FloatArray:

@@ -1,6 +1,7 @@
 """Identify mode: photos -> detect -> align/embed -> match against the class gallery -> documents.
 
-This module turns photos into the three result documents (``summary``, ``attendance``, ``photos``);
+This module turns photos into the three result documents (``summary``, ``attendance``, ``photos``;
+every ``distance`` in them is in the card's metric, lower is closer, matched when <= ``threshold``);
 it does no Redis I/O itself (the gallery arrives loaded, results leave as plain dicts), so it is
 tested with a small generated engine as well as the real one.
 """
@@ -147,8 +148,8 @@ def identify(
                     "box": _round_box(box),
                     "detection": round(ds, 4),
                     "student": m.student_id,
-                    "score": None if m.score is None else round(m.score, 4),
-                    "candidates": [{"student": c.student_id, "score": round(c.score, 4)}
+                    "distance": None if m.score is None else round(m.score, 4),
+                    "candidates": [{"student": c.student_id, "distance": round(c.score, 4)}
                                    for c in m.candidates],
                 }
                 for box, ds, m in zip(pf.boxes, pf.det_scores, matches, strict=True)
@@ -164,7 +165,8 @@ def identify(
     att = attendance(roster_ids, per_photo, metric)
     not_enrolled = [s for s in roster_ids if s not in set(gallery.student_ids)]
     attendance_doc = {
-        "present": [{"student": s, "photo": v.photo, "face": v.face, "score": round(v.score, 4)}
+        "present": [{"student": s, "photo": v.photo, "face": v.face,
+                     "distance": round(v.score, 4)}
                     for s, v in att.present.items()],
         "absent": att.absent,
         "unknown": [{"photo": p, "face": i} for p, i in att.unknown],
