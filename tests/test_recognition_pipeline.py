@@ -46,19 +46,19 @@ def test_identify_marks_present_absent_unknown(class_photos: Path, tmp_path: Pat
     docs = out.documents
     att = docs["attendance"]
     assert [p["student"] for p in att["present"]] == ["ann", "bob", "cy"]
-    assert att["absent"] == ["dee", "eve"]
-    assert att["not_enrolled"] == ["eve"]
+    assert att["absent"] == ["dee"]
+    assert att["not_enrolled"] == ["eve"]  # cannot be recognised, so not claimed absent
     assert att["unknown"] == [{"photo": "01_front.png", "face": 2}]
     s = docs["summary"]
     assert (s["images"], s["errors"], s["faces"], s["matched"], s["unknown"]) == (4, 1, 5, 4, 1)
-    assert (s["present"], s["absent"]) == (3, 2)
+    assert (s["present"], s["absent"], s["not_enrolled"]) == (3, 1, 1)
     assert s["failed"] == [{"photo": "04_corrupt.jpg", "reason": "corrupt"}]
     by_photo = {p["photo"]: p for p in docs["photos"]}
     assert by_photo["03_empty.png"]["faces"] == []
     front = by_photo["01_front.png"]["faces"]
     assert [f["student"] for f in front] == ["ann", "bob", "unknown"]
     assert len(front[0]["candidates"]) == 2 and front[0]["candidates"][0]["student"] == "ann"
-    assert front[2]["distance"] is None and front[0]["distance"] <= 0.05
+    assert front[2]["score"] is None and front[0]["score"] <= 0.05  # distances
     annotated = sorted(p.relative_to(tmp_path / "out").as_posix()
                        for p in (tmp_path / "out").rglob("*.jpg"))
     assert annotated == ["annotated/01_front.jpg", "annotated/02_back.jpg",
@@ -89,7 +89,7 @@ def test_euclidean_card_threshold_is_a_distance(class_photos: Path) -> None:
     present = {p["student"]: p for p in out.documents["attendance"]["present"]}
     # the darker copy of ann/cy is too far in Euclidean terms; the front photo's ann is exact
     assert set(present) == {"ann"}
-    assert present["ann"]["photo"] == "01_front.png" and present["ann"]["distance"] < 0.01
+    assert present["ann"]["photo"] == "01_front.png" and present["ann"]["score"] < 0.01
 
 
 def test_embedder_spec_needs_metric_and_threshold() -> None:

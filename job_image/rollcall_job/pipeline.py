@@ -1,7 +1,8 @@
 """Identify mode: photos -> detect -> align/embed -> match against the class gallery -> documents.
 
 This module turns photos into the three result documents (``summary``, ``attendance``, ``photos``;
-every ``distance`` in them is in the card's metric, lower is closer, matched when <= ``threshold``);
+every ``score`` in them is a distance in the card's metric: lower is closer, a match is <=
+``threshold``);
 it does no Redis I/O itself (the gallery arrives loaded, results leave as plain dicts), so it is
 tested with a small generated engine as well as the real one.
 """
@@ -120,7 +121,8 @@ def identify(
     """Match every face in ``photos`` against ``gallery`` and fold the matches into attendance.
 
     ``roster`` empty means "everyone in the gallery". Students on the roster with no enrolment are
-    absent (they cannot be recognised) and listed under ``not_enrolled``.
+    listed under ``not_enrolled``, not ``absent``: they could not have been recognised, so calling
+    them absent would be a claim the job cannot back.
     """
     started = time.monotonic()
     metric = gallery.meta.metric
@@ -148,8 +150,8 @@ def identify(
                     "box": _round_box(box),
                     "detection": round(ds, 4),
                     "student": m.student_id,
-                    "distance": None if m.score is None else round(m.score, 4),
-                    "candidates": [{"student": c.student_id, "distance": round(c.score, 4)}
+                    "score": None if m.score is None else round(m.score, 4),
+                    "candidates": [{"student": c.student_id, "score": round(c.score, 4)}
                                    for c in m.candidates],
                 }
                 for box, ds, m in zip(pf.boxes, pf.det_scores, matches, strict=True)
@@ -163,12 +165,13 @@ def identify(
             ]
             annotate.write(annotate_dir, pf.photo.name, pf.image, labels)
     att = attendance(roster_ids, per_photo, metric)
-    not_enrolled = [s for s in roster_ids if s not in set(gallery.student_ids)]
+    enrolled = set(gallery.student_ids)
+    not_enrolled = [s for s in roster_ids if s not in enrolled]
+    absent = [s for s in att.absent if s in enrolled]
     attendance_doc = {
-        "present": [{"student": s, "photo": v.photo, "face": v.face,
-                     "distance": round(v.score, 4)}
+        "present": [{"student": s, "photo": v.photo, "face": v.face, "score": round(v.score, 4)}
                     for s, v in att.present.items()],
-        "absent": att.absent,
+        "absent": absent,
         "unknown": [{"photo": p, "face": i} for p, i in att.unknown],
         "not_enrolled": not_enrolled,
     }
@@ -185,12 +188,12 @@ def identify(
         "unknown": len(att.unknown),
         "roster": len(roster_ids),
         "present": len(att.present),
-        "absent": len(att.absent),
+        "absent": len(absent),
         "not_enrolled": len(not_enrolled),
         "seconds": round(time.monotonic() - started, 3),
         "failed": [{"photo": n, "reason": r} for n, r in out.errors],
     }
     out.documents = {"summary": summary, "attendance": attendance_doc, "photos": photo_docs}
     log.info("identified %d faces in %d photos: %d present, %d absent, %d unknown",
-             out.faces, out.photos_ok, len(att.present), len(att.absent), len(att.unknown))
+             out.faces, out.photos_ok, len(att.present), len(absent), len(att.unknown))
     return out
