@@ -18,6 +18,8 @@ from redisrig import _wait_ready, free_port
 from rollcall_job import keys
 from rollcall_job.results import IncompleteResults, read_results, write_results
 
+pytestmark = pytest.mark.redis  # real redis-server processes, some of our own (with AOF)
+
 
 class DurableRedis:
     """A redis-server with fsync-always AOF, so what it acknowledged survives a SIGKILL."""
