@@ -124,7 +124,7 @@ def _same(a: Gallery, b: Gallery) -> None:
 @pytest.mark.parametrize(
     "roster",
     [None, ["s3", "s0"], ["s5", "s1", "s1", "ghost", "s2"], ["ghost"],
-     [f"s{i}" for i in range(8)]],
+     [f"s{i}" for i in range(8)], [*(f"s{i}" for i in range(8)), "ghost"]],
 )
 def test_packed_copy_and_hash_give_the_same_gallery(
     redis_client: redis.Redis, roster: list[str] | None

@@ -180,8 +180,8 @@ def restrict(gallery: Gallery, roster: Sequence[str]) -> Gallery:
     where = {sid: i for i, sid in enumerate(gallery.student_ids)}
     ids = list(dict.fromkeys(roster))
     keep = [where[s] for s in ids if s in where]
-    if keep == list(range(len(gallery))):
-        return gallery
+    if len(keep) == len(ids) and keep == list(range(len(gallery))):
+        return gallery  # the roster is the whole gallery, in its order: nothing to copy
     ends = np.append(gallery.offsets[1:], len(gallery.embeddings))
     starts, stops = gallery.offsets[keep], ends[keep]
     counts = stops - starts
