@@ -41,6 +41,18 @@ def test_plain_numeric_arrays_load(protocol: int, dtype: type) -> None:
     assert got.dtype == np.float32 and got.tolist() == a.astype(np.float32).tolist()
 
 
+def test_python2_numpy_pickle_loads() -> None:
+    """What numpy under Python 2 wrote: py2 ``str`` (BINSTRING) for the raw data."""
+    raw = np.arange(4, dtype="<f8").tobytes()
+    payload = (
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01K\x00\x85q\x02"
+        b"U\x01b\x87q\x03Rq\x04(K\x01K\x04\x85q\x05cnumpy\ndtype\nq\x06U\x02f8K\x00K\x01\x87Rq\x07"
+        b"(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T"
+        + len(raw).to_bytes(4, "little") + raw + b"tb."
+    )
+    assert safe_loads(payload).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_python2_style_pickle_of_a_list_loads() -> None:
     assert safe_loads(pickle.dumps([0.5, 1.0, 2], protocol=0)).tolist() == [0.5, 1.0, 2.0]
 
