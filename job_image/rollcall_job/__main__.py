@@ -155,6 +155,8 @@ def _identify(
     gallery = GalleryStore(client).load(settings.gallery, spec.meta, settings.roster or None)
     if len(gallery) == 0:
         raise BadInput(f"gallery {settings.gallery!r} has none of the roster enrolled")
+    if settings.annotate and settings.output_dir is None:
+        log.warning("annotate is on but no output dir is set: no annotated copies")
     progress = _progress(settings, client, len(photos))
     result = identify(
         engine, photos, gallery,

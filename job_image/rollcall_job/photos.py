@@ -107,9 +107,12 @@ def read(photo: Photo, *, max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS) 
         size = photo.path.stat().st_size
         if size > max_bytes:
             raise PhotoError("too_large", f"{size} bytes > {max_bytes}")
-        data = photo.path.read_bytes()
+        with photo.path.open("rb") as f:
+            data = f.read(max_bytes + 1)  # the file may have grown since stat()
     except OSError as e:
         raise PhotoError("unreadable", e.strerror or type(e).__name__) from e
+    if len(data) > max_bytes:
+        raise PhotoError("too_large", f"more than {max_bytes} bytes")
     return decode(data, max_pixels=max_pixels)
 
 

@@ -41,6 +41,8 @@ def write_results(
     Large fields are split over ``field``, ``field:1``, ``field:2``... with ``parts`` recording how
     many, so no single command is huge. ``before_publish`` is a test seam before the rename.
     """
+    if "parts" in documents or any(":" in name for name in documents):
+        raise ValueError("document names must not be 'parts' or contain ':'")
     staging, final = keys.job_results_staging(job_uid, attempt), keys.job_results(job_uid)
     client.delete(staging)
     parts: dict[str, int] = {}
