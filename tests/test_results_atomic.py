@@ -119,7 +119,9 @@ def test_kill_in_the_middle_of_staging_keeps_the_previous_result_whole(
     monkeypatch.undo()
     durable.start()
     client = durable.client()
-    assert client.hlen(keys.job_results_staging("uid", "2")) == 3
+    staging = keys.job_results_staging("uid", "2")
+    assert client.hlen(staging) == 3
+    assert 0 < client.ttl(staging) <= 300  # the leftover expires on its own
     assert read_results(client, "uid") == old
 
 

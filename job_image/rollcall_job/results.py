@@ -45,14 +45,21 @@ def write_results(
         raise ValueError("document names must not be 'parts' or contain ':'")
     staging, final = keys.job_results_staging(job_uid, attempt), keys.job_results(job_uid)
     client.delete(staging)
+
+    def stage(field: str, value: str) -> None:
+        # each write carries the TTL, so a run that dies mid-way leaves nothing that never expires
+        pipe = client.pipeline(transaction=True)
+        pipe.hset(staging, field, value)
+        pipe.expire(staging, ttl_seconds)
+        pipe.execute()
+
     parts: dict[str, int] = {}
     for name, doc in documents.items():
         pieces = _chunks(json.dumps(doc, separators=(",", ":")), chunk_bytes)
         parts[name] = len(pieces)
         for i, piece in enumerate(pieces):
-            client.hset(staging, name if i == 0 else f"{name}:{i}", piece)
-        client.expire(staging, ttl_seconds)
-    client.hset(staging, "parts", json.dumps(parts))
+            stage(name if i == 0 else f"{name}:{i}", piece)
+    stage("parts", json.dumps(parts))
     if before_publish is not None:
         before_publish()
     pipe = client.pipeline(transaction=True)
