@@ -13,7 +13,7 @@ import contextlib
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from rollcall_operator.builder import build_job
 from rollcall_operator.model import GROUP, PLURAL, VERSION
 from rollcall_operator.settings import OperatorSettings
 
+# The generated client types every field Optional; these tests read what they just created.
+kube: Any = client
 # Pods of this install would need real images; pin them to no node so they stay Pending.
 NOWHERE = {"rollcall.io/test-node": "none"}
 RJ = "recognitionjobs.rollcall.io"
@@ -79,7 +81,7 @@ class Release:
         return result.returncode == 0
 
 
-def make_namespace(core: client.CoreV1Api, prefix: str) -> str:
+def make_namespace(core: Any, prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name, "labels": PSA}})
     return name
@@ -111,7 +113,7 @@ def release(
 ) -> Iterator[Release]:
     """One default install serving two school namespaces, shared by this module's tests."""
     assert "kopfpeerings.kopf.dev" in crds
-    core = client.CoreV1Api(k8s_api)
+    core = kube.CoreV1Api(k8s_api)
     home = make_namespace(core, "rc-home")
     schools = (make_namespace(core, "rc-school-a"), make_namespace(core, "rc-school-b"))
     outsider = make_namespace(core, "rc-outsider")
@@ -152,7 +154,7 @@ def test_install_is_accepted_and_every_pod_is_admitted_as_restricted(
         kubeconfig=release.kubeconfig,
     )
     assert yaml.safe_load(status.stdout)["info"]["status"] == "deployed"
-    core = client.CoreV1Api(k8s_api)
+    core = kube.CoreV1Api(k8s_api)
     selector = f"app.kubernetes.io/instance={release.name}"
 
     def components() -> dict[str, int]:
@@ -164,14 +166,14 @@ def test_install_is_accepted_and_every_pod_is_admitted_as_restricted(
 
     # operator 1 (Recreate), api 2, redis 1: each made by its controller and admitted by PodSecurity.
     wait_for(lambda: components() == {"operator": 1, "api": 2, "redis": 1}, "chart pods")
-    for rs in client.AppsV1Api(k8s_api).list_namespaced_replica_set(release.namespace).items:
+    for rs in kube.AppsV1Api(k8s_api).list_namespaced_replica_set(release.namespace).items:
         failures = [c for c in rs.status.conditions or [] if c.type == "ReplicaFailure"]
         assert not failures, failures
     # Objects in the school namespaces: Roles, bindings, the Redis URL and webhook Secrets, policies.
     for ns in release.schools:
         secrets = {s.metadata.name for s in core.list_namespaced_secret(ns).items}
         assert {f"{release.full}-redis-url", f"{release.full}-webhook"} <= secrets
-        policies = client.NetworkingV1Api(k8s_api).list_namespaced_network_policy(ns).items
+        policies = kube.NetworkingV1Api(k8s_api).list_namespaced_network_policy(ns).items
         assert [p.metadata.name for p in policies] == [f"{release.full}-job"]
     assert f"{release.full}-redis-url" not in {
         s.metadata.name for s in core.list_namespaced_secret(release.outsider).items
@@ -275,16 +277,17 @@ def sa_client(
         "create", "token", sa, "-n", release.namespace, "--duration", "10m", check=True
     ).stdout.strip()
     path = control_plane.kubeconfig_for(sa, token, tmp_path / f"kubeconfig-{sa}")
-    return config.new_client_from_config(config_file=str(path))
+    api_client: client.ApiClient = config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+    return api_client
 
 
 def rendered_operator_settings(
     release: Release, monkeypatch: pytest.MonkeyPatch, k8s_api: client.ApiClient
 ) -> OperatorSettings:
-    deployment = client.AppsV1Api(k8s_api).read_namespaced_deployment(
+    deployment = kube.AppsV1Api(k8s_api).read_namespaced_deployment(
         f"{release.full}-operator", release.namespace
     )
-    container = k8s_api.sanitize_for_serialization(deployment.spec.template.spec.containers[0])
+    container = k8s_api.sanitize_for_serialization(deployment.spec.template.spec.containers[0])  # type: ignore[no-untyped-call]
     for name, value in env_of(container).items():
         monkeypatch.setenv(name, value if isinstance(value, str) else "redis://unused:6379/0")
     return OperatorSettings()
@@ -310,24 +313,25 @@ def test_service_account_tokens_do_the_components_real_calls(
         },
     }
     with sa_client(control_plane, release, f"{release.full}-api", tmp_path) as api_client:
-        api = client.CustomObjectsApi(api_client)
+        api = kube.CustomObjectsApi(api_client)
         rj = api.create_namespaced_custom_object(GROUP, VERSION, school, PLURAL, rj_body)
-        for forbidden in (
+        forbidden_calls: list[Callable[[], object]] = [
             lambda: api.create_namespaced_custom_object(
                 GROUP, VERSION, release.outsider, PLURAL, rj_body
             ),
-            lambda: client.BatchV1Api(api_client).list_namespaced_job(school),
-            lambda: client.CoreV1Api(api_client).list_namespaced_pod(school),
-        ):
+            lambda: kube.BatchV1Api(api_client).list_namespaced_job(school),
+            lambda: kube.CoreV1Api(api_client).list_namespaced_pod(school),
+        ]
+        for forbidden in forbidden_calls:
             with pytest.raises(ApiException) as err:
                 forbidden()
             assert err.value.status == 403
 
     settings = rendered_operator_settings(release, monkeypatch, k8s_api)
     with sa_client(control_plane, release, f"{release.full}-operator", tmp_path) as op_client:
-        batch = client.BatchV1Api(op_client)
-        custom = client.CustomObjectsApi(op_client)
-        core = client.CoreV1Api(op_client)
+        batch = kube.BatchV1Api(op_client)
+        custom = kube.CustomObjectsApi(op_client)
+        core = kube.CoreV1Api(op_client)
         job = batch.create_namespaced_job(school, build_job(rj, settings))
         custom.patch_namespaced_custom_object_status(
             GROUP,
@@ -349,7 +353,7 @@ def test_service_account_tokens_do_the_components_real_calls(
 
     # The Job controller makes the job pod; PodSecurity `restricted` admits it in the school
     # namespace, with the chart's GPU placement and the Redis URL from the chart's Secret.
-    admin = client.CoreV1Api(k8s_api)
+    admin = kube.CoreV1Api(k8s_api)
     selector = f"batch.kubernetes.io/controller-uid={job.metadata.uid}"
     wait_for(lambda: admin.list_namespaced_pod(school, label_selector=selector).items, "job pod")
     pod = admin.list_namespaced_pod(school, label_selector=selector).items[0]
@@ -385,7 +389,7 @@ def test_a_weakened_security_context_is_rejected_by_pod_security(
         kubeconfig=kubeconfig,
     )
     try:
-        apps = client.AppsV1Api(k8s_api)
+        apps = kube.AppsV1Api(k8s_api)
 
         def rejected() -> bool:
             for rs in apps.list_namespaced_replica_set(namespace).items:
@@ -395,7 +399,7 @@ def test_a_weakened_security_context_is_rejected_by_pod_security(
             return False
 
         wait_for(rejected, "the ReplicaSet to report the PodSecurity rejection")
-        assert not client.CoreV1Api(k8s_api).list_namespaced_pod(namespace).items
+        assert not kube.CoreV1Api(k8s_api).list_namespaced_pod(namespace).items
     finally:
         helm(tools_bin, "uninstall", name, "-n", namespace, kubeconfig=kubeconfig, check=False)
 
@@ -423,7 +427,7 @@ def test_scaled_cluster_wide_operator_gets_a_cluster_peering(
     )
     try:
         full = f"{name}-rollcall"
-        custom = client.CustomObjectsApi(k8s_api)
+        custom = kube.CustomObjectsApi(k8s_api)
         peering = custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", full)
         assert peering["metadata"]["name"] == full
         rel = Release(
@@ -435,7 +439,7 @@ def test_scaled_cluster_wide_operator_gets_a_cluster_peering(
         assert rel.can_i(sa, "create", "jobs.batch", "default")
         assert not rel.can_i(sa, "create", "pods", "default")
         assert not rel.can_i(sa, "list", "secrets", "default")
-        core = client.CoreV1Api(k8s_api)
+        core = kube.CoreV1Api(k8s_api)
         selector = "app.kubernetes.io/component=operator"
         wait_for(
             lambda: len(core.list_namespaced_pod(namespace, label_selector=selector).items) == 2,
