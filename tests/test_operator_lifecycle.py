@@ -440,3 +440,63 @@ def test_progress_is_copied_from_redis_while_running(
              "progress copied")  # fmt: skip
     script.release("prog")
     k.phase_is("prog", "Succeeded")
+
+
+class Receiver:
+    """A webhook receiver on loopback: answers 500 to the first POST, then 200; keeps them all."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts.append((dict(self.headers.items()), body))
+                self.send_response(500 if len(outer.posts) == 1 else 200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/rollcall"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_webhook_is_signed_retried_after_500_and_recorded(
+    k: K, start_operator: Callable[..., Operator], script: Script, photos: str
+) -> None:
+    from rollcall_operator.webhook import verify
+
+    receiver = Receiver()
+    try:
+        k.core.create_namespaced_secret(k.ns, {
+            "metadata": {"name": "hook"}, "stringData": {"hmac": "s3cret"}})  # fmt: skip
+        start_operator()
+        created = k.create(rj_body("hooked", callback={
+            "url": receiver.url, "secretRef": {"name": "hook", "key": "hmac"}}))  # fmt: skip
+        k.phase_is("hooked", "Succeeded")
+        wait_for(lambda: (k.status("hooked").get("webhook") or {}).get("delivered") is True,
+                 f"webhook delivered (status {k.status('hooked').get('webhook')})")  # fmt: skip
+        hook = k.status("hooked")["webhook"]
+        assert hook["attempts"] == 2 and hook["lastStatus"] == 200
+        assert len(receiver.posts) == 2
+        for headers, body in receiver.posts:
+            assert verify(b"s3cret", headers["X-Rollcall-Timestamp"], body,
+                          headers["X-Rollcall-Signature"])  # fmt: skip
+            assert not verify(b"wrong", headers["X-Rollcall-Timestamp"], body,
+                              headers["X-Rollcall-Signature"])  # fmt: skip
+            assert headers["X-Rollcall-Delivery"] == created["metadata"]["uid"]
+        doc = json.loads(receiver.posts[-1][1])
+        assert doc["phase"] == "Succeeded" and doc["summary"]["present"] == 2
+        assert doc["name"] == "hooked" and doc["namespace"] == k.ns
+        time.sleep(1.5)
+        assert len(receiver.posts) == 2  # delivered once, not again
+    finally:
+        receiver.close()
