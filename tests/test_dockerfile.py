@@ -51,7 +51,10 @@ def base_image(stage: list[str]) -> str:
 
 def extra_installed_by(stage: list[str]) -> str:
     """The extra of the stage's ``pip install "/src[EXTRA]"`` step."""
-    (extra,) = [m for line in stage for m in re.findall(r'pip install [^"]*"/src\[(\w+)\]"', line)]
+    found: list[str] = [
+        m for line in stage for m in re.findall(r'pip install [^"]*"/src\[(\w+)\]"', line)
+    ]
+    (extra,) = found
     return extra
 
 
@@ -149,7 +152,7 @@ def test_build_context_holds_only_what_the_copies_need() -> None:
     ]
     assert lines[0] == "*", "exclude everything, then re-include"
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    copied = set()
+    copied: set[str] = set()
     for stage in stages().values():
         for line in stage:
             if line.startswith("COPY ") and "--from=" not in line:
