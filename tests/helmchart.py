@@ -110,5 +110,8 @@ def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]
 
 
 def env_of(container: Mapping[str, Any]) -> dict[str, Any]:
-    """name -> literal value, or the valueFrom mapping."""
-    return {e["name"]: e["value"] if "value" in e else e["valueFrom"] for e in container["env"]}
+    """name -> literal value, or the valueFrom mapping (the apiserver drops empty values)."""
+    return {
+        e["name"]: e["valueFrom"] if "valueFrom" in e else e.get("value", "")
+        for e in container["env"]
+    }

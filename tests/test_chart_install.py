@@ -9,9 +9,15 @@ API's real calls, including a Job built by the operator's builder from the chart
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import os
 import re
+import signal
 import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from helmchart import CHART, env_of, helm, values_args
 from localk8s import ControlPlane, wait_for
+from redisrig import free_port
 from rollcall_api.auth import hash_key
 from rollcall_operator.builder import build_job
 from rollcall_operator.model import GROUP, PLURAL, VERSION
@@ -224,7 +231,10 @@ CAN_I = [
     ("operator", "update", f"{RJ}#finalizers", "a", True),
     ("operator", "create", RJ, "a", False),
     ("operator", "delete", RJ, "a", False),
-    *[("operator", verb, "jobs.batch", "b", True) for verb in ("create", "get", "list", "watch", "patch")],
+    *[
+        ("operator", verb, "jobs.batch", "b", True)
+        for verb in ("create", "get", "list", "watch", "patch")
+    ],
     ("operator", "delete", "jobs.batch", "a", False),
     ("operator", "create", "jobs.batch", "out", False),
     ("operator", "create", "jobs.batch", "home", False),
@@ -243,7 +253,7 @@ CAN_I = [
     ("operator", "list", "namespaces", None, True),
     ("operator", "list", RJ, "out", False),
     ("operator", "patch", "kopfpeerings.kopf.dev", "a", False),  # one replica: no peering
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(
@@ -405,7 +415,8 @@ def test_a_weakened_security_context_is_rejected_by_pod_security(
 
 
 def test_scaled_cluster_wide_operator_gets_a_cluster_peering(
-    k8s_api: client.ApiClient, kubeconfig: Path, tools_bin: Path, namespace: str, tmp_path: Path
+    k8s_api: client.ApiClient,
+    crds: list[str], kubeconfig: Path, tools_bin: Path, namespace: str, tmp_path: Path
 ) -> None:
     name = f"rp{uuid.uuid4().hex[:6]}"
     values = install_values(
@@ -449,3 +460,227 @@ def test_scaled_cluster_wide_operator_gets_a_cluster_peering(
         helm(tools_bin, "uninstall", name, "-n", namespace, kubeconfig=kubeconfig, check=False)
     with pytest.raises(ApiException):
         custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", full)
+
+
+# --- the real processes under the chart's ServiceAccounts and environment -------------------------
+
+
+class Process:
+    """A component run as a local process with the environment the chart renders for its pod."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, health: str) -> None:
+        self.log, self.health = log, health
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode}:\n{self.logs()}")
+            with urllib.request.urlopen(self.health, timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        try:
+            wait_for(healthy, self.health, timeout=timeout, interval=0.3)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{self.logs()}") from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-8000:]
+
+
+def rendered_env(k8s_api: client.ApiClient, release: Release, component: str) -> dict[str, str]:
+    """The literal env of the chart's Deployment for ``component`` (valueFrom entries left out)."""
+    deployment = kube.AppsV1Api(k8s_api).read_namespaced_deployment(
+        f"{release.full}-{component}", release.namespace
+    )
+    container = k8s_api.sanitize_for_serialization(deployment.spec.template.spec.containers[0])  # type: ignore[no-untyped-call]
+    return {k: v for k, v in env_of(container).items() if isinstance(v, str)}
+
+
+def base_env(prefix: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefix)}
+
+
+@pytest.mark.slow
+def test_operator_and_api_run_under_the_charts_service_accounts(
+    control_plane: ControlPlane,
+    k8s_api: client.ApiClient,
+    release: Release,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """REST -> RecognitionJob -> Job with each process holding only its chart ServiceAccount's
+    token and the chart's environment: nothing it does is forbidden."""
+    school = release.schools[1]
+    tokens = {
+        sa: release.kubectl(
+            "create", "token", f"{release.full}-{sa}", "-n", release.namespace, check=True
+        ).stdout.strip()
+        for sa in ("operator", "api")
+    }
+    kubeconfigs = {
+        sa: control_plane.kubeconfig_for(sa, token, tmp_path / f"kubeconfig-{sa}")
+        for sa, token in tokens.items()
+    }
+
+    op_env = {
+        **base_env("ROLLCALL_OPERATOR_"),
+        **rendered_env(k8s_api, release, "operator"),
+        "KUBECONFIG": str(kubeconfigs["operator"]),
+        "ROLLCALL_OPERATOR_REDIS_URL": redis_url,
+        "ROLLCALL_OPERATOR_METRICS_PORT": "0",
+        "ROLLCALL_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+    }
+    keys_secret = kube.CoreV1Api(k8s_api).read_namespaced_secret(
+        f"{release.full}-api-keys", release.namespace
+    )
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_bytes(base64.b64decode(keys_secret.data["keys.yaml"]))
+    api_port = free_port()
+    api_env = {
+        **base_env("ROLLCALL_API_"),
+        **rendered_env(k8s_api, release, "api"),
+        "ROLLCALL_API_KUBECONFIG": str(kubeconfigs["api"]),
+        "ROLLCALL_API_REDIS_URL": redis_url,
+        "ROLLCALL_API_KEYS_FILE": str(keys_file),
+        "ROLLCALL_API_HOST": "127.0.0.1",
+        "ROLLCALL_API_PORT": str(api_port),
+    }
+    api_url = f"http://127.0.0.1:{api_port}"
+    operator = Process(
+        [sys.executable, "-m", "rollcall_operator"],
+        op_env,
+        tmp_path / "operator.log",
+        op_env["ROLLCALL_OPERATOR_LIVENESS_ENDPOINT"],
+    )
+    api = Process(
+        [sys.executable, "-m", "rollcall_api"], api_env, tmp_path / "api.log", f"{api_url}/readyz"
+    )
+    try:
+        operator.wait_healthy()
+        api.wait_healthy()  # /readyz: apiserver, Redis and keys, as the helm test hook asks
+        body = {
+            "namespace": school,
+            "classCode": "7B-maths",
+            "images": {"claimName": "photos"},
+            "roster": ["s-001", "s-002"],
+            "resources": {"gpus": 1},
+        }
+        request = urllib.request.Request(
+            f"{api_url}/v1/recognition-jobs",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": "Bearer rk_north", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status in (200, 201, 202)
+        custom = kube.CustomObjectsApi(k8s_api)
+
+        def job_name() -> str | None:
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, school, PLURAL)["items"]
+            return items and (items[0].get("status") or {}).get("jobName")
+
+        try:
+            wait_for(job_name, "the operator to record the RJ's Job", timeout=60)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{operator.logs()}") from None
+        name = job_name()
+        job = kube.BatchV1Api(k8s_api).read_namespaced_job(name, school)
+        assert job.spec.template.spec.node_selector == NOWHERE  # the chart's job.nodeSelector
+    finally:
+        operator.stop()
+        api.stop()
+    for process in (operator, api):
+        logs = process.logs()
+        for marker in ("403", "Forbidden", "forbidden", "Not enough permissions"):
+            assert marker not in logs, f"{marker!r} in {process.log.name}:\n{logs}"
+
+
+@pytest.mark.slow
+def test_scaled_operator_keeps_its_heartbeat_in_the_charts_kopf_peering(
+    control_plane: ControlPlane,
+    k8s_api: client.ApiClient,
+    crds: list[str],
+    kubeconfig: Path,
+    tools_bin: Path,
+    namespace: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """operator.replicas=2: the chart's KopfPeering and Role let the real operator, under its own
+    ServiceAccount, join the election (kopf writes each replica's heartbeat into the status)."""
+    name = f"rk{uuid.uuid4().hex[:6]}"
+    values = install_values(
+        [namespace],
+        operator={"replicas": 2, "nodeSelector": NOWHERE},
+        api={"enabled": False},
+        redis={"enabled": False, "external": {"url": redis_url}},
+    )
+    helm(
+        tools_bin,
+        "install",
+        name,
+        str(CHART),
+        "-n",
+        namespace,
+        "--skip-crds",
+        *values_args(tmp_path, values),
+        kubeconfig=kubeconfig,
+    )
+    full = f"{name}-rollcall"
+    rel = Release(name, namespace, (namespace, namespace), "default", full, kubeconfig, tools_bin)
+    custom = kube.CustomObjectsApi(k8s_api)
+    operator: Process | None = None
+    try:
+        wait_for(
+            lambda: rel.can_i(rel.operator_sa, "patch", "kopfpeerings.kopf.dev", namespace),
+            "RBAC cache",
+        )
+        token = rel.kubectl("create", "token", f"{full}-operator", "-n", namespace, check=True)
+        env = {
+            **base_env("ROLLCALL_OPERATOR_"),
+            **rendered_env(k8s_api, rel, "operator"),
+            "KUBECONFIG": str(
+                control_plane.kubeconfig_for("op", token.stdout.strip(), tmp_path / "kc")
+            ),
+            "ROLLCALL_OPERATOR_METRICS_PORT": "0",
+            "ROLLCALL_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+        }
+        assert env["ROLLCALL_OPERATOR_PEERING_NAME"] == full
+        operator = Process(
+            [sys.executable, "-m", "rollcall_operator"],
+            env,
+            tmp_path / "op.log",
+            env["ROLLCALL_OPERATOR_LIVENESS_ENDPOINT"],
+        )
+        operator.wait_healthy()
+
+        def heartbeats() -> dict[str, Any]:
+            peering = custom.get_namespaced_custom_object(
+                "kopf.dev", "v1", namespace, "kopfpeerings", full
+            )
+            return dict(peering.get("status") or {})
+
+        try:
+            wait_for(heartbeats, "a heartbeat in the KopfPeering", timeout=60)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{operator.logs()}") from None
+        (peer,) = heartbeats().values()
+        assert peer["priority"] == 0
+    finally:
+        if operator is not None:
+            operator.stop()
+        helm(tools_bin, "uninstall", name, "-n", namespace, kubeconfig=kubeconfig, check=False)
+    logs = operator.logs()
+    for marker in ("403", "Forbidden", "forbidden", "Not enough permissions"):
+        assert marker not in logs, f"{marker!r} in the operator log:\n{logs}"
