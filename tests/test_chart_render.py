@@ -649,3 +649,26 @@ def test_names_fit_kubernetes_limits_with_a_long_release_name(
     docs = render(tools_bin, tmp_path, {"operator": {"replicas": 2}}, release="r" * 53)
     for d in docs:
         assert len(d["metadata"]["name"]) <= 63, d["metadata"]["name"]
+
+
+def test_restricting_api_ingress_still_lets_the_helm_test_pod_in(
+    tools_bin: Path, tmp_path: Path
+) -> None:
+    controller = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+    docs = render(tools_bin, tmp_path, {"networkPolicy": {"apiIngressFrom": [controller]}})
+    (rule,) = one(docs, "NetworkPolicy", f"{FULL}-api")["spec"]["ingress"]
+    test_pod_labels = one(docs, "Pod", f"{FULL}-test-readyz")["metadata"]["labels"]
+    assert rule["from"][0] == controller
+    assert rule["from"][1]["podSelector"]["matchLabels"].items() <= test_pod_labels.items()
+
+
+def test_created_school_namespaces_enforce_restricted_and_survive_uninstall(
+    tools_bin: Path, tmp_path: Path
+) -> None:
+    values = {"namespaces": ["school-a", NS], "createNamespaces": True}
+    docs = render(tools_bin, tmp_path, values)
+    (created,) = find(docs, "Namespace")  # never the release namespace itself
+    assert created["metadata"]["name"] == "school-a"
+    assert created["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert created["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not find(render(tools_bin, tmp_path, {"namespaces": ["school-a"]}), "Namespace")
