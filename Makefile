@@ -1,6 +1,6 @@
 # rollcall — every target does its own set-up and is fast when warm.
 #   make test   install everything (apt, Python env, control plane, kubectl/helm, models) and run the suite
-#   make demo   (arrives with the end-to-end issue)
+#   make demo   set everything up and take attendance for one class end to end on this machine
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -61,6 +61,10 @@ setup: system venv controlplane tools models
 .PHONY: test
 test: setup lint ## set everything up, lint, and run the whole suite against real servers
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: setup ## enroll a class and take attendance through the REST API on a local control plane
+	cd hack && ../$(PY) demo.py
 
 .PHONY: clean
 clean: ## remove the Python env and caches inside the repo (the version-keyed caches stay)

@@ -520,6 +520,14 @@ def local_volume(
             },
         },
     )
+    # The scheduler backs off (up to 10 s) from a pod whose claim is not Bound yet: wait here.
+    wait_for(
+        lambda: (
+            core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase == "Bound"
+        ),
+        f"claim {namespace}/{claim} Bound",
+        timeout=30,
+    )
 
 
 def main() -> None:
