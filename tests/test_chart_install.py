@@ -416,7 +416,11 @@ def test_a_weakened_security_context_is_rejected_by_pod_security(
 
 def test_scaled_cluster_wide_operator_gets_a_cluster_peering(
     k8s_api: client.ApiClient,
-    crds: list[str], kubeconfig: Path, tools_bin: Path, namespace: str, tmp_path: Path
+    crds: list[str],
+    kubeconfig: Path,
+    tools_bin: Path,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     name = f"rp{uuid.uuid4().hex[:6]}"
     values = install_values(
@@ -684,3 +688,82 @@ def test_scaled_operator_keeps_its_heartbeat_in_the_charts_kopf_peering(
     logs = operator.logs()
     for marker in ("403", "Forbidden", "forbidden", "Not enough permissions"):
         assert marker not in logs, f"{marker!r} in the operator log:\n{logs}"
+
+
+def test_upgrade_keeps_generated_secrets_and_does_not_roll_pods(
+    k8s_api: client.ApiClient, release: Release, tmp_path: Path
+) -> None:
+    core = kube.CoreV1Api(k8s_api)
+    apps = kube.AppsV1Api(k8s_api)
+
+    def state() -> tuple[bytes, bytes, bytes, dict[str, str]]:
+        redis = core.read_namespaced_secret(f"{release.full}-redis", release.namespace)
+        url = core.read_namespaced_secret(f"{release.full}-redis-url", release.schools[0])
+        hook = core.read_namespaced_secret(f"{release.full}-webhook", release.schools[1])
+        templates = {
+            c: apps.read_namespaced_deployment(
+                f"{release.full}-{c}", release.namespace
+            ).spec.template.metadata.annotations["checksum/redis-url"]
+            for c in ("operator", "api")
+        }
+        return redis.data["password"], url.data["url"], hook.data["secret"], templates
+
+    before = state()
+    helm(
+        release.tools_bin,
+        "upgrade",
+        release.name,
+        str(CHART),
+        "--namespace",
+        release.namespace,
+        "--skip-crds",
+        *values_args(tmp_path, install_values(list(release.schools))),
+        kubeconfig=release.kubeconfig,
+    )
+    assert state() == before
+
+
+def test_every_optional_object_is_valid_for_the_apiserver(
+    k8s_api: client.ApiClient,
+    crds: list[str],
+    kubeconfig: Path,
+    tools_bin: Path,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """Everything switched on (Ingress, HPA, peering, external Redis peers, policies with
+    selectors), rendered and sent as a server-side dry run: schema, defaulting and admission."""
+    values = install_values(
+        [namespace],
+        operator={"replicas": 2, "nodeSelector": NOWHERE, "extraEnv": [{"name": "X", "value": "1"}]},
+        api={
+            "autoscaling": {"enabled": True},
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "hosts": [{"host": "rc.example.org", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+                "tls": [{"secretName": "rc-tls", "hosts": ["rc.example.org"]}],
+            },
+        },
+        redis={"enabled": False, "external": {"url": "rediss://:pw@10.1.2.3:6380/0", "port": 6380, "egressTo": [{"ipBlock": {"cidr": "10.1.2.3/32"}}]}},
+        networkPolicy={"apiIngressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}]},
+        webhook={"allowAnySecret": True},
+    )  # fmt: skip
+    rendered = helm(
+        tools_bin,
+        "template",
+        f"rd{uuid.uuid4().hex[:6]}",
+        str(CHART),
+        "-n",
+        namespace,
+        *values_args(tmp_path, values),
+    ).stdout
+    kinds = {d["kind"] for d in yaml.safe_load_all(rendered) if d}
+    assert {"Ingress", "HorizontalPodAutoscaler", "KopfPeering", "NetworkPolicy"} <= kinds
+    result = subprocess.run(
+        [str(tools_bin / "kubectl"), "--kubeconfig", str(kubeconfig), "apply",
+         "--dry-run=server", "-n", namespace, "-f", "-"],
+        input=rendered, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr.lower(), result.stderr
