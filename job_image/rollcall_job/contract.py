@@ -98,6 +98,9 @@ def job_env(
         "top_k": str(top_k),
         "model": model,
         "input_dir": INPUT_MOUNT,
+        # Said explicitly (it is also the default) so a runtime that maps the pod's
+        # terminationMessagePath elsewhere, like the local node agent, can rewrite it.
+        "termination_log": TERMINATION_LOG,
         "result_ttl_seconds": str(result_ttl_seconds),
         "annotate": "true" if annotate else "false",
     }
