@@ -115,6 +115,12 @@ class Metrics:
             ["mode"],
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "rollcall_api_event_loop_lag_seconds",
+            "How late a periodic timer fires: time the event loop could not answer anything.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
         self.idempotent_replays = Counter(
             "rollcall_api_idempotent_replays",
             "POSTs answered with the job of an earlier POST.",

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         description="Progress poll interval of the SSE stream between watch events.",
     )
     events_keepalive_seconds: float = Field(default=15.0, gt=0)
+    loop_lag_interval_seconds: float = Field(
+        default=0.1, ge=0, description="Event-loop lag probe period (0 disables the probe)."
+    )
     kube_timeout_seconds: float = Field(default=10.0, gt=0)
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
