@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import yaml
@@ -199,7 +200,13 @@ def test_watch_exit_codes_for_failed_and_cancelled_jobs(
     assert res.exit_code == 10 and "no photos" in res.stderr
 
     cancelled = json.loads(cli(*SUBMIT, "--json").stdout)["id"]
-    thread = _later(lambda: cli("cancel", cancelled))
+    # Cancelled over plain HTTP: CliRunner swaps sys.stdout, so two runners cannot overlap.
+    thread = _later(
+        lambda: httpx.delete(
+            f"{cli.url}/v1/recognition-jobs/{cancelled}",
+            headers={"Authorization": f"Bearer {cli.key}"},
+        )
+    )
     res = cli("watch", cancelled)
     thread.join()
     assert res.exit_code == 11
