@@ -1,0 +1,130 @@
+"""The API runs with a ServiceAccount that may only create/get/list/watch/delete RecognitionJobs.
+
+That is the whole of what the chart must grant it: the flow below (submit, read, list, follow
+the event stream, cancel) works with exactly these verbs, through the real RBAC authorizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from localk8s import ControlPlane
+from rollcall_api.app import create_app
+from rollcall_api.settings import Settings
+from rollcall_api.testing import write_key_file
+from rollcall_operator.model import GROUP, PLURAL, VERSION
+
+API_VERBS = ["create", "get", "list", "watch", "delete"]
+BODY = {"classCode": "5C", "images": {"claimName": "photos"}, "roster": ["s-1"]}
+
+
+def service_account_kubeconfig(
+    cp: ControlPlane, api: client.ApiClient, ns: str, path: Path
+) -> Path:
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    core.create_namespaced_service_account(ns, {"metadata": {"name": "rollcall-api"}})
+    rbac.create_namespaced_role(
+        ns,
+        {
+            "metadata": {"name": "rollcall-api"},
+            "rules": [{"apiGroups": [GROUP], "resources": [PLURAL], "verbs": API_VERBS}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        ns,
+        {
+            "metadata": {"name": "rollcall-api"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "rollcall-api",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "rollcall-api", "namespace": ns}],
+        },
+    )
+    token = core.create_namespaced_service_account_token(
+        "rollcall-api", ns, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    return cp.kubeconfig_for("rollcall-api", token, path)
+
+
+async def test_the_api_works_with_only_its_five_verbs_on_recognitionjobs(
+    control_plane: ControlPlane,
+    k8s_api: client.ApiClient,
+    crds: list[str],
+    namespace: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    kubeconfig = service_account_kubeconfig(control_plane, k8s_api, namespace, tmp_path / "kc")
+    key = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})["north"]
+    app = create_app(
+        Settings(
+            kubeconfig=kubeconfig,
+            keys_file=tmp_path / "keys.yaml",
+            redis_url=redis_url,
+            keys_reload_seconds=0,
+            events_poll_seconds=0.2,
+        )
+    )
+    auth = {"Authorization": f"Bearer {key}"}
+    custom = client.CustomObjectsApi(k8s_api)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
+    ):
+        assert (await http.get("/readyz")).status_code == 200
+        job = (await http.post("/v1/recognition-jobs", json=BODY, headers=auth)).json()
+        assert job["phase"] == "Pending", job
+        url = f"/v1/recognition-jobs/{job['id']}"
+        assert (await http.get(url, headers=auth)).status_code == 200
+        listed = (await http.get("/v1/recognition-jobs", headers=auth)).json()
+        assert [j["id"] for j in listed["items"]] == [job["id"]]
+
+        async def finish_later() -> None:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(
+                custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                job["id"],
+                {"status": {"phase": "Failed", "reason": "BadInput"}},
+            )
+
+        events, _ = await asyncio.gather(
+            http.get(f"{url}/events", headers=auth, timeout=30), finish_later()
+        )
+        names = [line[7:] for line in events.text.splitlines() if line.startswith("event: ")]
+        assert names == ["snapshot", "phase", "end"], events.text
+        data = [
+            json.loads(line[6:]) for line in events.text.splitlines() if line.startswith("data: ")
+        ]
+        assert data[-1]["phase"] == "Failed"
+
+        assert (await http.delete(url, headers=auth)).status_code == 202
+        gone: Any = await http.get(url, headers=auth)
+        assert gone.status_code == 404
+
+    # And nothing more: the same identity may not touch Jobs, Pods or Secrets.
+    as_api = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        for call in (
+            lambda: client.BatchV1Api(as_api).list_namespaced_job(namespace),
+            lambda: client.CoreV1Api(as_api).list_namespaced_pod(namespace),
+            lambda: client.CoreV1Api(as_api).list_namespaced_secret(namespace),
+        ):
+            with pytest.raises(ApiException) as denied:
+                call()
+            assert denied.value.status == 403
+    finally:
+        as_api.close()
