@@ -281,11 +281,8 @@ class Runtime:
             return True
         manifest = build_job(rj, self.settings)
         name = manifest["metadata"]["name"]
-        # Status first: if we die after the create, the resume handler finds the name in status.
-        await self.set_phase(
-            rj, Phase.PENDING, "JobCreated", None,
-            {"jobName": name, "resultKey": result_key(entry.uid)},
-        )  # fmt: skip
+        # No status write here: the Job's ADDED event is folded into Pending/JobCreated + jobName,
+        # and a restart finds the Job by its deterministic name, so one write per RJ is saved.
         try:
             await self.kube.create_job(manifest)
             metrics.JOBS_CREATED.inc()
@@ -309,6 +306,9 @@ class Runtime:
         meta = rj["metadata"]
         uid = meta["uid"]
         if uid in self.queue.running or uid in self.queue.waiting or uid in self.starting:
+            return
+        if not rj.get("status"):
+            self.submit(rj)  # brand new: no Job can be ours yet (a namesake's is caught at create)
             return
         job = await self.kube.read_job(meta["namespace"], job_name(meta["name"]))
         ref = _controller(job) if job else None
@@ -366,6 +366,7 @@ class Runtime:
             now=now_iso(),
             kueue=bool((rj.get("spec") or {}).get("queue")),
             generation=rj["metadata"].get("generation"),
+            result_key=result_key(rj_uid),
         )
         if patch is not None:
             await self.write_status(rj, patch)

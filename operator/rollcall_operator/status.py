@@ -273,11 +273,13 @@ def job_status_patch(
     now: str,
     kueue: bool = False,
     generation: int | None = None,
+    result_key: str | None = None,
 ) -> dict[str, Any] | None:
     """The RJ status merge patch that reflects ``job`` (None when the status already says it)."""
     seen = observe_job(job, pods, kueue=kueue)
     extra: dict[str, Any] = {
         "jobName": job["metadata"]["name"],
+        "resultKey": result_key,
         "attempts": max(seen.attempts, int(current.get("attempts") or 0)),
         "startTime": seen.start_time or current.get("startTime"),
     }

@@ -1,0 +1,237 @@
+"""1000 RecognitionJobs in a burst against a real control plane: how fast do their Jobs exist?
+
+Starts etcd + kube-apiserver + controller-manager + scheduler on loopback (hack/localk8s.py), the
+operator as a subprocess, then measures side by side in one run:
+
+- baseline: the same number of Jobs created directly by this client (the apiserver's own pace);
+- burst: RJs created as fast as the client can; the operator turns each into a Job.
+
+Prints the time until all Jobs exist, RJ->Job latency p50/p99 (from the RJ create's response to
+the Job's ADDED watch event), the operator's CPU seconds and peak RSS, and the ratio of the burst's
+wall time to the baseline's. Usage: ``python bench/bench_operator_burst.py [--count 1000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+from kubernetes import client, config, utils, watch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "hack"))
+
+from localk8s import control_plane, wait_for  # noqa: E402
+from redisrig import free_port  # noqa: E402
+from rollcall_operator.builder import build_job  # noqa: E402
+from rollcall_operator.model import GROUP, PLURAL, VERSION  # noqa: E402
+from rollcall_operator.settings import OperatorSettings  # noqa: E402
+
+
+def rj(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RecognitionJob",
+        "metadata": {"name": f"burst-{i:05d}"},
+        "spec": {
+            "classCode": f"C{i % 40}",
+            "images": {"claimName": "photos", "subPath": f"day/{i}"},
+            "roster": [f"s{j}" for j in range(30)],
+        },
+    }
+
+
+class JobWatch:
+    """Records when each Job in a namespace is first seen (ADDED), from a background watch."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.batch = client.BatchV1Api(api)
+        self.ns = namespace
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            w = watch.Watch()
+            with contextlib.suppress(Exception):
+                for ev in w.stream(self.batch.list_namespaced_job, self.ns, timeout_seconds=30,
+                                   _request_timeout=60):  # fmt: skip
+                    name = ev["object"].metadata.name
+                    self.seen.setdefault(name, time.monotonic())
+                    if self.stop.is_set():
+                        w.stop()
+
+    def wait(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while len(self.seen) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self.seen) >= count
+
+
+def make_namespace(core: Any, name: str) -> None:
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(lambda: _sa_exists(core, name), f"namespace {name} ready")
+
+
+def _sa_exists(core: Any, ns: str) -> bool:
+    try:
+        core.read_namespaced_service_account("default", ns)
+        return True
+    except client.ApiException:
+        return False
+
+
+def create_all(fn: Any, items: list[Any], threads: int) -> dict[int, float]:
+    done: dict[int, float] = {}
+
+    def one(i: int) -> None:
+        fn(items[i])
+        done[i] = time.monotonic()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(len(items))))
+    return done
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=16, help="client threads creating objects")
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    n = args.count
+
+    with tempfile.TemporaryDirectory(prefix="rollcall-bench-") as tmp, control_plane(
+        Path(tmp) / "cp"
+    ) as cp:
+        api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+        api.configuration.connection_pool_maxsize = args.threads * 2
+        core: Any = client.CoreV1Api(api)
+        custom: Any = client.CustomObjectsApi(api)
+        batch: Any = client.BatchV1Api(api)
+        crd = yaml.safe_load((REPO / "charts/rollcall/crds/recognitionjobs.yaml").read_text())
+        utils.create_from_dict(api, crd)
+        ext = client.ApiextensionsV1Api(api)
+        wait_for(lambda: any(c.type == "Established" and c.status == "True"
+                             for c in ext.read_custom_resource_definition(
+                                 crd["metadata"]["name"]).status.conditions or []),
+                 "CRD established")  # fmt: skip
+        for ns in ("baseline", "burst"):
+            make_namespace(core, ns)
+        time.sleep(2)  # let the CRD's storage finish initialising
+
+        # --- baseline: the client creates the Jobs itself --------------------------------------
+        settings = OperatorSettings()
+        jobs = []
+        for i in range(n):
+            body = rj(i)
+            body["metadata"].update(namespace="baseline", uid=f"00000000-0000-4000-8000-{i:012d}")
+            job = build_job(body, settings)
+            job["metadata"].pop("ownerReferences")
+            # Suspended: no pods, so the baseline leaves no load behind for the burst.
+            job["spec"]["suspend"] = True
+            jobs.append(job)
+        t0 = time.monotonic()
+        create_all(lambda j: batch.create_namespaced_job("baseline", j), jobs, args.threads)
+        baseline = time.monotonic() - t0
+
+        # --- the operator -----------------------------------------------------------------------
+        health = f"http://127.0.0.1:{free_port()}/healthz"
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(cp.kubeconfig),
+            "ROLLCALL_OPERATOR_NAMESPACES": json.dumps(["burst"]),
+            "ROLLCALL_OPERATOR_METRICS_PORT": "0",
+            "ROLLCALL_OPERATOR_LIVENESS_ENDPOINT": health,
+            "ROLLCALL_OPERATOR_LOG_LEVEL": "WARNING",
+        }
+        log = Path(tmp) / "operator.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "rollcall_operator"], env=env,
+                                    stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            wait_for(lambda: _healthy(health), "operator healthy", timeout=60)
+            ps = psutil.Process(proc.pid)
+            cpu0 = sum(ps.cpu_times()[:2])
+            others = {name: psutil.Process(p.pid) for name, p in cp.processes.items()}
+            others["bench client"] = psutil.Process()
+            others_cpu0 = {name: sum(p.cpu_times()[:2]) for name, p in others.items()}
+            watcher = JobWatch(api, "burst")
+            time.sleep(1)
+            bodies = [rj(i) for i in range(n)]
+            t0 = time.monotonic()
+            created = create_all(
+                lambda b: custom.create_namespaced_custom_object(GROUP, VERSION, "burst", PLURAL, b),
+                bodies, args.threads,
+            )  # fmt: skip
+            client_done = time.monotonic() - t0
+            ok = watcher.wait(n, args.timeout)
+            all_jobs = max(watcher.seen.values()) - t0 if watcher.seen else float("nan")
+            cpu = sum(ps.cpu_times()[:2]) - cpu0
+            others_cpu = {n: sum(p.cpu_times()[:2]) - others_cpu0[n] for n, p in others.items()}
+            peak_rss = _peak_rss_mib(proc.pid)
+            watcher.stop.set()
+            latencies = [watcher.seen[f"burst-{i:05d}"] - created[i]
+                         for i in range(n) if f"burst-{i:05d}" in watcher.seen]  # fmt: skip
+            jobs_now = len(batch.list_namespaced_job("burst").items)
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            if proc.poll() is None:
+                proc.kill()
+
+    print(f"RecognitionJobs in the burst:            {n}")
+    print(f"baseline: client creates {n} Jobs directly:  {baseline:.2f} s")
+    print(f"burst: client creates {n} RJs:               {client_done:.2f} s")
+    print(f"burst: all {len(watcher.seen)} Jobs exist after:         {all_jobs:.2f} s"
+          f"  (target 30 s){'' if ok else '  TIMED OUT'}")  # fmt: skip
+    print(f"Jobs in the namespace (no duplicates):  {jobs_now}")
+    if latencies:
+        print(f"RJ->Job latency p50 / p99 / max:        {statistics.median(latencies):.3f} / "
+              f"{percentile(latencies, 0.99):.3f} / {max(latencies):.3f} s  (target p99 < 2 s)")
+    print(f"operator CPU during the burst:          {cpu:.1f} s  ({cpu / max(all_jobs, 1e-9):.2f} cores)")
+    for name, seconds in others_cpu.items():
+        print(f"  CPU of {name + ':':<30} {seconds:.1f} s")
+    print(f"operator peak RSS:                      {peak_rss:.0f} MiB")
+    print(f"ratio all-Jobs-via-operator / direct Job creation: {all_jobs / baseline:.2f}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+if __name__ == "__main__":
+    main()
