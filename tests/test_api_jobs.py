@@ -22,6 +22,8 @@ from kubernetes.client.exceptions import ApiException
 
 from rollcall_api.app import create_app
 from rollcall_api.logs import JsonFormatter, RequestIdFilter
+from rollcall_api.schemas import JobRequest
+from rollcall_api.service import fingerprint
 from rollcall_api.settings import Settings
 from rollcall_api.testing import serve_in_thread, write_key_file
 from rollcall_job import keys
@@ -410,9 +412,10 @@ async def test_readyz_fails_when_redis_is_gone(
 ) -> None:
     settings = api_settings[0].model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     app = create_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
-    ) as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
+    ):
         resp = await http.get("/readyz")
     assert resp.status_code == 503
     assert resp.json()["checks"]["redis"] == "unavailable"
@@ -486,3 +489,33 @@ def test_events_stream_progress_and_phase_until_the_job_ends_over_http(
     progress = [(d["done"], d["total"]) for e, d in events if e == "progress"]
     assert (2, 4) in progress and progress[-1] == (4, 4)
     assert events[-1][1]["summary"]["present"] == 3
+
+
+async def test_a_retry_after_a_failed_first_attempt_creates_the_job_once(
+    api: Api, k8s_api: client.ApiClient, redis_client: redis.Redis
+) -> None:
+    """A first request that claimed the key but never created its job (it failed, or died)."""
+    spec = (
+        JobRequest.model_validate(BODY)
+        .spec()
+        .model_dump(by_alias=True, mode="json", exclude_none=True)
+    )
+    claim = json.dumps({"name": "rj-never-created", "fingerprint": fingerprint(api.ns, spec)})
+    rkey = keys.idempotency(api.ns, "k-dead")
+    redis_client.set(rkey, claim, ex=600)
+
+    async def release_later() -> None:  # what the failing request does in its `except`
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(redis_client.delete, rkey)
+
+    resp, _ = await asyncio.gather(submit(api, **{"Idempotency-Key": "k-dead"}), release_later())
+    assert resp.status_code == 202 and "idempotent-replayed" not in resp.headers
+    assert [rj["metadata"]["name"] for rj in rjs(k8s_api, api.ns)] == [resp.json()["id"]]
+    again = await submit(api, **{"Idempotency-Key": "k-dead"})
+    assert again.json()["id"] == resp.json()["id"]
+
+    # A key whose job was created and then cancelled: the retry must not resurrect it.
+    redis_client.set(keys.idempotency(api.ns, "k-gone"), claim, ex=600)
+    gone = await submit(api, **{"Idempotency-Key": "k-gone"})
+    assert gone.status_code == 409 and gone.json()["error"]["code"] == "idempotency_key_gone"
+    assert len(rjs(k8s_api, api.ns)) == 1

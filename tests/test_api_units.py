@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,10 +16,11 @@ from fastapi import FastAPI
 from rollcall_api.app import create_app
 from rollcall_api.auth import KeyStore, hash_key, new_key, parse_key_file
 from rollcall_api.errors import ApiError
+from rollcall_api.kube import new_job_name
 from rollcall_api.service import parse_status
 from rollcall_api.settings import Settings
 from rollcall_api.store import decode_results
-from rollcall_operator.model import Phase
+from rollcall_operator.model import DNS_LABEL, Phase
 
 
 def test_keys_are_high_entropy_and_stored_only_as_digests(tmp_path: Path) -> None:
@@ -170,3 +172,11 @@ def test_openapi_documents_every_route_and_the_bearer_scheme(tmp_path: Path) -> 
     assert post["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "ErrorBody"
     )
+
+
+def test_job_names_sort_by_creation_time_and_are_dns_labels() -> None:
+    stamps = [0, 35, 36, 1_700_000_000, 1_700_000_001, 2_200_000_000, 4_000_000_000]
+    names = [new_job_name(t) for t in stamps]
+    assert names == sorted(names)
+    assert all(re.match(DNS_LABEL, n) and len(n) == 18 for n in names)
+    assert len({new_job_name(1_700_000_000) for _ in range(1000)}) == 1000

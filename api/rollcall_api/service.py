@@ -17,7 +17,7 @@ from rollcall_api.errors import ApiError
 from rollcall_api.kube import RecognitionJobs
 from rollcall_api.logs import request_id_var
 from rollcall_api.schemas import JobRequest, JobView, Links, ProgressOut
-from rollcall_api.store import Store
+from rollcall_api.store import Claim, Store
 from rollcall_operator.model import Phase, Progress, RecognitionJobStatus, Summary
 
 log = logging.getLogger("rollcall_api.service")
@@ -143,35 +143,44 @@ async def submit(
     if not IDEMPOTENCY_KEY.match(idempotency_key):
         raise ApiError(400, "Idempotency-Key must be 1-255 visible ASCII characters")
     fp = fingerprint(namespace, spec)
-    claim = await store.claim(namespace, idempotency_key, name, fp, idempotency_ttl)
-    if not claim.won:
+    for _ in range(3):
+        claim = await store.claim(namespace, idempotency_key, name, fp, idempotency_ttl)
+        if claim.won:
+            try:
+                return await jobs.create(namespace, name, spec, labels, annotations), False
+            except BaseException:
+                await asyncio.shield(store.release(namespace, idempotency_key, claim))
+                raise
         if claim.fingerprint != fp:
             raise ApiError(
                 409,
                 "Idempotency-Key was already used with a different request",
                 code="idempotency_key_reused",
             )
-        return await _first_job(jobs, namespace, claim.name), True
-    try:
-        return await jobs.create(namespace, name, spec, labels, annotations), False
-    except BaseException:
-        await asyncio.shield(store.release(namespace, idempotency_key, claim))
-        raise
+        obj = await _first_job(jobs, store, namespace, idempotency_key, claim)
+        if obj is not None:
+            return obj, True
+        # The first request failed and let the key go: this retry may create the job itself.
+    raise ApiError(503, "Idempotency-Key is contended, retry later", headers={"Retry-After": "1"})
 
 
-async def _first_job(jobs: RecognitionJobs, namespace: str, name: str) -> dict[str, Any]:
-    """The job the winning request created; it may still be on its way to the apiserver."""
-    for delay in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6):
-        obj = await jobs.get(namespace, name)
+async def _first_job(
+    jobs: RecognitionJobs, store: Store, namespace: str, key: str, claim: Claim
+) -> dict[str, Any] | None:
+    """The job the winning request created (it may still be on its way to the apiserver).
+
+    None if the winner gave the key up (its create failed); 409 if the job is gone for good.
+    """
+    for delay in (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 0.0):
+        obj = await jobs.get(namespace, claim.name)
         if obj is not None:
             return obj
+        if not await store.holds(namespace, key, claim):
+            return None
         await asyncio.sleep(delay)
-    obj = await jobs.get(namespace, name)
-    if obj is not None:
-        return obj
     raise ApiError(
         409,
-        "the job first created with this Idempotency-Key no longer exists (or is being "
-        "created); use a new key to submit again",
+        "the job first created with this Idempotency-Key no longer exists; "
+        "use a new key to submit again",
         code="idempotency_key_gone",
     )

@@ -70,6 +70,14 @@ class Store:
             raise _unavailable(exc) from None
         raise ApiError(503, "idempotency key is churning, retry later")
 
+    async def holds(self, namespace: str, key: str, claim: Claim) -> bool:
+        """Whether the Idempotency-Key still holds ``claim`` (not released, not expired)."""
+        try:
+            value = await self.redis.get(keys.idempotency(namespace, key))
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return value is not None and _text(value) == claim.raw
+
     async def release(self, namespace: str, key: str, claim: Claim) -> None:
         """Give up a claim whose job could not be created, so a retry can create it."""
         try:
