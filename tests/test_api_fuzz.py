@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from kubernetes import client
 from schemathesis import GenerationMode
+from schemathesis.core.result import Ok
 
 from rollcall_api.app import create_app
 from rollcall_api.settings import Settings
@@ -59,7 +60,7 @@ def test_fuzzed_requests_never_5xx_and_rejected_ones_create_nothing(
     schema = schemathesis.openapi.from_dict(doc)
     seen = Seen()
     session = requests.Session()
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
     assert len(operations) >= 8
     for operation in operations:
         if operation.path.endswith("/events"):
@@ -75,9 +76,10 @@ def test_fuzzed_requests_never_5xx_and_rejected_ones_create_nothing(
 
     print(f"fuzzed: statuses {sorted(seen.statuses.items())}, accepted {len(seen.accepted)}")
     assert not seen.server_errors, seen.server_errors[:5]
-    created = client.CustomObjectsApi(k8s_api).list_namespaced_custom_object(
+    listed: Any = client.CustomObjectsApi(k8s_api).list_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL
-    )["items"]
+    )
+    created = listed["items"]
     assert {rj["metadata"]["name"] for rj in created} == seen.accepted
     assert seen.statuses.get(422, 0) > 0 and seen.statuses.get(404, 0) > 0, seen.statuses
 

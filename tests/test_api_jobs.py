@@ -8,10 +8,10 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -56,7 +56,7 @@ class Api:
 def other_namespace(k8s_api: client.ApiClient) -> Iterator[str]:
     core = client.CoreV1Api(k8s_api)
     name = f"t-other-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     with contextlib.suppress(ApiException):
         core.delete_namespace(name)
@@ -102,17 +102,20 @@ async def api(
 
 
 def rjs(k8s_api: client.ApiClient, ns: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = client.CustomObjectsApi(k8s_api).list_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL
-    )["items"]
-    return items
+    listed = cast(
+        dict[str, Any],
+        client.CustomObjectsApi(k8s_api).list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL),
+    )
+    return cast(list[dict[str, Any]], listed["items"])
 
 
 def get_rj(k8s_api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = client.CustomObjectsApi(k8s_api).get_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, name
+    return cast(
+        dict[str, Any],
+        client.CustomObjectsApi(k8s_api).get_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name
+        ),
     )
-    return obj
 
 
 def set_status(k8s_api: client.ApiClient, ns: str, name: str, status: dict[str, Any]) -> None:
@@ -122,9 +125,11 @@ def set_status(k8s_api: client.ApiClient, ns: str, name: str, status: dict[str, 
     )
 
 
-async def submit(api: Api, body: dict[str, Any] | None = None, **headers: str) -> httpx.Response:
+async def submit(
+    api: Api, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
     return await api.http.post(
-        "/v1/recognition-jobs", json=body or BODY, headers={**api.auth(), **headers}
+        "/v1/recognition-jobs", json=body or BODY, headers={**api.auth(), **(headers or {})}
     )
 
 
@@ -237,20 +242,22 @@ async def test_results_are_409_until_finished_then_come_from_redis(
 async def test_a_retried_post_returns_the_first_job_never_a_second(
     api: Api, k8s_api: client.ApiClient
 ) -> None:
-    first = await submit(api, **{"Idempotency-Key": "k-1"})
-    again = await submit(api, **{"Idempotency-Key": "k-1"})
+    first = await submit(api, headers={"Idempotency-Key": "k-1"})
+    again = await submit(api, headers={"Idempotency-Key": "k-1"})
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
 
     # A burst of concurrent retries: SET NX lets exactly one create.
-    burst = await asyncio.gather(*(submit(api, **{"Idempotency-Key": "k-2"}) for _ in range(12)))
+    burst = await asyncio.gather(
+        *(submit(api, headers={"Idempotency-Key": "k-2"}) for _ in range(12))
+    )
     assert {r.status_code for r in burst} == {202}
     assert len({r.json()["id"] for r in burst}) == 1
     assert len(rjs(k8s_api, api.ns)) == 2
 
     # Reusing a key for a different request is a client bug, not a retry.
-    other = await submit(api, {**BODY, "classCode": "8C"}, **{"Idempotency-Key": "k-1"})
+    other = await submit(api, {**BODY, "classCode": "8C"}, headers={"Idempotency-Key": "k-1"})
     assert other.status_code == 409
     assert other.json()["error"]["code"] == "idempotency_key_reused"
     assert len(rjs(k8s_api, api.ns)) == 2
@@ -341,7 +348,7 @@ async def test_list_filters_by_class_and_phase_and_pages(
 
 
 async def test_errors_share_one_shape(api: Api, k8s_api: client.ApiClient) -> None:
-    cases = [
+    cases: list[tuple[str, str, dict[str, Any], int]] = [
         (
             "POST",
             "/v1/recognition-jobs",
@@ -391,7 +398,7 @@ async def test_probes_metrics_and_request_ids(api: Api) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        resp = await submit(api, **{"X-Request-ID": "req-abc-123"})
+        resp = await submit(api, headers={"X-Request-ID": "req-abc-123"})
     finally:
         logger.removeHandler(handler)
     assert resp.headers["x-request-id"] == "req-abc-123"
@@ -449,7 +456,7 @@ def test_events_stream_progress_and_phase_until_the_job_ends_over_http(
             assert resp.headers["content-type"].startswith("text/event-stream")
             buf = ""
             # Each step happens once the stream has shown the previous one: (event, key) -> step.
-            steps = {
+            steps: dict[tuple[str, str], Callable[[], object]] = {
                 ("snapshot", "Pending"): lambda: set_status(
                     k8s_api, namespace, job["id"], {"phase": "Queued"}
                 ),
@@ -508,14 +515,16 @@ async def test_a_retry_after_a_failed_first_attempt_creates_the_job_once(
         await asyncio.sleep(0.3)
         await asyncio.to_thread(redis_client.delete, rkey)
 
-    resp, _ = await asyncio.gather(submit(api, **{"Idempotency-Key": "k-dead"}), release_later())
+    resp, _ = await asyncio.gather(
+        submit(api, headers={"Idempotency-Key": "k-dead"}), release_later()
+    )
     assert resp.status_code == 202 and "idempotent-replayed" not in resp.headers
     assert [rj["metadata"]["name"] for rj in rjs(k8s_api, api.ns)] == [resp.json()["id"]]
-    again = await submit(api, **{"Idempotency-Key": "k-dead"})
+    again = await submit(api, headers={"Idempotency-Key": "k-dead"})
     assert again.json()["id"] == resp.json()["id"]
 
     # A key whose job was created and then cancelled: the retry must not resurrect it.
     redis_client.set(keys.idempotency(api.ns, "k-gone"), claim, ex=600)
-    gone = await submit(api, **{"Idempotency-Key": "k-gone"})
+    gone = await submit(api, headers={"Idempotency-Key": "k-gone"})
     assert gone.status_code == 409 and gone.json()["error"]["code"] == "idempotency_key_gone"
     assert len(rjs(k8s_api, api.ns)) == 1

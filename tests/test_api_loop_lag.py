@@ -93,7 +93,7 @@ def timed_steps(threshold: float) -> Iterator[list[Step]]:
                     )
                 )
 
-    asyncio.events.Handle._run = _run  # type: ignore[method-assign]
+    asyncio.events.Handle._run = _run  # type: ignore[method-assign,assignment]
     try:
         yield slow
     finally:
@@ -167,7 +167,7 @@ async def _under_load(
     try:
         with timed_steps(SLOW_STEP) as slow:
             await asyncio.sleep(0.05)
-            work = [client(i) for i in range(50)]
+            work: list[Awaitable[object]] = [client(i) for i in range(50)]
             if extra is not None:
                 work.append(extra())
             await asyncio.gather(*work)

@@ -29,7 +29,9 @@ BODY = {"classCode": "5C", "images": {"claimName": "photos"}, "roster": ["s-1"]}
 def service_account_kubeconfig(
     cp: ControlPlane, api: client.ApiClient, ns: str, path: Path
 ) -> Path:
-    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    # Plain dicts for bodies, as the YAML reads; the typed client wants its model classes.
+    core: Any = client.CoreV1Api(api)
+    rbac: Any = client.RbacAuthorizationV1Api(api)
     core.create_namespaced_service_account(ns, {"metadata": {"name": "rollcall-api"}})
     rbac.create_namespaced_role(
         ns,
@@ -53,7 +55,7 @@ def service_account_kubeconfig(
     token = core.create_namespaced_service_account_token(
         "rollcall-api", ns, {"spec": {"expirationSeconds": 3600}}
     ).status.token
-    return cp.kubeconfig_for("rollcall-api", token, path)
+    return cp.kubeconfig_for("rollcall-api", str(token), path)
 
 
 async def test_the_api_works_with_only_its_five_verbs_on_recognitionjobs(
@@ -116,7 +118,7 @@ async def test_the_api_works_with_only_its_five_verbs_on_recognitionjobs(
         assert gone.status_code == 404
 
     # And nothing more: the same identity may not touch Jobs, Pods or Secrets.
-    as_api = config.new_client_from_config(config_file=str(kubeconfig))
+    as_api: Any = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     try:
         for call in (
             lambda: client.BatchV1Api(as_api).list_namespaced_job(namespace),

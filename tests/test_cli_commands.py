@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -56,10 +56,10 @@ def cli(
 
 
 def rj(k8s_api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = client.CustomObjectsApi(k8s_api).get_namespaced_custom_object(
+    obj: Any = client.CustomObjectsApi(k8s_api).get_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, name
     )
-    return obj
+    return cast(dict[str, Any], obj)
 
 
 def set_status(k8s_api: client.ApiClient, ns: str, name: str, status: dict[str, Any]) -> None:
