@@ -5,7 +5,8 @@
   the apiserver;
 - RJ create/resume: validate, then queue (or re-attach to an existing Job);
 - RJ events: keep the cache, the queue and webhook deliveries in step;
-- ``spec.runPolicy.suspend`` changes: suspend/resume the Job;
+- ``spec.runPolicy.suspend`` changes (seen in RJ events, compared in memory, so no kopf field
+  handler and no extra annotation write per RJ): suspend/resume the Job;
 - Job events (our label only): fold the Job's state into its RJ's status.
 """
 
@@ -92,30 +93,10 @@ async def rj_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
     if type == "DELETED":
         rt.forget(body["metadata"]["uid"])
         return
-    rt.remember(dict(body))
-    rt.maybe_deliver(dict(body))
-
-
-@kopf.on.field(*RJ, field="spec.runPolicy.suspend")
-async def suspend(
-    old: Any, new: Any, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
-) -> None:
-    """Suspend or resume: a queued RJ stops/starts waiting; an existing Job is (un)suspended."""
-    if old is None:
-        return  # creation: the Job is built with the right value
-    rt = _rt(memo)
-    uid, ns = body["metadata"]["uid"], body["metadata"]["namespace"]
-    rt.queue.set_suspended(uid, bool(new))
-    rt.queued_reason.pop(uid, None)
-    rt.wake.set()
-    name = (body.get("status") or {}).get("jobName")
-    if name:
-        try:
-            await rt.kube.patch_job(ns, name, {"spec": {"suspend": bool(new)}})
-        except ApiException as e:
-            if e.status != 404:
-                raise kopf.TemporaryError(f"patching Job {name}: {e.status}", delay=2) from e
-        logger.info("Job %s %s", name, "suspended" if new else "resumed")
+    rj = dict(body)
+    rt.remember(rj)
+    rt.maybe_deliver(rj)
+    await rt.track_suspend(rj)
 
 
 @kopf.on.event(*JOBS, labels=MANAGED_SELECTOR)

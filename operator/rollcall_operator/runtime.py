@@ -95,6 +95,7 @@ class Runtime:
         self.webhooks: dict[str, asyncio.Task[None]] = {}
         self.http: aiohttp.ClientSession | None = None
         self.seeded = asyncio.Event()
+        self.suspend_seen: dict[str, bool] = {}
 
     @classmethod
     async def open(cls, settings: OperatorSettings) -> Runtime:
@@ -169,6 +170,7 @@ class Runtime:
         if self.queue.release(uid):
             self.wake.set()
         self.queued_reason.pop(uid, None)
+        self.suspend_seen.pop(uid, None)
         if (task := self.webhooks.pop(uid, None)) is not None:
             task.cancel()
 
@@ -315,9 +317,39 @@ class Runtime:
         if job is not None and ref is not None and ref.get("uid") == uid:
             if not _finished(job):
                 self.hold(rj)
+                desired = bool(((rj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+                if bool((job.get("spec") or {}).get("suspend")) != desired:
+                    await self._suspend_job(rj, desired)  # changed while we were down
             self.fold(job)
             return
         self.submit(rj)
+
+    async def track_suspend(self, rj: Mapping[str, Any]) -> None:
+        """Apply a change of ``spec.runPolicy.suspend`` to the queue entry or the Job."""
+        uid = rj["metadata"]["uid"]
+        desired = bool(((rj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+        previous = self.suspend_seen.get(uid)
+        self.suspend_seen[uid] = desired
+        if previous is None or previous == desired:
+            return
+        self.queue.set_suspended(uid, desired)
+        self.queued_reason.pop(uid, None)
+        self.wake.set()
+        await self._suspend_job(rj, desired)
+
+    async def _suspend_job(self, rj: Mapping[str, Any], desired: bool) -> None:
+        meta = rj["metadata"]
+        if (rj.get("spec") or {}).get("queue"):
+            return  # Kueue owns .spec.suspend of its Jobs
+        try:
+            await self.kube.patch_job(
+                meta["namespace"], job_name(meta["name"]), {"spec": {"suspend": desired}}
+            )
+            log.info("Job of %s/%s %s", meta["namespace"], meta["name"],
+                     "suspended" if desired else "resumed")  # fmt: skip
+        except ApiException as e:
+            if e.status != 404:
+                log.warning("suspending the Job of %s failed: %s", meta["name"], e.status)
 
     # --- folding Job state into the RJ -----------------------------------------------------------------
     def fold(self, job: Mapping[str, Any], deleted: bool = False) -> None:

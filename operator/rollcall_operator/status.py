@@ -109,7 +109,7 @@ def _pending_reason(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]
             waiting = (cs.get("state") or {}).get("waiting")
             if waiting and waiting.get("reason"):
                 return waiting["reason"], waiting.get("message")
-    return "PodStarting", None
+    return "JobCreated", None  # nothing specific: keep the reason (and save a status write)
 
 
 def _last_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
