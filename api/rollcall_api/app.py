@@ -101,11 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-
-    async def app_settings() -> Settings:  # async: a sync dependency would cost a thread hop
-        return settings
-
-    app.dependency_overrides[get_settings] = app_settings
+    app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health.router)

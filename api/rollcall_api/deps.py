@@ -11,10 +11,20 @@ from rollcall_api.auth import Caller, KeyStore
 from rollcall_api.errors import ApiError
 from rollcall_api.kube import RecognitionJobs
 from rollcall_api.middleware import Metrics
-from rollcall_api.settings import Settings, get_settings
+from rollcall_api.settings import Settings
 from rollcall_api.store import Store
 
 _bearer = HTTPBearer(auto_error=False, description="A per-school API key.")
+
+
+async def app_settings(request: Request) -> Settings:
+    """The settings the app was built with (``create_app``; by default the cached env ones).
+
+    Read from app state, not through a ``dependency_overrides`` entry: FastAPI re-analyses an
+    override's signature on every request (~1 ms each, measured). Tests override this function.
+    """
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_jobs(request: Request) -> RecognitionJobs:
@@ -53,7 +63,7 @@ async def current_caller(
     return caller
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 JobsDep = Annotated[RecognitionJobs, Depends(get_jobs)]
 StoreDep = Annotated[Store, Depends(get_store)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]

@@ -1,7 +1,8 @@
 """Settings of the API process, read from ``ROLLCALL_API_*`` environment variables.
 
-Obtained through the cached :func:`get_settings` so tests hand ``create_app`` their own instance (or
-override the dependency) instead of patching import-time globals.
+The process reads them once through the cached :func:`get_settings`; ``create_app(settings)`` takes
+an instance, so tests build apps with their own (or override ``deps.app_settings``) instead of
+patching import-time globals.
 """
 
 from __future__ import annotations
