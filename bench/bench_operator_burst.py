@@ -97,10 +97,14 @@ def _sa_exists(core: Any, ns: str) -> bool:
         return False
 
 
-def create_all(fn: Any, items: list[Any], threads: int) -> dict[int, float]:
+def create_all(fn: Any, items: list[Any], threads: int, rate: float = 0) -> dict[int, float]:
+    """Create ``items`` with ``threads`` workers, at most ``rate`` per second (0: no limit)."""
     done: dict[int, float] = {}
+    start = time.monotonic()
 
     def one(i: int) -> None:
+        if rate:
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
         fn(items[i])
         done[i] = time.monotonic()
 
@@ -119,6 +123,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=16, help="client threads creating objects")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--rate", type=float, default=0, help="RJs per second to create (0: a burst, no pacing)"
+    )
     args = parser.parse_args()
     n = args.count
 
@@ -183,7 +190,7 @@ def main() -> None:
             t0 = time.monotonic()
             created = create_all(
                 lambda b: custom.create_namespaced_custom_object(GROUP, VERSION, "burst", PLURAL, b),
-                bodies, args.threads,
+                bodies, args.threads, args.rate,
             )  # fmt: skip
             client_done = time.monotonic() - t0
             ok = watcher.wait(n, args.timeout)
@@ -202,7 +209,8 @@ def main() -> None:
             if proc.poll() is None:
                 proc.kill()
 
-    print(f"RecognitionJobs in the burst:            {n}")
+    pace = f"paced at {args.rate:g}/s" if args.rate else "unpaced burst"
+    print(f"RecognitionJobs in the burst:            {n} ({pace})")
     print(f"baseline: client creates {n} Jobs directly:  {baseline:.2f} s")
     print(f"burst: client creates {n} RJs:               {client_done:.2f} s")
     print(f"burst: all {len(watcher.seen)} Jobs exist after:         {all_jobs:.2f} s"

@@ -255,7 +255,8 @@ def k(k8s_api: client.ApiClient, namespace: str) -> K:
 def test_create_makes_one_job_as_built_and_success_fills_the_summary(
     k: K, start_operator: Callable[..., Operator], script: Script, photos: str
 ) -> None:
-    start_operator()
+    metrics_port = free_port()
+    start_operator(metrics_port=str(metrics_port))
     created = k.create(rj_body("math-7b", "hold"))
     wait_for(lambda: len(k.jobs()) == 1, "the Job exists")
     job = k.job("math-7b")
@@ -283,6 +284,13 @@ def test_create_makes_one_job_as_built_and_success_fills_the_summary(
     wait_for(lambda: {"Pending", "Running", "Succeeded"} <= set(k.events("math-7b")),
              f"transition events (got {k.events('math-7b')})")  # fmt: skip
     assert len(k.jobs()) == 1
+    annotations = k.rj("math-7b")["metadata"].get("annotations") or {}
+    assert not [a for a in annotations if "kopf.zalando.org" in a], annotations
+    assert "rollcall.io/last-handled-configuration" in annotations
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert "rollcall_jobs_created_total 1.0" in text
+    assert 'rollcall_recognitionjobs{phase="Succeeded"} 1.0' in text
 
 
 def test_bad_input_fails_at_once_without_retry(
