@@ -508,3 +508,71 @@ def test_webhook_is_signed_retried_after_500_and_recorded(
         assert len(receiver.posts) == 2  # delivered once, not again
     finally:
         receiver.close()
+
+
+# What the chart's operator ServiceAccount needs, grouped by why (the lead's chart mirrors this).
+OPERATOR_CLUSTER_RULES: list[dict[str, Any]] = [
+    # kopf (framework): resource discovery and namespace scanning
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+     "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+]  # fmt: skip
+OPERATOR_NAMESPACE_RULES: list[dict[str, Any]] = [
+    # the RJs: watch them, keep kopf's annotations, write status, own Jobs (blockOwnerDeletion)
+    {"apiGroups": ["rollcall.io"], "resources": ["recognitionjobs"],
+     "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["rollcall.io"], "resources": ["recognitionjobs/status"],
+     "verbs": ["get", "patch"]},
+    {"apiGroups": ["rollcall.io"], "resources": ["recognitionjobs/finalizers"],
+     "verbs": ["update"]},
+    # the Jobs it creates, suspends and watches; their pods for exit codes and messages
+    {"apiGroups": ["batch"], "resources": ["jobs"],
+     "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    # webhook signing secrets (only those named by an RJ's callback.secretRef are read)
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    # Events on transitions
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]  # fmt: skip
+
+
+def test_operator_runs_with_least_privilege_rbac(
+    k: K, start_operator: Callable[..., Operator], script: Script, photos: str,
+    k8s_api: client.ApiClient, control_plane: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    rbac: Any = client.RbacAuthorizationV1Api(k8s_api)
+    sa, cluster_role = "rollcall-operator", f"rollcall-operator-{k.ns}"
+    k.core.create_namespaced_service_account(k.ns, {"metadata": {"name": sa}})
+    subject = [{"kind": "ServiceAccount", "name": sa, "namespace": k.ns}]
+    rbac.create_cluster_role({"metadata": {"name": cluster_role}, "rules": OPERATOR_CLUSTER_RULES})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": cluster_role}, "subjects": subject,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": cluster_role}})  # fmt: skip
+    rbac.create_namespaced_role(k.ns, {"metadata": {"name": sa}, "rules": OPERATOR_NAMESPACE_RULES})
+    rbac.create_namespaced_role_binding(k.ns, {
+        "metadata": {"name": sa}, "subjects": subject,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa}})  # fmt: skip
+    try:
+        token = k.core.create_namespaced_service_account_token(
+            sa, k.ns, {"spec": {"expirationSeconds": 3600}}).status.token  # fmt: skip
+        kubeconfig = control_plane.kubeconfig_for(sa, token, tmp_path / "operator-kubeconfig")
+        k.core.create_namespaced_secret(k.ns, {
+            "metadata": {"name": "hook"}, "stringData": {"hmac": "s"}})  # fmt: skip
+        receiver = Receiver()
+        try:
+            op = start_operator(kubeconfig=str(kubeconfig))
+            k.create(rj_body("least", callback={
+                "url": receiver.url, "secretRef": {"name": "hook", "key": "hmac"}}))  # fmt: skip
+            k.create(rj_body("least-bad", "bad"))
+            assert k.phase_is("least", "Succeeded")["summary"]["present"] == 2
+            assert k.phase_is("least-bad", "Failed")["reason"] == "BadInput"
+            wait_for(lambda: (k.status("least").get("webhook") or {}).get("delivered") is True,
+                     "webhook delivered with the SA's secret access")  # fmt: skip
+            wait_for(lambda: "Succeeded" in k.events("least"), "events posted")
+            assert "Forbidden" not in op.logs() and "403" not in op.logs(), op.logs()
+        finally:
+            receiver.close()
+    finally:
+        rbac.delete_cluster_role_binding(cluster_role)
+        rbac.delete_cluster_role(cluster_role)
