@@ -215,6 +215,7 @@ def main() -> None:
                 "ROLLCALL_API_LOG_LEVEL": "warning",
             }
             url = f"http://127.0.0.1:{port}"
+            rates: dict[str, float] = {}
             with api_process(env, port, tmp / "api.log") as proc:
                 asyncio.run(load(url, key, 4, 2.0, False))  # warm up connections and caches
                 print(
@@ -223,12 +224,12 @@ def main() -> None:
                 )
                 control = [psutil.Process(p.pid) for p in cp.processes.values()]
                 me = psutil.Process()
-                rates: dict[str, float] = {}
-                for phase in ("direct", "plain", "idempotent"):
+                # The baseline runs first and last: the pair brackets any drift of this machine.
+                for phase in ("direct", "plain", "idempotent", "direct again"):
                     before, cpu0 = lag_histogram(url), proc.cpu_times()
                     cp0, me0 = cpu_seconds(control), cpu_seconds([me])
                     t0 = time.perf_counter()
-                    if phase == "direct":
+                    if phase.startswith("direct"):
                         run = load_direct(cp.kubeconfig, ns, args.clients, args.seconds)
                     else:
                         run = load(url, key, args.clients, args.seconds, phase == "idempotent")
@@ -239,6 +240,7 @@ def main() -> None:
                     rates[phase] = ok / wall
                     label = {
                         "direct": "apiserver direct",
+                        "direct again": "apiserver direct",
                         "plain": "via API",
                         "idempotent": "via API + Idem-Key",
                     }[phase]
@@ -249,18 +251,23 @@ def main() -> None:
                         f"{(cpu_seconds(control) - cp0) / wall * 100:.0f}%, load generator "
                         f"{(cpu_seconds([me]) - me0) / wall * 100:.0f}%  {statuses}"
                     )
-                    if phase != "direct":
+                    if not phase.startswith("direct"):
                         print(f"  {'':20s} API event-loop lag {lag_summary(before, after)}")
+                direct = (rates["direct"] + rates["direct again"]) / 2
                 print(
-                    f"  ratio via API / direct: {rates['plain'] / rates['direct']:.2f} (plain), "
-                    f"{rates['idempotent'] / rates['direct']:.2f} (idempotent); "
+                    f"  ratio via API / direct (mean of both): {rates['plain'] / direct:.2f} "
+                    f"(plain), {rates['idempotent'] / direct:.2f} (idempotent); "
                     f"load average {os.getloadavg()[0]:.1f}"
                 )
             listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
                 "rollcall.io", "v1alpha1", ns, "recognitionjobs", limit=1
             )
             remaining = listed["metadata"].get("remainingItemCount", 0) + len(listed["items"])
-            print(f"  RecognitionJobs stored: {remaining} (target >= 300 submissions/s)")
+            print(
+                f"  RecognitionJobs stored: {remaining}; target >= 300 submissions/s via the API: "
+                f"{'met' if rates['plain'] >= 300 else 'NOT met'} ({rates['plain']:.0f}/s plain, "
+                f"{rates['idempotent']:.0f}/s with Idempotency-Key)"
+            )
             api.close()
 
 
