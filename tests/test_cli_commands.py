@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from rollcall_api.auth import hash_key
 from rollcall_api.cli import app
 from rollcall_api.settings import Settings
-from rollcall_api.testing import serve_in_thread, write_key_file
+from rollcall_api.testing import free_port, serve_in_thread, write_key_file
 from rollcall_job import keys
 from rollcall_job.results import write_results
 from rollcall_operator.model import GROUP, PLURAL, VERSION
@@ -218,3 +218,71 @@ def test_keygen_prints_a_key_and_its_file_entry() -> None:
     key = res.stdout.strip()
     entry = yaml.safe_load(res.stderr.split("key-file entry:", 1)[1])
     assert entry == {hash_key(key): {"school": "north", "namespaces": ["school-north"]}}
+
+
+def test_watch_reconnects_across_an_api_restart(
+    tmp_path: Path,
+    kubeconfig: Path,
+    redis_url: str,
+    crds: list[str],
+    namespace: str,
+    k8s_api: client.ApiClient,
+    redis_client: redis.Redis,
+) -> None:
+    """A rolling update cuts the event stream; watch reconnects and still ends with the table."""
+    key = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})["north"]
+    settings = Settings(
+        kubeconfig=kubeconfig,
+        keys_file=tmp_path / "keys.yaml",
+        redis_url=redis_url,
+        keys_reload_seconds=0,
+        events_poll_seconds=0.2,
+    )
+    port = free_port()
+    first = serve_in_thread(settings, port)
+    url = first.__enter__()
+    auth = {"Authorization": f"Bearer {key}"}
+    job = httpx.post(
+        f"{url}/v1/recognition-jobs",
+        json={
+            "classCode": "7B",
+            "images": {"claimName": "photos"},
+            "roster": ["s-001"],
+        },
+        headers=auth,
+    ).json()
+    second: list[Any] = []
+
+    def restart() -> None:
+        time.sleep(0.8)
+        first.__exit__(None, None, None)  # the old pod goes away mid-stream
+        write_results(
+            redis_client,
+            job["uid"],
+            "a1",
+            {
+                "summary": {"present": 1},
+                "photos": [],
+                "attendance": {
+                    "present": [{"student": "s-001", "photo": "a.jpg", "score": 0.3}],
+                    "absent": [],
+                },
+            },
+            ttl_seconds=600,
+        )
+        set_status(k8s_api, namespace, job["id"], {"phase": "Succeeded"})
+        time.sleep(0.5)
+        server = serve_in_thread(settings, port)
+        server.__enter__()
+        second.append(server)
+
+    thread = threading.Thread(target=restart, daemon=True)
+    thread.start()
+    try:
+        res = CliRunner().invoke(app, ["--url", url, "--api-key", key, "watch", job["id"]])
+        thread.join(30)
+        assert res.exit_code == 0, res.output
+        assert "reconnecting" in res.stderr and "s-001" in res.stdout
+    finally:
+        for server in second:
+            server.__exit__(None, None, None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -411,28 +412,52 @@ def cancel(ctx: typer.Context, job_id: str) -> None:
     out.print(f"{job['id']}\tcancelled", highlight=False)
 
 
+RECONNECT_FOR = 60.0  # seconds a broken event stream is retried before giving up (exit 7)
+
+
 def _events(conn: Conn, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Parse the SSE stream into (event, data) pairs."""
+    """Parse the SSE stream into (event, data) pairs, reconnecting if the stream breaks.
+
+    An API restart (a rolling update) cuts the stream; the next connection starts with a fresh
+    ``snapshot``, so nothing is lost. Errors that a retry cannot fix (401, 404) end at once.
+    """
     timeout = httpx.Timeout(conn.timeout, read=None)
-    try:
-        with (
-            conn.client() as http,
-            http.stream("GET", f"/v1/recognition-jobs/{job_id}/events", timeout=timeout) as resp,
-        ):
-            if not resp.is_success:
-                resp.read()
-                _checked(resp)
-            event, data = "", ""
-            for line in resp.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    data += line[6:]
-                elif line == "" and event:
-                    yield event, json.loads(data or "{}")
+    give_up_at: float | None = None
+    delay = 0.25
+    while True:
+        problem = "the stream ended early"
+        try:
+            with (
+                conn.client() as http,
+                http.stream(
+                    "GET", f"/v1/recognition-jobs/{job_id}/events", timeout=timeout
+                ) as resp,
+            ):
+                if resp.status_code in (502, 503, 504):
+                    problem = f"HTTP {resp.status_code}"
+                else:
+                    if not resp.is_success:
+                        resp.read()
+                        _checked(resp)
+                    give_up_at, delay = None, 0.25
                     event, data = "", ""
-    except httpx.HTTPError as exc:
-        fail(Exit.UNAVAILABLE, f"event stream from {conn.url} broke: {exc}")
+                    for line in resp.iter_lines():
+                        if line.startswith("event: "):
+                            event = line[7:]
+                        elif line.startswith("data: "):
+                            data += line[6:]
+                        elif line == "" and event:
+                            yield event, json.loads(data or "{}")
+                            event, data = "", ""
+        except httpx.TransportError as exc:
+            problem = str(exc) or type(exc).__name__
+        now = time.monotonic()
+        give_up_at = give_up_at or now + RECONNECT_FOR
+        if now >= give_up_at:
+            fail(Exit.UNAVAILABLE, f"event stream from {conn.url} broke: {problem}")
+        err.print(f"event stream interrupted ({problem}); reconnecting", highlight=False)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def _watch(conn: Conn, job_id: str, quiet: bool = False) -> None:

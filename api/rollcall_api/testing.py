@@ -47,6 +47,7 @@ def serve_in_thread(settings: Settings, port: int | None = None) -> Iterator[str
         access_log=False,
         lifespan="on",
         loop="asyncio",
+        timeout_graceful_shutdown=1,  # open event streams would otherwise hold shutdown
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
