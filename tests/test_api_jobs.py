@@ -412,6 +412,7 @@ async def test_probes_metrics_and_request_ids(api: Api) -> None:
     created = 'rollcall_api_requests_total{method="POST",route="/v1/recognition-jobs",status="202"}'
     assert created in metrics
     assert 'rollcall_api_jobs_created_total{mode="identify"} 1.0' in metrics
+    assert "rollcall_api_event_loop_lag_seconds_count" in metrics
 
 
 async def test_readyz_fails_when_redis_is_gone(

@@ -63,8 +63,8 @@ app = typer.Typer(
     help="Submit and follow rollcall face-recognition attendance jobs.",
     no_args_is_help=True,
     add_completion=False,
-    epilog="Exit codes: 0 ok, 3 bad key, 4 not found, 5 conflict, 6 invalid request, "
-    "7 API unavailable, 10 job failed, 11 job cancelled.",
+    epilog="Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 bad or missing key, 4 not found, "
+    "5 conflict, 6 invalid request, 7 API unavailable, 10 job failed, 11 job cancelled.",
 )
 out = Console()
 err = Console(stderr=True)
@@ -367,7 +367,7 @@ def list_jobs(
     all_pages: Annotated[bool, typer.Option("--all", help="Follow every page.")] = False,
     as_json: OutputJson = False,
 ) -> None:
-    """List jobs, newest pages as the apiserver returns them."""
+    """List jobs, oldest first (pages from the apiserver; --all follows them)."""
     conn = _conn(ctx)
     params: dict[str, Any] = {"limit": limit}
     for key, value in (("classCode", class_code), ("phase", phase), ("namespace", namespace)):
