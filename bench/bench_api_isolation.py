@@ -86,7 +86,7 @@ def match(gallery: dict[str, np.ndarray], faces: np.ndarray) -> list[tuple[str, 
     return out
 
 
-def decode(raw: dict[bytes, bytes]) -> dict[str, np.ndarray]:
+def decode(raw: Any) -> dict[str, np.ndarray]:
     return {k.decode(): np.frombuffer(v, dtype=np.float32) for k, v in raw.items()}
 
 
@@ -217,14 +217,14 @@ def process(args: list[str], env: dict[str, str], ready_url: str, log: Path) -> 
             proc.wait()
 
 
-def install_crds(kubeconfig: Path) -> client.ApiClient:
-    api = config.new_client_from_config(config_file=str(kubeconfig))
+def install_crds(kubeconfig: Path) -> Any:
+    api: Any = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     for path in sorted((REPO / "charts" / "rollcall" / "crds").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 with contextlib.suppress(utils.FailToCreateError):
-                    utils.create_from_dict(api, doc)
-    ext = client.ApiextensionsV1Api(api)
+                    utils.create_from_dict(api, doc)  # type: ignore[no-untyped-call]
+    ext: Any = client.ApiextensionsV1Api(api)
     wait_for(
         lambda: all(
             any(
@@ -274,7 +274,9 @@ def main() -> None:
 
             # Set up rollcall's side first, so the apiserver has settled by its turn.
             api = install_crds(cp.kubeconfig)
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": "bench"}})
+            client.CoreV1Api(api).create_namespace(
+                client.V1Namespace(metadata=client.V1ObjectMeta(name="bench"))
+            )
             key = write_key_file(tmp / "keys.yaml", {"bench": ["bench"]})["bench"]
 
             # The old pattern.

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -44,22 +45,21 @@ BODY = {
 }
 
 
-def install_crds(kubeconfig: Path) -> client.ApiClient:
-    api = config.new_client_from_config(config_file=str(kubeconfig))
-    ext = client.ApiextensionsV1Api(api)
+def install_crds(kubeconfig: Path) -> Any:
+    api: Any = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    ext: Any = client.ApiextensionsV1Api(api)
     for path in sorted((REPO / "charts" / "rollcall" / "crds").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 with contextlib.suppress(utils.FailToCreateError):
-                    utils.create_from_dict(api, doc)
-                name = doc["metadata"]["name"]
-                wait_for(
-                    lambda n=name: any(
-                        c.type == "Established" and c.status == "True"
-                        for c in (ext.read_custom_resource_definition(n).status.conditions or [])
-                    ),
-                    f"CRD {name}",
-                )
+                    utils.create_from_dict(api, doc)  # type: ignore[no-untyped-call]
+                name = str(doc["metadata"]["name"])
+
+                def established(n: str = name) -> bool:
+                    conditions = ext.read_custom_resource_definition(n).status.conditions or []
+                    return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+                wait_for(established, f"CRD {name}")
     return api
 
 
@@ -203,7 +203,9 @@ def main() -> None:
         ):
             api = install_crds(cp.kubeconfig)
             ns = "bench-submit"
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+            client.CoreV1Api(api).create_namespace(
+                client.V1Namespace(metadata=client.V1ObjectMeta(name=ns))
+            )
             key = write_key_file(tmp / "keys.yaml", {"bench": [ns]})["bench"]
             port = free_port()
             env = {
@@ -259,7 +261,7 @@ def main() -> None:
                     f"(plain), {rates['idempotent'] / direct:.2f} (idempotent); "
                     f"load average {os.getloadavg()[0]:.1f}"
                 )
-            listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            listed: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
                 "rollcall.io", "v1alpha1", ns, "recognitionjobs", limit=1
             )
             remaining = listed["metadata"].get("remainingItemCount", 0) + len(listed["items"])
