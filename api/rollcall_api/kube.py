@@ -162,12 +162,17 @@ class RecognitionJobs:
         kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": limit}
         if continue_token:
             kwargs["_continue"] = continue_token
-        result = await self._call(
-            "recognition jobs",
-            self.objects.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, _request_timeout=self.timeout, **kwargs
-            ),
-        )
+        try:
+            result = await self._call(
+                "recognition jobs",
+                self.objects.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, _request_timeout=self.timeout, **kwargs
+                ),
+            )
+        except ApiError as exc:
+            if continue_token and exc.status == 422:  # the apiserver's 400 for a bad token
+                raise ApiError(400, "invalid continue token", code="invalid_continue") from None
+            raise
         return Page(
             items=list(result.get("items") or []),
             continue_token=(result.get("metadata") or {}).get("continue") or None,
