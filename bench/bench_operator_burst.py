@@ -32,6 +32,11 @@ import psutil
 import yaml
 from kubernetes import client, config, utils, watch
 
+# The kubernetes package's helpers are partly untyped; this script only needs them to run.
+_config: Any = config
+_utils: Any = utils
+_watch: Any = watch
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hack"))
 
@@ -68,7 +73,7 @@ class JobWatch:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            w = watch.Watch()
+            w = _watch.Watch()
             with contextlib.suppress(Exception):
                 for ev in w.stream(self.batch.list_namespaced_job, self.ns, timeout_seconds=30,
                                    _request_timeout=60):  # fmt: skip
@@ -132,14 +137,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rollcall-bench-") as tmp, control_plane(
         Path(tmp) / "cp"
     ) as cp:
-        api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+        api = _config.new_client_from_config(config_file=str(cp.kubeconfig))
         api.configuration.connection_pool_maxsize = args.threads * 2
         core: Any = client.CoreV1Api(api)
         custom: Any = client.CustomObjectsApi(api)
         batch: Any = client.BatchV1Api(api)
         crd = yaml.safe_load((REPO / "charts/rollcall/crds/recognitionjobs.yaml").read_text())
-        utils.create_from_dict(api, crd)
-        ext = client.ApiextensionsV1Api(api)
+        _utils.create_from_dict(api, crd)
+        ext: Any = client.ApiextensionsV1Api(api)
         wait_for(lambda: any(c.type == "Established" and c.status == "True"
                              for c in ext.read_custom_resource_definition(
                                  crd["metadata"]["name"]).status.conditions or []),
