@@ -576,3 +576,18 @@ def test_operator_runs_with_least_privilege_rbac(
     finally:
         rbac.delete_cluster_role_binding(cluster_role)
         rbac.delete_cluster_role(cluster_role)
+
+
+def test_two_operators_racing_still_make_one_job_per_rj(
+    k: K, start_operator: Callable[..., Operator], script: Script, photos: str
+) -> None:
+    """Both standalone, both create: the deterministic Job name turns the loser's create into 409."""
+    start_operator()
+    start_operator()
+    names = [f"race-{i}" for i in range(6)]
+    for name in names:
+        k.create(rj_body(name))
+    for name in names:
+        k.phase_is(name, "Succeeded")
+    assert sorted(j.metadata.name for j in k.jobs()) == names
+    assert all(script.seen[n] == 1 for n in names)
