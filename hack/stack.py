@@ -184,7 +184,6 @@ def running_stack(
             [str(BIN / "rollcall-operator")],
             {
                 "ROLLCALL_OPERATOR_KUBECONFIG": str(cp.kubeconfig),
-                "KUBECONFIG": str(cp.kubeconfig),
                 "ROLLCALL_OPERATOR_REDIS_URL": redis.url,
                 "ROLLCALL_OPERATOR_IMAGE": "rollcall-job:local",
                 "ROLLCALL_OPERATOR_COMMAND": '["rollcall-job"]',

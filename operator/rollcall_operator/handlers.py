@@ -34,6 +34,18 @@ def _rt(memo: kopf.Memo) -> Runtime:
     return rt
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The pod's ServiceAccount in a cluster, else $KUBECONFIG; no client library needed.
+
+    kopf's default login goes through whichever client library happens to be importable; the
+    operator image carries none of the ones it knows (and the sync client reads $KUBECONFIG at
+    import time), so say how to log in instead of depending on what is installed.
+    """
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    return info or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours = get_settings()
