@@ -11,7 +11,11 @@ from typing import Any
 request_id_var: ContextVar[str | None] = ContextVar("rollcall_request_id", default=None)
 
 # LogRecord attributes that are not caller-supplied ``extra`` fields.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
+}
 
 
 class RequestIdFilter(logging.Filter):
