@@ -72,7 +72,7 @@ async def create_job(
     return await accept(response, settings, jobs, store, metrics, caller, body, idempotency_key)
 
 
-@router.get("", response_model=JobList, summary="List jobs (newest pages first by name order)")
+@router.get("", response_model=JobList, summary="List jobs, oldest first, a page at a time")
 async def list_jobs(
     settings: SettingsDep,
     jobs: JobsDep,
