@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from rollcall_api.errors import ApiError
 from rollcall_job import keys
+from rollcall_job import results as results_codec
 
 log = logging.getLogger("rollcall_api.store")
 
@@ -115,18 +116,8 @@ def _text(value: bytes | str) -> str:
 
 
 def decode_results(fields: dict[str, str]) -> dict[str, Any]:
-    """Join and decode the job's results hash (``rollcall_job.results`` writes it).
-
-    A big field is split over ``name``, ``name:1``... with ``parts`` = {name: count}; the hash is
-    renamed into place whole, so a missing part means corruption, reported as an error.
-    """
-    if "parts" not in fields:
-        raise ApiError(502, "stored results are incomplete", code="results_corrupt")
-    out: dict[str, Any] = {}
+    """The job's results hash decoded by the job's own codec; a broken one is a 502, not a 500."""
     try:
-        for name, n in json.loads(fields["parts"]).items():
-            text = "".join(fields[name if i == 0 else f"{name}:{i}"] for i in range(int(n)))
-            out[str(name)] = json.loads(text)
-    except (KeyError, ValueError, TypeError, AttributeError):
+        return results_codec.decode_results(fields)
+    except results_codec.IncompleteResults:
         raise ApiError(502, "stored results are incomplete", code="results_corrupt") from None
-    return out

@@ -69,8 +69,27 @@ def write_results(
     return final
 
 
-class IncompleteResults(Exception):
+class IncompleteResults(ValueError):
     """The stored hash lacks parts it says it has (should be impossible: it was renamed whole)."""
+
+
+def decode_results(fields: Mapping[str, str]) -> dict[str, Any]:
+    """Join and decode a results hash as ``write_results`` stored it (pure: the API reuses it).
+
+    A big field is split over ``name``, ``name:1``... with ``parts`` = {name: count}.
+    """
+    if "parts" not in fields:
+        raise IncompleteResults("results without a parts record")
+    out: dict[str, Any] = {}
+    try:
+        for name, n in json.loads(fields["parts"]).items():
+            text = "".join(fields[name if i == 0 else f"{name}:{i}"] for i in range(int(n)))
+            out[str(name)] = json.loads(text)
+    except KeyError as e:
+        raise IncompleteResults(f"missing part {e}") from e
+    except (ValueError, TypeError, AttributeError) as e:
+        raise IncompleteResults(f"undecodable results: {type(e).__name__}") from e
+    return out
 
 
 def read_results(client: redis.Redis, job_uid: str) -> dict[str, Any] | None:
@@ -78,14 +97,4 @@ def read_results(client: redis.Redis, job_uid: str) -> dict[str, Any] | None:
     raw = cast(dict[bytes, bytes], client.hgetall(keys.job_results(job_uid)))
     if not raw:
         return None
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
-    if "parts" not in fields:
-        raise IncompleteResults("results without a parts record")
-    out: dict[str, Any] = {}
-    for name, n in json.loads(fields["parts"]).items():
-        try:
-            text = "".join(fields[name if i == 0 else f"{name}:{i}"] for i in range(n))
-        except KeyError as e:
-            raise IncompleteResults(f"missing part {e}") from e
-        out[name] = json.loads(text)
-    return out
+    return decode_results({k.decode(): v.decode() for k, v in raw.items()})
