@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -46,6 +46,26 @@ class Runner(Protocol):
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class PodId(NamedTuple):
+    name: str
+    namespace: str
+    uid: str
+
+
+def _pod_id(pod: client.V1Pod) -> PodId:
+    """The apiserver sets name, namespace and uid on every pod it hands out."""
+    meta = pod.metadata
+    assert meta is not None and meta.name is not None
+    assert meta.namespace is not None and meta.uid is not None
+    return PodId(meta.name, meta.namespace, meta.uid)
+
+
+def _spec(pod: client.V1Pod) -> client.V1PodSpec:
+    """Every pod the apiserver hands out has a spec."""
+    assert pod.spec is not None
+    return pod.spec
 
 
 class ScriptedRunner:
@@ -83,26 +103,31 @@ class ProcessRunner:
     def _claim_path(self, namespace: str, claim: str) -> Path:
         """A claim bound to a hostPath/local PV is that folder; any other claim gets a cache folder."""
         pvc = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+        assert pvc.spec is not None  # the apiserver always returns a claim's spec
         if pvc.spec.volume_name:
             pv = self.core.read_persistent_volume(pvc.spec.volume_name)
+            assert pv.spec is not None  # likewise a volume's
             source = pv.spec.host_path or pv.spec.local
             if source is not None:
                 return Path(source.path)
         return self.claim_dir(namespace, claim)
 
     def _mounts(self, pod: client.V1Pod, pod_dir: Path) -> dict[str, Path]:
+        spec = _spec(pod)
         volumes: dict[str, Path] = {}
-        for vol in pod.spec.volumes or []:
+        for vol in spec.volumes or []:
             if vol.persistent_volume_claim is not None:
                 volumes[vol.name] = self._claim_path(
-                    pod.metadata.namespace, vol.persistent_volume_claim.claim_name
+                    _pod_id(pod).namespace, vol.persistent_volume_claim.claim_name
                 )
             elif vol.empty_dir is not None:
                 volumes[vol.name] = pod_dir / "volumes" / vol.name
             elif vol.secret is not None:
+                # Pod validation requires secretName on a secret volume.
+                assert vol.secret.secret_name is not None
                 volumes[vol.name] = self._materialise_secret(pod, vol.secret.secret_name, pod_dir)
         mounts: dict[str, Path] = {}
-        for vm in pod.spec.containers[0].volume_mounts or []:
+        for vm in spec.containers[0].volume_mounts or []:
             if vm.name not in volumes:
                 continue
             local = volumes[vm.name] / (vm.sub_path or "")
@@ -113,7 +138,7 @@ class ProcessRunner:
     def _materialise_secret(self, pod: client.V1Pod, name: str, pod_dir: Path) -> Path:
         target = pod_dir / "secrets" / name
         target.mkdir(parents=True, exist_ok=True)
-        secret = self.core.read_namespaced_secret(name, pod.metadata.namespace)
+        secret = self.core.read_namespaced_secret(name, _pod_id(pod).namespace)
         import base64
 
         for key, value in (secret.data or {}).items():
@@ -123,7 +148,7 @@ class ProcessRunner:
     def _env(
         self, pod: client.V1Pod, mounts: dict[str, Path], term_path: str, term_local: Path
     ) -> dict[str, str]:
-        container = pod.spec.containers[0]
+        container = _spec(pod).containers[0]
         env = {
             "PATH": os.pathsep.join([*self.extra_path, os.environ.get("PATH", "")]),
             "HOME": str(term_local.parent),
@@ -141,9 +166,10 @@ class ProcessRunner:
     def _value_from(self, pod: client.V1Pod, src: client.V1EnvVarSource) -> str | None:
         import base64
 
-        ns = pod.metadata.namespace
+        ns = _pod_id(pod).namespace
         if src.secret_key_ref is not None:
             ref = src.secret_key_ref
+            assert ref.name is not None  # pod validation requires the Secret's name
             try:
                 secret = self.core.read_namespaced_secret(ref.name, ns)
             except ApiException:
@@ -153,25 +179,26 @@ class ProcessRunner:
             data = (secret.data or {}).get(ref.key)
             return base64.b64decode(data).decode() if data is not None else None
         if src.config_map_key_ref is not None:
-            ref = src.config_map_key_ref
-            cm = self.core.read_namespaced_config_map(ref.name, ns)
-            return (cm.data or {}).get(ref.key)
+            cm_ref = src.config_map_key_ref
+            assert cm_ref.name is not None  # pod validation requires the ConfigMap's name
+            cm = self.core.read_namespaced_config_map(cm_ref.name, ns)
+            return (cm.data or {}).get(cm_ref.key)
         if src.field_ref is not None:
+            meta = pod.metadata
+            assert meta is not None
             path = src.field_ref.field_path
             fields = {
-                "metadata.name": pod.metadata.name,
+                "metadata.name": meta.name,
                 "metadata.namespace": ns,
-                "metadata.uid": pod.metadata.uid,
-                "spec.nodeName": pod.spec.node_name,
+                "metadata.uid": meta.uid,
+                "spec.nodeName": _spec(pod).node_name,
             }
             if path in fields:
                 return str(fields[path])
             if path.startswith("metadata.labels['"):
-                return (pod.metadata.labels or {}).get(path[len("metadata.labels['") : -2])
+                return (meta.labels or {}).get(path[len("metadata.labels['") : -2])
             if path.startswith("metadata.annotations['"):
-                return (pod.metadata.annotations or {}).get(
-                    path[len("metadata.annotations['") : -2]
-                )
+                return (meta.annotations or {}).get(path[len("metadata.annotations['") : -2])
         return None
 
     @staticmethod
@@ -184,8 +211,9 @@ class ProcessRunner:
         return value
 
     def __call__(self, pod: client.V1Pod, cancelled: threading.Event) -> Outcome:
-        container = pod.spec.containers[0]
-        pod_dir = self.root / "pods" / pod.metadata.uid
+        spec = _spec(pod)
+        container = spec.containers[0]
+        pod_dir = self.root / "pods" / _pod_id(pod).uid
         pod_dir.mkdir(parents=True, exist_ok=True)
         term_path = container.termination_message_path or "/dev/termination-log"
         term_local = pod_dir / "termination-log"
@@ -211,7 +239,7 @@ class ProcessRunner:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        grace = pod.spec.termination_grace_period_seconds or 30
+        grace = spec.termination_grace_period_seconds or 30
         while proc.poll() is None:
             if cancelled.wait(0.2):
                 with contextlib.suppress(ProcessLookupError):
@@ -270,11 +298,9 @@ class NodeAgent:
         while time.monotonic() < deadline:
             # Admission taints a new Node not-ready; the node lifecycle controller lifts it once it
             # sees the Ready heart-beat. Until then nothing schedules here.
-            if not [
-                t
-                for t in self.core.read_node(self.name).spec.taints or []
-                if t.key.startswith("node.kubernetes.io/")
-            ]:
+            spec = self.core.read_node(self.name).spec
+            assert spec is not None  # the apiserver always returns a Node's spec (maybe empty)
+            if not [t for t in spec.taints or [] if t.key.startswith("node.kubernetes.io/")]:
                 return self
             time.sleep(0.2)
         raise TimeoutError(f"node {self.name} still tainted after {ready_timeout}s")
@@ -317,7 +343,7 @@ class NodeAgent:
         }
         with contextlib.suppress(ApiException):
             self.core.delete_node(self.name)
-        self.core.create_node(body)
+        self.core.create_node(client.V1Node.model_validate(body))
         self.core.patch_node_status(
             self.name,
             {
@@ -368,14 +394,16 @@ class NodeAgent:
                     self.name, {"status": {"conditions": [self._ready_condition()]}}
                 )
                 now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                lease = {
-                    "metadata": {"name": self.name},
-                    "spec": {
-                        "holderIdentity": self.name,
-                        "leaseDurationSeconds": 40,
-                        "renewTime": now,
-                    },
-                }
+                lease = client.V1Lease.model_validate(
+                    {
+                        "metadata": {"name": self.name},
+                        "spec": {
+                            "holderIdentity": self.name,
+                            "leaseDurationSeconds": 40,
+                            "renewTime": now,
+                        },
+                    }
+                )
                 try:
                     coord.replace_namespaced_lease(self.name, "kube-node-lease", lease)
                 except ApiException as exc:
@@ -391,15 +419,18 @@ class NodeAgent:
                 pods = self.core.list_pod_for_all_namespaces(field_selector=selector)
                 for pod in pods.items:
                     self._handle(pod)
-                w = watch.Watch()
-                for event in w.stream(
+                assert pods.metadata is not None  # a list always carries its resourceVersion
+                # kubernetes.watch ships without annotations (despite the package's py.typed),
+                # hence the targeted ignores on its calls.
+                w = watch.Watch()  # type: ignore[no-untyped-call]
+                for event in w.stream(  # type: ignore[no-untyped-call]
                     self.core.list_pod_for_all_namespaces,
                     field_selector=selector,
                     resource_version=pods.metadata.resource_version,
                     timeout_seconds=30,
                 ):
                     if self._stop.is_set():
-                        w.stop()
+                        w.stop()  # type: ignore[no-untyped-call]
                         break
                     self._handle(event["object"])
             except Exception as exc:  # the loop must survive apiserver hiccups and 410 Gone
@@ -408,7 +439,8 @@ class NodeAgent:
                     time.sleep(0.5)
 
     def _handle(self, pod: client.V1Pod) -> None:
-        uid = pod.metadata.uid
+        uid = _pod_id(pod).uid
+        assert pod.metadata is not None  # checked by _pod_id; restated for the type checker
         if pod.metadata.deletion_timestamp is not None:
             with self._lock:
                 ev = self._running.get(uid)
@@ -417,6 +449,7 @@ class NodeAgent:
             else:
                 self._remove(pod)
             return
+        assert pod.status is not None  # pods from the apiserver always carry a status
         if pod.status.phase in ("Succeeded", "Failed"):
             return
         with self._lock:
@@ -429,19 +462,18 @@ class NodeAgent:
         ).start()
 
     def _remove(self, pod: client.V1Pod) -> None:
+        name, ns, uid = _pod_id(pod)
         with contextlib.suppress(ApiException):
             self.core.delete_namespaced_pod(
-                pod.metadata.name,
-                pod.metadata.namespace,
+                name,
+                ns,
                 grace_period_seconds=0,
-                body=client.V1DeleteOptions(
-                    grace_period_seconds=0, preconditions={"uid": pod.metadata.uid}
-                ),
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions={"uid": uid}),
             )
 
     def _run(self, pod: client.V1Pod, cancelled: threading.Event) -> None:
-        name, ns = pod.metadata.name, pod.metadata.namespace
-        container = pod.spec.containers[0]
+        name, ns, uid = _pod_id(pod)
+        container = _spec(pod).containers[0]
         started = _now()
         try:
             self._patch_status(
@@ -495,7 +527,7 @@ class NodeAgent:
                                     "message": outcome.message[:TERMINATION_MESSAGE_LIMIT],
                                     "startedAt": started,
                                     "finishedAt": _now(),
-                                    "containerID": f"process://{pod.metadata.uid}",
+                                    "containerID": f"process://{uid}",
                                 }
                             },
                         }
@@ -507,12 +539,11 @@ class NodeAgent:
                 log.warning("status update failed for %s/%s: %s", ns, name, exc.reason)
         finally:
             with self._lock:
-                self._running.pop(pod.metadata.uid, None)
+                self._running.pop(uid, None)
 
     def _patch_status(self, pod: client.V1Pod, status: dict[str, Any]) -> None:
-        self.core.patch_namespaced_pod_status(
-            pod.metadata.name, pod.metadata.namespace, {"status": status}
-        )
+        name, ns, _ = _pod_id(pod)
+        self.core.patch_namespaced_pod_status(name, ns, {"status": status})
 
     @staticmethod
     def _conditions(*, ready: bool) -> list[dict[str, str]]:

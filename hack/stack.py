@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 from kubernetes import client, config, utils
 
-from localk8s import ControlPlane, control_plane, free_port, local_volume, wait_for
+from localk8s import ControlPlane, control_plane, local_volume, wait_for
 from nodeagent import NodeAgent, ProcessRunner
-from redisrig import RedisServer, redis_server
+from redisrig import RedisServer, free_port, redis_server
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO / "charts" / "rollcall" / "crds"
@@ -68,34 +68,41 @@ def install_crds(api: client.ApiClient) -> None:
             if not doc:
                 continue
             with contextlib.suppress(utils.FailToCreateError):
-                utils.create_from_dict(api, doc)
+                # kubernetes.utils ships without annotations (despite the package's py.typed).
+                utils.create_from_dict(api, doc)  # type: ignore[no-untyped-call]
             name = doc["metadata"]["name"]
-            wait_for(
-                lambda n=name: any(
-                    c.type == "Established" and c.status == "True"
-                    for c in ext.read_custom_resource_definition(n).status.conditions or []
-                ),
-                f"CRD {name} Established",
-            )
+
+            def established(n: str = name) -> bool:
+                status = ext.read_custom_resource_definition(n).status
+                assert status is not None  # the apiserver always reports a CRD's status
+                return any(
+                    c.type == "Established" and c.status == "True" for c in status.conditions or []
+                )
+
+            wait_for(established, f"CRD {name} Established")
 
 
 def school_namespace(api: client.ApiClient, name: str, redis_url: str) -> None:
     """A namespace as a cluster admin prepares it for a school: restricted pods, the Redis Secret."""
     core = client.CoreV1Api(api)
     core.create_namespace(
-        {
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                },
+        client.V1Namespace.model_validate(
+            {
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/enforce-version": "latest",
+                    },
+                }
             }
-        }
+        )
     )
     core.create_namespaced_secret(
         name,
-        {"metadata": {"name": "rollcall-redis"}, "stringData": {"url": redis_url}},
+        client.V1Secret.model_validate(
+            {"metadata": {"name": "rollcall-redis"}, "stringData": {"url": redis_url}}
+        ),
     )
 
 
@@ -149,7 +156,10 @@ def running_stack(
     workdir.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     with control_plane(workdir / "controlplane") as cp, redis_server(workdir / "redis") as redis:
-        api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+        # kubernetes.config ships without annotations (despite the package's py.typed).
+        api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(cp.kubeconfig)
+        )
         install_crds(api)
         for namespaces in schools.values():
             for ns in namespaces:
@@ -229,7 +239,7 @@ def running_stack(
                 except subprocess.TimeoutExpired:
                     proc.kill()
             agent.stop()
-            api.close()
+            api.close()  # type: ignore[no-untyped-call]  # ApiClient.close is unannotated
 
 
 def _json(value: Any) -> str:

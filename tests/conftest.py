@@ -73,9 +73,12 @@ def kubeconfig(control_plane: ControlPlane) -> Path:
 
 @pytest.fixture(scope="session")
 def k8s_api(kubeconfig: Path) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=str(kubeconfig))
+    # kubernetes.config and ApiClient.close ship without annotations (despite the py.typed).
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig)
+    )
     yield api
-    api.close()
+    api.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="session")
@@ -94,16 +97,19 @@ def crds(k8s_api: client.ApiClient) -> list[str]:
             if not doc:
                 continue
             with contextlib.suppress(utils.FailToCreateError):
-                utils.create_from_dict(k8s_api, doc)
+                # kubernetes.utils ships without annotations (despite the package's py.typed).
+                utils.create_from_dict(k8s_api, doc)  # type: ignore[no-untyped-call]
             names.append(doc["metadata"]["name"])
     for name in names:
-        wait_for(
-            lambda n=name: any(
-                c.type == "Established" and c.status == "True"
-                for c in (ext.read_custom_resource_definition(n).status.conditions or [])
-            ),
-            f"CRD {name} Established",
-        )
+
+        def established(n: str = name) -> bool:
+            status = ext.read_custom_resource_definition(n).status
+            assert status is not None  # the apiserver always reports a CRD's status
+            return any(
+                c.type == "Established" and c.status == "True" for c in (status.conditions or [])
+            )
+
+        wait_for(established, f"CRD {name} Established")
     return names
 
 
@@ -130,15 +136,17 @@ def namespace(k8s_api: client.ApiClient, request: pytest.FixtureRequest) -> Iter
     name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:6]}"
     name = "".join(c for c in name if c.isalnum() or c == "-")
     core.create_namespace(
-        {
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                },
+        client.V1Namespace.model_validate(
+            {
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/enforce-version": "latest",
+                    },
+                }
             }
-        }
+        )
     )
     yield name
     with contextlib.suppress(ApiException):

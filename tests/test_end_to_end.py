@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import httpx
@@ -208,8 +208,11 @@ def test_a_gallery_never_enrolled_fails_as_bad_input_without_retry(stack: Stack)
         assert resp.status_code == 202, resp.text
         job = _wait_phase(http, resp.json()["id"], {"Succeeded", "Failed"})
     assert job["phase"] == "Failed"
-    rj = client.CustomObjectsApi(stack.api).get_namespaced_custom_object(
-        "rollcall.io", "v1alpha1", NS, "recognitionjobs", job["id"]
+    rj = cast(  # a custom object is untyped JSON
+        dict[str, Any],
+        client.CustomObjectsApi(stack.api).get_namespaced_custom_object(
+            "rollcall.io", "v1alpha1", NS, "recognitionjobs", job["id"]
+        ),
     )
     assert rj["status"]["attempts"] == 1
     assert "gallery" in (job["message"] or "").lower()
@@ -240,7 +243,7 @@ def test_cancel_stops_a_running_job_and_deletes_its_job_and_pods(
             pods = core.list_namespaced_pod(
                 NS, label_selector=f"rollcall.io/rj-name={job_id}"
             ).items
-            return [p for p in pods if p.status.phase == "Running"]
+            return [p for p in pods if p.status is not None and p.status.phase == "Running"]
 
         job = _wait_phase(http, job_id, {"Running", "Succeeded", "Failed"}, timeout=60)
         assert job["phase"] == "Running", job
@@ -260,7 +263,10 @@ def test_cancel_stops_a_running_job_and_deletes_its_job_and_pods(
 
 
 def _job_name(stack: Stack, rj: str) -> str:
-    obj = client.CustomObjectsApi(stack.api).get_namespaced_custom_object(
-        "rollcall.io", "v1alpha1", NS, "recognitionjobs", rj
+    obj = cast(  # a custom object is untyped JSON
+        dict[str, Any],
+        client.CustomObjectsApi(stack.api).get_namespaced_custom_object(
+            "rollcall.io", "v1alpha1", NS, "recognitionjobs", rj
+        ),
     )
     return str(obj.get("status", {}).get("jobName") or "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -23,6 +23,20 @@ RESTRICTED_CONTAINER: dict[str, Any] = {
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 }
+
+
+def node_of(pod: client.V1Pod) -> str | None:
+    """The node a pod is bound to (None while pending)."""
+    assert pod.spec is not None  # the apiserver always returns a pod's spec
+    return pod.spec.node_name
+
+
+def terminated(pod: client.V1Pod) -> client.V1ContainerStateTerminated:
+    """How the pod's first container ended."""
+    assert pod.status is not None and pod.status.container_statuses
+    state = pod.status.container_statuses[0].state
+    assert state is not None and state.terminated is not None
+    return state.terminated
 
 
 def widget_crd(group: str) -> dict[str, Any]:
@@ -69,15 +83,17 @@ def test_crd_schema_rejects_invalid_objects_and_serves_status(
 ) -> None:
     group = f"rig{uuid.uuid4().hex[:6]}.rollcall.io"
     ext = client.ApiextensionsV1Api(k8s_api)
-    ext.create_custom_resource_definition(widget_crd(group))
-    crd_name = f"widgets.{group}"
-    wait_for(
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in ext.read_custom_resource_definition(crd_name).status.conditions or []
-        ),
-        "CRD established",
+    ext.create_custom_resource_definition(
+        client.V1CustomResourceDefinition.model_validate(widget_crd(group))
     )
+    crd_name = f"widgets.{group}"
+
+    def established() -> bool:
+        status = ext.read_custom_resource_definition(crd_name).status
+        assert status is not None  # the apiserver always reports a CRD's status
+        return any(c.type == "Established" and c.status == "True" for c in status.conditions or [])
+
+    wait_for(established, "CRD established")
     custom = client.CustomObjectsApi(k8s_api)
 
     def create(size: object) -> dict[str, Any]:
@@ -87,7 +103,11 @@ def test_crd_schema_rejects_invalid_objects_and_serves_status(
             "metadata": {"name": f"w{uuid.uuid4().hex[:6]}"},
             "spec": {"size": size},
         }
-        return custom.create_namespaced_custom_object(group, "v1", namespace, "widgets", body)  # type: ignore[no-any-return]
+        # A custom object is untyped JSON.
+        return cast(
+            dict[str, Any],
+            custom.create_namespaced_custom_object(group, "v1", namespace, "widgets", body),
+        )
 
     with pytest.raises(ApiException) as err:
         create(99)
@@ -108,7 +128,10 @@ def test_crd_schema_rejects_invalid_objects_and_serves_status(
         name,
         {"spec": {"size": 4}, "status": {"phase": "Hacked"}},
     )
-    got = custom.get_namespaced_custom_object(group, "v1", namespace, "widgets", name)
+    got = cast(
+        dict[str, Any],
+        custom.get_namespaced_custom_object(group, "v1", namespace, "widgets", name),
+    )
     assert got["spec"]["size"] == 4
     assert got["status"]["phase"] == "Ready"
     ext.delete_custom_resource_definition(crd_name)
@@ -148,30 +171,29 @@ def test_job_controller_creates_pod_that_runs_on_the_gpu_node_and_completes(
 ) -> None:
     node_agent.use(namespace, ScriptedRunner(lambda pod: Outcome(0, '{"ok": true}')))
     batch, core = client.BatchV1Api(k8s_api), client.CoreV1Api(k8s_api)
-    job = {
+    job: dict[str, Any] = {
         "metadata": {"name": "rig-job"},
         "spec": {"backoffLimit": 0, "template": gpu_pod("ignored")},
     }
     del job["spec"]["template"]["metadata"]["name"]
-    batch.create_namespaced_job(namespace, job)
+    batch.create_namespaced_job(namespace, client.V1Job.model_validate(job))
 
     def pods() -> list[client.V1Pod]:
-        return core.list_namespaced_pod(namespace, label_selector="job-name=rig-job").items  # type: ignore[no-any-return]
+        return core.list_namespaced_pod(namespace, label_selector="job-name=rig-job").items
+
+    def job_status() -> client.V1JobStatus:
+        status = batch.read_namespaced_job_status("rig-job", namespace).status
+        assert status is not None  # the apiserver always reports a Job's status
+        return status
 
     wait_for(
-        lambda: len(pods()) == 1 and pods()[0].spec.node_name == node_agent.name,
+        lambda: len(pods()) == 1 and node_of(pods()[0]) == node_agent.name,
         "the job's pod bound to the GPU node",
     )
-    wait_for(
-        lambda: (batch.read_namespaced_job_status("rig-job", namespace).status.succeeded or 0) == 1,
-        "job succeeded",
-    )
-    conds = {
-        c.type: c.status
-        for c in batch.read_namespaced_job_status("rig-job", namespace).status.conditions
-    }
+    wait_for(lambda: (job_status().succeeded or 0) == 1, "job succeeded")
+    conds = {c.type: c.status for c in job_status().conditions or []}
     assert conds.get("Complete") == "True"
-    term = pods()[0].status.container_statuses[0].state.terminated
+    term = terminated(pods()[0])
     assert term.exit_code == 0 and term.message == '{"ok": true}'
 
 
@@ -182,10 +204,14 @@ def test_scheduler_keeps_second_gpu_pod_pending_when_the_only_gpu_is_taken(
     node = f"one-gpu-{uuid.uuid4().hex[:6]}"
     # A node with no agent: bound pods stay where the scheduler put them, holding the GPU.
     core.create_node(
-        {
-            "metadata": {"name": node, "labels": {"rig": node}},
-            "spec": {"taints": [{"key": "rollcall.io/rig", "value": "x", "effect": "NoSchedule"}]},
-        }
+        client.V1Node.model_validate(
+            {
+                "metadata": {"name": node, "labels": {"rig": node}},
+                "spec": {
+                    "taints": [{"key": "rollcall.io/rig", "value": "x", "effect": "NoSchedule"}]
+                },
+            }
+        )
     )
     cap = {"cpu": "4", "memory": "8Gi", "pods": "10", "nvidia.com/gpu": "1"}
     core.patch_node_status(
@@ -201,15 +227,20 @@ def test_scheduler_keeps_second_gpu_pod_pending_when_the_only_gpu_is_taken(
         },
     )
     try:
-        core.create_namespaced_pod(namespace, gpu_pod("first", {"rig": node}))
+        core.create_namespaced_pod(
+            namespace, client.V1Pod.model_validate(gpu_pod("first", {"rig": node}))
+        )
         wait_for(
-            lambda: core.read_namespaced_pod("first", namespace).spec.node_name == node,
+            lambda: node_of(core.read_namespaced_pod("first", namespace)) == node,
             "first bound",
         )
-        core.create_namespaced_pod(namespace, gpu_pod("second", {"rig": node}))
+        core.create_namespaced_pod(
+            namespace, client.V1Pod.model_validate(gpu_pod("second", {"rig": node}))
+        )
 
         def unschedulable() -> bool:
             pod = core.read_namespaced_pod("second", namespace)
+            assert pod.status is not None  # the apiserver always reports a pod's status
             return any(
                 c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
                 for c in pod.status.conditions or []
@@ -217,9 +248,10 @@ def test_scheduler_keeps_second_gpu_pod_pending_when_the_only_gpu_is_taken(
 
         wait_for(unschedulable, "second pod reported Unschedulable")
         second = core.read_namespaced_pod("second", namespace)
-        assert second.spec.node_name is None
+        assert node_of(second) is None
+        assert second.status is not None and second.status.conditions is not None
         message = next(c.message for c in second.status.conditions if c.type == "PodScheduled")
-        assert "nvidia.com/gpu" in message
+        assert message is not None and "nvidia.com/gpu" in message
     finally:
         core.delete_node(node)
 
@@ -228,22 +260,27 @@ def test_deleting_an_owner_garbage_collects_its_dependents(
     k8s_api: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(k8s_api)
-    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    owner = core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap.model_validate({"metadata": {"name": "owner"}})
+    )
+    assert owner.metadata is not None  # the apiserver returns what it stored, metadata and all
     core.create_namespaced_config_map(
         namespace,
-        {
-            "metadata": {
-                "name": "dependent",
-                "ownerReferences": [
-                    {
-                        "apiVersion": "v1",
-                        "kind": "ConfigMap",
-                        "name": "owner",
-                        "uid": owner.metadata.uid,
-                    }
-                ],
+        client.V1ConfigMap.model_validate(
+            {
+                "metadata": {
+                    "name": "dependent",
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "ConfigMap",
+                            "name": "owner",
+                            "uid": owner.metadata.uid,
+                        }
+                    ],
+                }
             }
-        },
+        ),
     )
     core.delete_namespaced_config_map("owner", namespace)
 
@@ -251,7 +288,7 @@ def test_deleting_an_owner_garbage_collects_its_dependents(
         try:
             core.read_namespaced_config_map("dependent", namespace)
         except ApiException as exc:
-            return exc.status == 404
+            return bool(exc.status == 404)
         return False
 
     wait_for(gone, "the garbage collector to delete the dependent")
@@ -263,24 +300,30 @@ def test_role_grants_exactly_what_it_allows(
     rbac = client.RbacAuthorizationV1Api(k8s_api)
     rbac.create_namespaced_role(
         namespace,
-        {
-            "metadata": {"name": "cm-reader"},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
-        },
+        client.V1Role.model_validate(
+            {
+                "metadata": {"name": "cm-reader"},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+                ],
+            }
+        ),
     )
     rbac.create_namespaced_role_binding(
         namespace,
-        {
-            "metadata": {"name": "alice-reads"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "cm-reader",
-            },
-            "subjects": [
-                {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}
-            ],
-        },
+        client.V1RoleBinding.model_validate(
+            {
+                "metadata": {"name": "alice-reads"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "cm-reader",
+                },
+                "subjects": [
+                    {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}
+                ],
+            }
+        ),
     )
     cfg = client.Configuration()
     cfg.host = control_plane.server
@@ -294,7 +337,9 @@ def test_role_grants_exactly_what_it_allows(
         )
         for forbidden in (
             lambda: alice.list_namespaced_secret(namespace),
-            lambda: alice.create_namespaced_config_map(namespace, {"metadata": {"name": "x"}}),
+            lambda: alice.create_namespaced_config_map(
+                namespace, client.V1ConfigMap.model_validate({"metadata": {"name": "x"}})
+            ),
             lambda: alice.list_namespaced_config_map("default"),
         ):
             with pytest.raises(ApiException) as err:
@@ -309,7 +354,7 @@ def test_restricted_namespace_rejects_a_pod_without_restricted_security_context(
     pod = gpu_pod("runs-as-root")
     del pod["spec"]["containers"][0]["securityContext"]
     with pytest.raises(ApiException) as err:
-        core.create_namespaced_pod(namespace, pod)
+        core.create_namespaced_pod(namespace, client.V1Pod.model_validate(pod))
     assert err.value.status == 403
     assert "violates PodSecurity" in str(err.value.body)
 
@@ -333,11 +378,12 @@ def test_pod_mounting_a_local_claim_runs_as_a_process_with_the_folder_mapped(
     ]
     container["volumeMounts"] = [{"name": "in", "mountPath": "/data/in", "readOnly": True}]
     pod["spec"]["volumes"] = [{"name": "in", "persistentVolumeClaim": {"claimName": "inbox"}}]
-    core.create_namespaced_pod(namespace, pod)
+    core.create_namespaced_pod(namespace, client.V1Pod.model_validate(pod))
 
     def finished() -> bool:
-        return core.read_namespaced_pod("reader", namespace).status.phase == "Succeeded"
+        status = core.read_namespaced_pod("reader", namespace).status
+        assert status is not None  # the apiserver always reports a pod's status
+        return status.phase == "Succeeded"
 
     wait_for(finished, "the pod to run and succeed")
-    status = core.read_namespaced_pod("reader", namespace).status.container_statuses[0]
-    assert status.state.terminated.message == "from the claim"
+    assert terminated(core.read_namespaced_pod("reader", namespace)).message == "from the claim"
