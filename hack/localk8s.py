@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from kubernetes import client, utils
 
 from redisrig import free_port
 
@@ -527,6 +528,48 @@ def local_volume(
         ),
         f"claim {namespace}/{claim} Bound",
         timeout=30,
+    )
+
+
+def install_crds(api: client.ApiClient, crd_dir: Path) -> list[str]:
+    """Create every CRD in ``crd_dir``'s YAML files (existing ones are kept); wait until Established."""
+    ext = client.ApiextensionsV1Api(api)
+    names: list[str] = []
+    for path in sorted(crd_dir.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            with contextlib.suppress(utils.FailToCreateError):
+                # kubernetes.utils ships without annotations (despite the package's py.typed).
+                utils.create_from_dict(api, doc)  # type: ignore[no-untyped-call]
+            names.append(doc["metadata"]["name"])
+    for name in names:
+
+        def established(n: str = name) -> bool:
+            status = ext.read_custom_resource_definition(n).status
+            assert status is not None  # the apiserver always reports a CRD's status
+            return any(
+                c.type == "Established" and c.status == "True" for c in status.conditions or []
+            )
+
+        wait_for(established, f"CRD {name} Established")
+    return names
+
+
+def restricted_namespace(api: client.ApiClient, name: str) -> None:
+    """A namespace whose pods the apiserver holds to the restricted Pod Security profile."""
+    client.CoreV1Api(api).create_namespace(
+        client.V1Namespace.model_validate(
+            {
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/enforce-version": "latest",
+                    },
+                }
+            }
+        )
     )
 
 

@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client, config, utils
+from kubernetes import client, config
 
-from localk8s import ControlPlane, control_plane, local_volume, wait_for
+from localk8s import (
+    ControlPlane,
+    control_plane,
+    install_crds,
+    local_volume,
+    restricted_namespace,
+)
 from nodeagent import NodeAgent, ProcessRunner
 from redisrig import RedisServer, free_port, redis_server
 
@@ -61,43 +67,10 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def install_crds(api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    for path in sorted(CRD_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc:
-                continue
-            with contextlib.suppress(utils.FailToCreateError):
-                # kubernetes.utils ships without annotations (despite the package's py.typed).
-                utils.create_from_dict(api, doc)  # type: ignore[no-untyped-call]
-            name = doc["metadata"]["name"]
-
-            def established(n: str = name) -> bool:
-                status = ext.read_custom_resource_definition(n).status
-                assert status is not None  # the apiserver always reports a CRD's status
-                return any(
-                    c.type == "Established" and c.status == "True" for c in status.conditions or []
-                )
-
-            wait_for(established, f"CRD {name} Established")
-
-
 def school_namespace(api: client.ApiClient, name: str, redis_url: str) -> None:
     """A namespace as a cluster admin prepares it for a school: restricted pods, the Redis Secret."""
+    restricted_namespace(api, name)
     core = client.CoreV1Api(api)
-    core.create_namespace(
-        client.V1Namespace.model_validate(
-            {
-                "metadata": {
-                    "name": name,
-                    "labels": {
-                        "pod-security.kubernetes.io/enforce": "restricted",
-                        "pod-security.kubernetes.io/enforce-version": "latest",
-                    },
-                }
-            }
-        )
-    )
     core.create_namespaced_secret(
         name,
         client.V1Secret.model_validate(
@@ -160,7 +133,7 @@ def running_stack(
         api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(cp.kubeconfig)
         )
-        install_crds(api)
+        install_crds(api, CRD_DIR)
         for namespaces in schools.values():
             for ns in namespaces:
                 school_namespace(api, ns, redis.url)

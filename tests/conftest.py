@@ -15,11 +15,16 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
-from kubernetes import client, config, utils
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from localk8s import ControlPlane, ensure_tools, local_volume, wait_for
+from localk8s import (
+    ControlPlane,
+    ensure_tools,
+    install_crds,
+    local_volume,
+    restricted_namespace,
+)
 from localk8s import control_plane as start_control_plane
 from nodeagent import NodeAgent, ProcessRunner
 from redisrig import RedisServer, redis_server
@@ -90,27 +95,7 @@ def tools_bin() -> Path:
 @pytest.fixture(scope="session")
 def crds(k8s_api: client.ApiClient) -> list[str]:
     """Install every CRD under charts/rollcall/crds and wait until each is Established."""
-    ext = client.ApiextensionsV1Api(k8s_api)
-    names = []
-    for path in sorted(CRD_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc:
-                continue
-            with contextlib.suppress(utils.FailToCreateError):
-                # kubernetes.utils ships without annotations (despite the package's py.typed).
-                utils.create_from_dict(k8s_api, doc)  # type: ignore[no-untyped-call]
-            names.append(doc["metadata"]["name"])
-    for name in names:
-
-        def established(n: str = name) -> bool:
-            status = ext.read_custom_resource_definition(n).status
-            assert status is not None  # the apiserver always reports a CRD's status
-            return any(
-                c.type == "Established" and c.status == "True" for c in (status.conditions or [])
-            )
-
-        wait_for(established, f"CRD {name} Established")
-    return names
+    return install_crds(k8s_api, CRD_DIR)
 
 
 @pytest.fixture(scope="session")
@@ -135,19 +120,7 @@ def namespace(k8s_api: client.ApiClient, request: pytest.FixtureRequest) -> Iter
     core = client.CoreV1Api(k8s_api)
     name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:6]}"
     name = "".join(c for c in name if c.isalnum() or c == "-")
-    core.create_namespace(
-        client.V1Namespace.model_validate(
-            {
-                "metadata": {
-                    "name": name,
-                    "labels": {
-                        "pod-security.kubernetes.io/enforce": "restricted",
-                        "pod-security.kubernetes.io/enforce-version": "latest",
-                    },
-                }
-            }
-        )
-    )
+    restricted_namespace(k8s_api, name)
     yield name
     with contextlib.suppress(ApiException):
         core.delete_namespace(name)
