@@ -51,10 +51,24 @@ models: venv ## build the default ONNX models into the cache
 	@if $(PY) -c 'import rollcall_job.models.build' 2>/dev/null; then $(PY) -m rollcall_job.models.build; \
 	else echo "models: rollcall_job.models.build not present yet"; fi
 
+LINT_PATHS := operator api job_image tests bench hack
+
 .PHONY: lint
-lint: venv ## ruff and mypy --strict
-	$(VENV)/bin/ruff check operator api job_image tests bench hack
+
+lint: venv ## ruff (lint + format check) and mypy --strict over the packages, tests, benches and hack/
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check --quiet $(LINT_PATHS)
 	$(VENV)/bin/mypy
+	MYPYPATH=hack:api:operator:job_image $(VENV)/bin/mypy --strict tests hack bench
+
+.PHONY: crds
+crds: venv ## regenerate the chart's CRD from the Python model (a test fails when they drift)
+	$(PY) -m rollcall_operator.crd > charts/rollcall/crds/recognitionjobs.yaml
+
+BENCHES := $(sort $(wildcard bench/bench_*.py))
+.PHONY: bench
+bench: setup ## run every benchmark; each prints figures and side-by-side ratios
+	@for b in $(BENCHES); do echo "== $$b"; $(PY) $$b || exit 1; done
 
 .PHONY: setup
 setup: system venv controlplane tools models

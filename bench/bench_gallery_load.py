@@ -84,25 +84,37 @@ def main() -> None:
         np.testing.assert_allclose(store.load("6B", meta, ids).embeddings, old_load(client, ids))
         # the same gallery without its packed copy: what the HMGET fallback costs
         client.copy(keys.gallery("6B", meta.model_id), keys.gallery("6B-hash-only", meta.model_id))
-        client.copy(keys.gallery_meta("6B", meta.model_id),
-                    keys.gallery_meta("6B-hash-only", meta.model_id))
-        best = interleaved({
-            "old": lambda: old_load(client, ids),
-            "importer": lambda: read_legacy(client, layout, DIM),
-            "hash": lambda: store.load("6B-hash-only", meta, ids),
-            "new": lambda: store.load("6B", meta, ids),
-        }, args.rounds)
+        client.copy(
+            keys.gallery_meta("6B", meta.model_id), keys.gallery_meta("6B-hash-only", meta.model_id)
+        )
+        best = interleaved(
+            {
+                "old": lambda: old_load(client, ids),
+                "importer": lambda: read_legacy(client, layout, DIM),
+                "hash": lambda: store.load("6B-hash-only", meta, ids),
+                "new": lambda: store.load("6B", meta, ids),
+            },
+            args.rounds,
+        )
         old_t, pip_t, new_t = best["old"], best["importer"], best["new"]
         hash_t = best["hash"]
-        print(f"gallery: {args.students} students x {args.per_student} = {n} embeddings, "
-              f"dim {DIM}, redis {server.url}")
+        print(
+            f"gallery: {args.students} students x {args.per_student} = {n} embeddings, "
+            f"dim {DIM}, redis {server.url}"
+        )
         print(f"  old: zrange + hget + pickle.loads each  : {old_t * 1e3:9.1f} ms")
-        print(f"  legacy importer (pipelined, safe)       : {pip_t * 1e3:9.1f} ms "
-              f"({old_t / pip_t:5.1f}x)")
-        print(f"  per-student hash, HMGET roster (no pack): {hash_t * 1e3:9.1f} ms "
-              f"({old_t / hash_t:5.1f}x)")
-        print(f"  rollcall GalleryStore.load (roster)     : {new_t * 1e3:9.1f} ms "
-              f"({old_t / new_t:5.1f}x)")
+        print(
+            f"  legacy importer (pipelined, safe)       : {pip_t * 1e3:9.1f} ms "
+            f"({old_t / pip_t:5.1f}x)"
+        )
+        print(
+            f"  per-student hash, HMGET roster (no pack): {hash_t * 1e3:9.1f} ms "
+            f"({old_t / hash_t:5.1f}x)"
+        )
+        print(
+            f"  rollcall GalleryStore.load (roster)     : {new_t * 1e3:9.1f} ms "
+            f"({old_t / new_t:5.1f}x)"
+        )
         print(f"RATIO gallery_load old/rollcall = {old_t / new_t:.1f}x (target >= 100x)")
 
 

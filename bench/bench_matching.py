@@ -22,8 +22,9 @@ from rollcall_job.matcher import match_faces
 DIM = 128
 
 
-def loop_match(probes: np.ndarray, gallery: np.ndarray, ids: list[str], threshold: float
-               ) -> list[str]:
+def loop_match(
+    probes: np.ndarray, gallery: np.ndarray, ids: list[str], threshold: float
+) -> list[str]:
     out = []
     for p in probes:
         best, best_d = "unknown", float("inf")
@@ -59,15 +60,20 @@ def main() -> None:
             loop_ids = loop_match(sample, gallery, ids, threshold)
             loop_t = min(loop_t, (time.perf_counter() - t) / len(sample) * args.probes)
             t = time.perf_counter()
-            matches = match_faces(probes, gallery, offsets, ids, metric="euclidean",
-                                  threshold=threshold, k=1)
+            matches = match_faces(
+                probes, gallery, offsets, ids, metric="euclidean", threshold=threshold, k=1
+            )
             vec_t = min(vec_t, time.perf_counter() - t)
     assert [m.student_id for m in matches[: len(sample)]] == loop_ids
     assert [m.student_id for m in matches] == [ids[i] for i in truth]
-    print(f"matching: {args.probes} probes x {args.gallery} gallery rows, dim {DIM}, "
-          f"BLAS threads {args.threads}")
-    print(f"  python loop (per-pair np.linalg.norm; {len(sample)} probes timed, scaled): "
-          f"{loop_t:9.3f} s")
+    print(
+        f"matching: {args.probes} probes x {args.gallery} gallery rows, dim {DIM}, "
+        f"BLAS threads {args.threads}"
+    )
+    print(
+        f"  python loop (per-pair np.linalg.norm; {len(sample)} probes timed, scaled): "
+        f"{loop_t:9.3f} s"
+    )
     print(f"  vectorised match_faces (all probes, assignment + top-1)      : {vec_t:9.3f} s")
     print(f"RATIO matching loop/vectorised = {loop_t / vec_t:.0f}x (target >= 100x)")
 

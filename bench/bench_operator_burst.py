@@ -134,9 +134,10 @@ def main() -> None:
     args = parser.parse_args()
     n = args.count
 
-    with tempfile.TemporaryDirectory(prefix="rollcall-bench-") as tmp, control_plane(
-        Path(tmp) / "cp"
-    ) as cp:
+    with (
+        tempfile.TemporaryDirectory(prefix="rollcall-bench-") as tmp,
+        control_plane(Path(tmp) / "cp") as cp,
+    ):
         api = _config.new_client_from_config(config_file=str(cp.kubeconfig))
         api.configuration.connection_pool_maxsize = args.threads * 2
         core: Any = client.CoreV1Api(api)
@@ -222,9 +223,13 @@ def main() -> None:
           f"  (target 30 s){'' if ok else '  TIMED OUT'}")  # fmt: skip
     print(f"Jobs in the namespace (no duplicates):  {jobs_now}")
     if latencies:
-        print(f"RJ->Job latency p50 / p99 / max:        {statistics.median(latencies):.3f} / "
-              f"{percentile(latencies, 0.99):.3f} / {max(latencies):.3f} s  (target p99 < 2 s)")
-    print(f"operator CPU during the burst:          {cpu:.1f} s  ({cpu / max(all_jobs, 1e-9):.2f} cores)")
+        print(
+            f"RJ->Job latency p50 / p99 / max:        {statistics.median(latencies):.3f} / "
+            f"{percentile(latencies, 0.99):.3f} / {max(latencies):.3f} s  (target p99 < 2 s)"
+        )
+    print(
+        f"operator CPU during the burst:          {cpu:.1f} s  ({cpu / max(all_jobs, 1e-9):.2f} cores)"
+    )
     for name, seconds in others_cpu.items():
         print(f"  CPU of {name + ':':<30} {seconds:.1f} s")
     print(f"operator peak RSS:                      {peak_rss:.0f} MiB")

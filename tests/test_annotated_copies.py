@@ -13,8 +13,10 @@ from rollcall_job.annotate import MATCHED, UNKNOWN, Label, draw, output_path, wr
 
 def test_draw_boxes_in_the_outcome_colour_and_leaves_the_original_alone() -> None:
     img = np.full((200, 300, 3), 128, np.uint8)
-    out = draw(img, [Label((20, 60, 80, 140), "ann 0.31", True),
-                     Label((150, 60, 210, 140), "unknown", False)])
+    out = draw(
+        img,
+        [Label((20, 60, 80, 140), "ann 0.31", True), Label((150, 60, 210, 140), "unknown", False)],
+    )
     assert (img == 128).all()
     assert tuple(out[100, 20]) == MATCHED  # left edge of the first box
     assert tuple(out[100, 150]) == UNKNOWN
@@ -29,8 +31,12 @@ def test_output_path_stays_inside_the_output_dir(tmp_path: Path, name: str) -> N
 
 
 def test_write_keeps_the_relative_path_as_jpeg(tmp_path: Path) -> None:
-    path = write(tmp_path, "period2/IMG_1.png", np.zeros((50, 60, 3), np.uint8),
-                 [Label((5, 5, 40, 40), "bob", True)])
+    path = write(
+        tmp_path,
+        "period2/IMG_1.png",
+        np.zeros((50, 60, 3), np.uint8),
+        [Label((5, 5, 40, 40), "bob", True)],
+    )
     assert path == tmp_path / "annotated" / "period2" / "IMG_1.jpg"
     img = cv2.imread(str(path))
     assert img is not None and img.shape == (50, 60, 3)

@@ -607,7 +607,13 @@ def test_operator_and_api_run_under_the_charts_service_accounts(
     for process in (operator, api):
         logs = process.logs()
         # A bare "403" would also match ports and request ids: look for what a denial prints.
-        for marker in ('"status": 403', " 403 ", "Forbidden", "forbidden", "Not enough permissions"):
+        for marker in (
+            '"status": 403',
+            " 403 ",
+            "Forbidden",
+            "forbidden",
+            "Not enough permissions",
+        ):
             assert marker not in logs, f"{marker!r} in {process.log.name}:\n{logs}"
 
 

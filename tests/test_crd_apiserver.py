@@ -32,9 +32,7 @@ def manifest(name: str = "math-7b", **spec: Any) -> dict[str, Any]:
 
 def create(api: client.ApiClient, ns: str, body: dict[str, Any]) -> dict[str, Any]:
     custom: Any = client.CustomObjectsApi(api)
-    got: dict[str, Any] = custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, body
-    )
+    got: dict[str, Any] = custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
     return got
 
 
@@ -47,7 +45,9 @@ def test_valid_rj_is_stored_with_defaults(
     assert spec["matching"] == {"topK": 1}
     assert spec["resources"] == {"gpus": 1, "cpu": "2", "memory": "4Gi"}
     assert spec["runPolicy"] == {
-        "backoffLimit": 2, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 86400,
+        "backoffLimit": 2,
+        "activeDeadlineSeconds": 3600,
+        "ttlSecondsAfterFinished": 86400,
         "suspend": False,
     }
     assert spec["model"] == "default" and spec["priority"] == 0
@@ -63,8 +63,11 @@ def test_enroll_needs_no_roster(k8s_api: client.ApiClient, crds: list[str], name
 BAD: list[tuple[str, dict[str, Any], str]] = [
     ("identify without roster", {"roster": []}, "roster is required in identify mode"),
     ("repeated student id", {"roster": ["s1", "s1"]}, "Duplicate value"),
-    ("escape the volume", {"images": {"claimName": "photos", "subPath": "a/../../etc"}},
-     "must stay inside the volume"),
+    (
+        "escape the volume",
+        {"images": {"claimName": "photos", "subPath": "a/../../etc"}},
+        "must stay inside the volume",
+    ),
     ("absolute path", {"images": {"claimName": "photos", "subPath": "/etc"}}, "subPath"),
     ("threshold out of range", {"matching": {"threshold": 7}}, "threshold"),
     ("unknown mode", {"mode": "guess"}, "Unsupported value"),
@@ -119,7 +122,11 @@ def test_status_is_a_subresource(
     body["status"] = {"phase": "Succeeded"}
     assert "status" not in create(k8s_api, namespace, body)
     patched = api.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, "math-7b",
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "math-7b",
         {"status": {"phase": "Running", "progress": {"done": 1, "total": 3, "text": "1/3"}}},
     )
     assert patched["status"]["phase"] == "Running"

@@ -77,8 +77,9 @@ def test_load_is_one_round_trip(redis_client: redis.Redis, monkeypatch: pytest.M
         return real(self, raise_on_error)
 
     monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
-    monkeypatch.setattr(redis.Redis, "execute_command",
-                        lambda *a, **k: pytest.fail("unexpected direct command"))
+    monkeypatch.setattr(
+        redis.Redis, "execute_command", lambda *a, **k: pytest.fail("unexpected direct command")
+    )
     g = store.load("6b", META, roster=[f"s{i}" for i in range(50)])
     assert len(g) == 50
     assert calls == [3]  # meta, packed copy, HLEN: one round trip
@@ -123,8 +124,14 @@ def _same(a: Gallery, b: Gallery) -> None:
 
 @pytest.mark.parametrize(
     "roster",
-    [None, ["s3", "s0"], ["s5", "s1", "s1", "ghost", "s2"], ["ghost"],
-     [f"s{i}" for i in range(8)], [*(f"s{i}" for i in range(8)), "ghost"]],
+    [
+        None,
+        ["s3", "s0"],
+        ["s5", "s1", "s1", "ghost", "s2"],
+        ["ghost"],
+        [f"s{i}" for i in range(8)],
+        [*(f"s{i}" for i in range(8)), "ghost"],
+    ],
 )
 def test_packed_copy_and_hash_give_the_same_gallery(
     redis_client: redis.Redis, roster: list[str] | None
@@ -137,9 +144,7 @@ def test_packed_copy_and_hash_give_the_same_gallery(
 
 
 @pytest.mark.parametrize("edit", ["foreign_student", "garbage_packed", "restamped"])
-def test_a_stale_or_broken_packed_copy_is_not_trusted(
-    redis_client: redis.Redis, edit: str
-) -> None:
+def test_a_stale_or_broken_packed_copy_is_not_trusted(redis_client: redis.Redis, edit: str) -> None:
     store = GalleryStore(redis_client)
     store.put("6b", META, {"s1": _emb(1, 1), "s2": _emb(2, 2)})
     newcomer = _emb(1, 3)

@@ -84,105 +84,272 @@ def test_label_value(value: str, expected: str) -> None:
 
 CASES: list[tuple[str, dict[str, Any], OperatorSettings, Any]] = [
     # (what, spec overrides, settings, check(job))
-    ("name and namespace", {}, S,
-     lambda j: j["metadata"]["name"] == "math-7b" and j["metadata"]["namespace"] == "school-a"),
-    ("owner is the RJ, as controller", {}, S,
-     lambda j: j["metadata"]["ownerReferences"] == [{
-         "apiVersion": "rollcall.io/v1alpha1", "kind": "RecognitionJob", "name": "math-7b",
-         "uid": UID, "controller": True, "blockOwnerDeletion": True}]),
-    ("standard labels on Job and pod", {}, S,
-     lambda j: all(
-         labels["app.kubernetes.io/managed-by"] == "rollcall-operator"
-         and labels["app.kubernetes.io/part-of"] == "rollcall"
-         and labels["app.kubernetes.io/instance"] == "math-7b"
-         and labels["rollcall.io/rj-uid"] == UID
-         and labels["rollcall.io/class"] == "MATH-7B"
-         and labels["rollcall.io/mode"] == "identify"
-         for labels in (j["metadata"]["labels"], j["spec"]["template"]["metadata"]["labels"]))),
-    ("one GPU by default", {}, S,
-     lambda j: container(j)["resources"]["limits"]["nvidia.com/gpu"] == "1"),
-    ("GPU resource name from settings", {"resources": {"gpus": 2}},
-     OperatorSettings(gpu_resource="amd.com/gpu"),
-     lambda j: container(j)["resources"]["limits"]["amd.com/gpu"] == "2"
-     and "nvidia.com/gpu" not in container(j)["resources"]["limits"]),
-    ("no GPU, no GPU toleration nor runtime class", {"resources": {"gpus": 0}},
-     OperatorSettings(runtime_class_name="nvidia"),
-     lambda j: "nvidia.com/gpu" not in container(j)["resources"]["limits"]
-     and "tolerations" not in pod(j) and "runtimeClassName" not in pod(j)),
-    ("cpu and memory requested and limited", {"resources": {"cpu": "3", "memory": "6Gi"}}, S,
-     lambda j: container(j)["resources"]["requests"]["cpu"] == "3"
-     and container(j)["resources"]["limits"]["memory"] == "6Gi"),
-    ("placement from settings", {},
-     OperatorSettings(node_selector={"pool": "gpu"}, gpu_node_selector={"gpu": "a100"},
-                      tolerations=[{"key": "k", "operator": "Exists"}],
-                      runtime_class_name="nvidia", priority_class_name="batch-low"),
-     lambda j: pod(j)["nodeSelector"] == {"pool": "gpu", "gpu": "a100"}
-     and pod(j)["tolerations"][0] == {"key": "k", "operator": "Exists"}
-     and pod(j)["tolerations"][1]["key"] == "nvidia.com/gpu"
-     and pod(j)["runtimeClassName"] == "nvidia" and pod(j)["priorityClassName"] == "batch-low"),
-    ("restricted security context", {}, S,
-     lambda j: container(j)["securityContext"] == {
-         "runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-     and pod(j)["securityContext"]["runAsNonRoot"] is True
-     and pod(j)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}),
+    (
+        "name and namespace",
+        {},
+        S,
+        lambda j: j["metadata"]["name"] == "math-7b" and j["metadata"]["namespace"] == "school-a",
+    ),
+    (
+        "owner is the RJ, as controller",
+        {},
+        S,
+        lambda j: (
+            j["metadata"]["ownerReferences"]
+            == [
+                {
+                    "apiVersion": "rollcall.io/v1alpha1",
+                    "kind": "RecognitionJob",
+                    "name": "math-7b",
+                    "uid": UID,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+        ),
+    ),
+    (
+        "standard labels on Job and pod",
+        {},
+        S,
+        lambda j: all(
+            labels["app.kubernetes.io/managed-by"] == "rollcall-operator"
+            and labels["app.kubernetes.io/part-of"] == "rollcall"
+            and labels["app.kubernetes.io/instance"] == "math-7b"
+            and labels["rollcall.io/rj-uid"] == UID
+            and labels["rollcall.io/class"] == "MATH-7B"
+            and labels["rollcall.io/mode"] == "identify"
+            for labels in (j["metadata"]["labels"], j["spec"]["template"]["metadata"]["labels"])
+        ),
+    ),
+    (
+        "one GPU by default",
+        {},
+        S,
+        lambda j: container(j)["resources"]["limits"]["nvidia.com/gpu"] == "1",
+    ),
+    (
+        "GPU resource name from settings",
+        {"resources": {"gpus": 2}},
+        OperatorSettings(gpu_resource="amd.com/gpu"),
+        lambda j: (
+            container(j)["resources"]["limits"]["amd.com/gpu"] == "2"
+            and "nvidia.com/gpu" not in container(j)["resources"]["limits"]
+        ),
+    ),
+    (
+        "no GPU, no GPU toleration nor runtime class",
+        {"resources": {"gpus": 0}},
+        OperatorSettings(runtime_class_name="nvidia"),
+        lambda j: (
+            "nvidia.com/gpu" not in container(j)["resources"]["limits"]
+            and "tolerations" not in pod(j)
+            and "runtimeClassName" not in pod(j)
+        ),
+    ),
+    (
+        "cpu and memory requested and limited",
+        {"resources": {"cpu": "3", "memory": "6Gi"}},
+        S,
+        lambda j: (
+            container(j)["resources"]["requests"]["cpu"] == "3"
+            and container(j)["resources"]["limits"]["memory"] == "6Gi"
+        ),
+    ),
+    (
+        "placement from settings",
+        {},
+        OperatorSettings(
+            node_selector={"pool": "gpu"},
+            gpu_node_selector={"gpu": "a100"},
+            tolerations=[{"key": "k", "operator": "Exists"}],
+            runtime_class_name="nvidia",
+            priority_class_name="batch-low",
+        ),
+        lambda j: (
+            pod(j)["nodeSelector"] == {"pool": "gpu", "gpu": "a100"}
+            and pod(j)["tolerations"][0] == {"key": "k", "operator": "Exists"}
+            and pod(j)["tolerations"][1]["key"] == "nvidia.com/gpu"
+            and pod(j)["runtimeClassName"] == "nvidia"
+            and pod(j)["priorityClassName"] == "batch-low"
+        ),
+    ),
+    (
+        "restricted security context",
+        {},
+        S,
+        lambda j: (
+            container(j)["securityContext"]
+            == {
+                "runAsNonRoot": True,
+                "readOnlyRootFilesystem": True,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }
+            and pod(j)["securityContext"]["runAsNonRoot"] is True
+            and pod(j)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        ),
+    ),
     ("no service-account token", {}, S, lambda j: pod(j)["automountServiceAccountToken"] is False),
-    ("input mounted read-only at the contract's path", {}, S,
-     lambda j: container(j)["volumeMounts"][0] == {
-         "name": "input", "mountPath": INPUT_MOUNT, "readOnly": True,
-         "subPath": "2026-11-27/period-1"}
-     and pod(j)["volumes"][0] == {
-         "name": "input", "persistentVolumeClaim": {"claimName": "photos", "readOnly": True}}),
-    ("empty subPath mounts the whole claim", {"images": {"claimName": "photos"}}, S,
-     lambda j: "subPath" not in container(j)["volumeMounts"][0]),
-    ("writable /tmp only", {}, S,
-     lambda j: {"name": "tmp", "mountPath": "/tmp"} in container(j)["volumeMounts"]
-     and all(m["mountPath"] != OUTPUT_MOUNT for m in container(j)["volumeMounts"])),
-    ("annotate adds the output dir", {"output": {"annotate": True}}, S,
-     lambda j: {"name": "output", "mountPath": OUTPUT_MOUNT} in container(j)["volumeMounts"]
-     and env(j)["ROLLCALL_OUTPUT_DIR"] == OUTPUT_MOUNT),
-    ("run policy", {"runPolicy": {"backoffLimit": 5, "activeDeadlineSeconds": 600,
-                                  "ttlSecondsAfterFinished": 60}}, S,
-     lambda j: (j["spec"]["backoffLimit"], j["spec"]["activeDeadlineSeconds"],
-                j["spec"]["ttlSecondsAfterFinished"]) == (5, 600, 60)),
-    ("restartPolicy Never, one pod", {}, S,
-     lambda j: pod(j)["restartPolicy"] == "Never" and j["spec"]["completions"] == 1),
-    ("bad input fails the Job at once; disruptions do not count", {}, S,
-     lambda j: j["spec"]["podFailurePolicy"]["rules"] == [
-         {"action": "FailJob", "onExitCodes": {"containerName": "recognize", "operator": "In",
-                                                "values": [int(ExitCode.BAD_INPUT)]}},
-         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]),
-    ("termination message", {}, S,
-     lambda j: container(j)["terminationMessagePolicy"] == "FallbackToLogsOnError"
-     and container(j)["terminationMessagePath"] == "/dev/termination-log"),
-    ("env contract", {"matching": {"threshold": 0.55, "topK": 3}}, S,
-     lambda j: env(j)["ROLLCALL_JOB_UID"] == UID and env(j)["ROLLCALL_JOB_NAME"] == "math-7b"
-     and env(j)["ROLLCALL_CLASS_CODE"] == "MATH-7B" and env(j)["ROLLCALL_GALLERY"] == "MATH-7B"
-     and json.loads(env(j)["ROLLCALL_ROSTER"]) == ["s1", "s2"]
-     and env(j)["ROLLCALL_THRESHOLD"] == "0.55" and env(j)["ROLLCALL_TOP_K"] == "3"),
-    ("Redis URL from a Secret, never a literal", {},
-     OperatorSettings(redis_secret_name="redis-creds", redis_secret_key="u"),
-     lambda j: env(j)[REDIS_URL_ENV] == {"secretKeyRef": {"name": "redis-creds", "key": "u"}}),
-    ("extra container settings", {},
-     OperatorSettings(extra_env={"providers": '["CPUExecutionProvider"]'}),
-     lambda j: env(j)["ROLLCALL_PROVIDERS"] == '["CPUExecutionProvider"]'),
-    ("not suspended by default", {}, S,
-     lambda j: j["spec"]["suspend"] is False
-     and "kueue.x-k8s.io/queue-name" not in j["metadata"]["labels"]),
-    ("suspended when the RJ says so", {"runPolicy": {"suspend": True}}, S,
-     lambda j: j["spec"]["suspend"] is True),
-    ("Kueue: queue label and created suspended", {"queue": "gpu-queue"}, S,
-     lambda j: j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-     and j["spec"]["suspend"] is True),
-    ("image and command from settings", {},
-     OperatorSettings(image="reg/job:1", command=["python", "-m", "rollcall_job"]),
-     lambda j: container(j)["image"] == "reg/job:1"
-     and container(j)["command"] == ["python", "-m", "rollcall_job"]),
+    (
+        "input mounted read-only at the contract's path",
+        {},
+        S,
+        lambda j: (
+            container(j)["volumeMounts"][0]
+            == {
+                "name": "input",
+                "mountPath": INPUT_MOUNT,
+                "readOnly": True,
+                "subPath": "2026-11-27/period-1",
+            }
+            and pod(j)["volumes"][0]
+            == {"name": "input", "persistentVolumeClaim": {"claimName": "photos", "readOnly": True}}
+        ),
+    ),
+    (
+        "empty subPath mounts the whole claim",
+        {"images": {"claimName": "photos"}},
+        S,
+        lambda j: "subPath" not in container(j)["volumeMounts"][0],
+    ),
+    (
+        "writable /tmp only",
+        {},
+        S,
+        lambda j: (
+            {"name": "tmp", "mountPath": "/tmp"} in container(j)["volumeMounts"]
+            and all(m["mountPath"] != OUTPUT_MOUNT for m in container(j)["volumeMounts"])
+        ),
+    ),
+    (
+        "annotate adds the output dir",
+        {"output": {"annotate": True}},
+        S,
+        lambda j: (
+            {"name": "output", "mountPath": OUTPUT_MOUNT} in container(j)["volumeMounts"]
+            and env(j)["ROLLCALL_OUTPUT_DIR"] == OUTPUT_MOUNT
+        ),
+    ),
+    (
+        "run policy",
+        {
+            "runPolicy": {
+                "backoffLimit": 5,
+                "activeDeadlineSeconds": 600,
+                "ttlSecondsAfterFinished": 60,
+            }
+        },
+        S,
+        lambda j: (
+            (
+                j["spec"]["backoffLimit"],
+                j["spec"]["activeDeadlineSeconds"],
+                j["spec"]["ttlSecondsAfterFinished"],
+            )
+            == (5, 600, 60)
+        ),
+    ),
+    (
+        "restartPolicy Never, one pod",
+        {},
+        S,
+        lambda j: pod(j)["restartPolicy"] == "Never" and j["spec"]["completions"] == 1,
+    ),
+    (
+        "bad input fails the Job at once; disruptions do not count",
+        {},
+        S,
+        lambda j: (
+            j["spec"]["podFailurePolicy"]["rules"]
+            == [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": "recognize",
+                        "operator": "In",
+                        "values": [int(ExitCode.BAD_INPUT)],
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        ),
+    ),
+    (
+        "termination message",
+        {},
+        S,
+        lambda j: (
+            container(j)["terminationMessagePolicy"] == "FallbackToLogsOnError"
+            and container(j)["terminationMessagePath"] == "/dev/termination-log"
+        ),
+    ),
+    (
+        "env contract",
+        {"matching": {"threshold": 0.55, "topK": 3}},
+        S,
+        lambda j: (
+            env(j)["ROLLCALL_JOB_UID"] == UID
+            and env(j)["ROLLCALL_JOB_NAME"] == "math-7b"
+            and env(j)["ROLLCALL_CLASS_CODE"] == "MATH-7B"
+            and env(j)["ROLLCALL_GALLERY"] == "MATH-7B"
+            and json.loads(env(j)["ROLLCALL_ROSTER"]) == ["s1", "s2"]
+            and env(j)["ROLLCALL_THRESHOLD"] == "0.55"
+            and env(j)["ROLLCALL_TOP_K"] == "3"
+        ),
+    ),
+    (
+        "Redis URL from a Secret, never a literal",
+        {},
+        OperatorSettings(redis_secret_name="redis-creds", redis_secret_key="u"),
+        lambda j: env(j)[REDIS_URL_ENV] == {"secretKeyRef": {"name": "redis-creds", "key": "u"}},
+    ),
+    (
+        "extra container settings",
+        {},
+        OperatorSettings(extra_env={"providers": '["CPUExecutionProvider"]'}),
+        lambda j: env(j)["ROLLCALL_PROVIDERS"] == '["CPUExecutionProvider"]',
+    ),
+    (
+        "not suspended by default",
+        {},
+        S,
+        lambda j: (
+            j["spec"]["suspend"] is False
+            and "kueue.x-k8s.io/queue-name" not in j["metadata"]["labels"]
+        ),
+    ),
+    (
+        "suspended when the RJ says so",
+        {"runPolicy": {"suspend": True}},
+        S,
+        lambda j: j["spec"]["suspend"] is True,
+    ),
+    (
+        "Kueue: queue label and created suspended",
+        {"queue": "gpu-queue"},
+        S,
+        lambda j: (
+            j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+            and j["spec"]["suspend"] is True
+        ),
+    ),
+    (
+        "image and command from settings",
+        {},
+        OperatorSettings(image="reg/job:1", command=["python", "-m", "rollcall_job"]),
+        lambda j: (
+            container(j)["image"] == "reg/job:1"
+            and container(j)["command"] == ["python", "-m", "rollcall_job"]
+        ),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("spec", "settings", "check"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("spec", "settings", "check"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_build_job(spec: dict[str, Any], settings: OperatorSettings, check: Any) -> None:
     assert check(build_job(rj(**spec), settings))
 

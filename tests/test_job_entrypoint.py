@@ -35,10 +35,19 @@ def test_redact_url(url: str, want: str) -> None:
 
 
 def test_summary_message_fits_and_the_operator_can_read_it() -> None:
-    summary = {"images": 5000, "faces": 9000, "matched": 8000, "unknown": 1000, "present": 30,
-               "absent": 2, "errors": 3000, "model": "dlib-resnet-v1",
-               "failed": [{"photo": f"period-{i:05d}/IMG_{i:06d}.jpg", "reason": "corrupt"}
-                          for i in range(3000)]}
+    summary = {
+        "images": 5000,
+        "faces": 9000,
+        "matched": 8000,
+        "unknown": 1000,
+        "present": 30,
+        "absent": 2,
+        "errors": 3000,
+        "model": "dlib-resnet-v1",
+        "failed": [
+            {"photo": f"period-{i:05d}/IMG_{i:06d}.jpg", "reason": "corrupt"} for i in range(3000)
+        ],
+    }
     text = summary_message(summary, result_key="rollcall:job:{u}:results")
     assert len(text.encode()) <= 4096
     doc = json.loads(text)
@@ -71,10 +80,15 @@ def job_env(
 ) -> dict[str, Any]:
     """The env the operator would render, pointing at temp dirs and the test redis."""
     env = {
-        "ROLLCALL_JOB_NAMESPACE": "school-a", "ROLLCALL_JOB_NAME": "rj-6b-monday",
-        "ROLLCALL_JOB_UID": "uid-123", "ROLLCALL_MODE": "identify", "ROLLCALL_CLASS_CODE": "6B",
-        "ROLLCALL_GALLERY": "6b", "ROLLCALL_ROSTER": json.dumps(["ann", "bob", "cy"]),
-        "ROLLCALL_INPUT_DIR": str(tmp_path / "in"), "ROLLCALL_REDIS_URL": redis_url,
+        "ROLLCALL_JOB_NAMESPACE": "school-a",
+        "ROLLCALL_JOB_NAME": "rj-6b-monday",
+        "ROLLCALL_JOB_UID": "uid-123",
+        "ROLLCALL_MODE": "identify",
+        "ROLLCALL_CLASS_CODE": "6B",
+        "ROLLCALL_GALLERY": "6b",
+        "ROLLCALL_ROSTER": json.dumps(["ann", "bob", "cy"]),
+        "ROLLCALL_INPUT_DIR": str(tmp_path / "in"),
+        "ROLLCALL_REDIS_URL": redis_url,
         "ROLLCALL_TERMINATION_LOG": str(tmp_path / "termination-log"),
         "ROLLCALL_PROGRESS_INTERVAL_SECONDS": "0",
     }
@@ -121,7 +135,13 @@ def test_enroll_then_identify(
     assert term["resultKey"] == keys.job_results("uid-123")
     s = term["summary"]
     assert (s["images"], s["errors"], s["faces"], s["present"], s["absent"], s["unknown"]) == (
-        3, 1, 3, 2, 1, 1)
+        3,
+        1,
+        3,
+        2,
+        1,
+        1,
+    )
     results = read_results(redis_client, "uid-123")
     assert results is not None
     assert results["attendance"]["absent"] == ["cy"]
@@ -197,8 +217,9 @@ def test_enroll_into_a_gallery_of_another_metric_is_refused_before_any_work(
 
     from rollcall_job.gallery import GalleryMeta, GalleryStore
 
-    GalleryStore(redis_client).put("6b", GalleryMeta("toy-v1", 3, "euclidean"),
-                                   {"old": np.ones((1, 3), np.float32)})
+    GalleryStore(redis_client).put(
+        "6b", GalleryMeta("toy-v1", 3, "euclidean"), {"old": np.ones((1, 3), np.float32)}
+    )
     mp, tmp = job_env["monkeypatch"], job_env["tmp"]
     save(tmp / "enroll" / "ann" / "1.png", photo([("ann", 10, 10, 60)]))
     mp.setenv("ROLLCALL_MODE", "enroll")

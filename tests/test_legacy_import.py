@@ -48,7 +48,9 @@ def test_python2_numpy_pickle_loads() -> None:
         b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01K\x00\x85q\x02"
         b"U\x01b\x87q\x03Rq\x04(K\x01K\x04\x85q\x05cnumpy\ndtype\nq\x06U\x02f8K\x00K\x01\x87Rq\x07"
         b"(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T"
-        + len(raw).to_bytes(4, "little") + raw + b"tb."
+        + len(raw).to_bytes(4, "little")
+        + raw
+        + b"tb."
     )
     assert safe_loads(payload).tolist() == [0.0, 1.0, 2.0, 3.0]
 
@@ -81,8 +83,15 @@ def test_exploit_hidden_inside_an_array_pickle_is_refused(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     "obj",
-    [np.array(["a", "b"]), np.array([1 + 2j]), np.zeros(2, dtype=[("x", "f4")]), {"a": 1},
-     np.ma.masked_array([1.0, 2.0]), "text", np.float32(1.5)],
+    [
+        np.array(["a", "b"]),
+        np.array([1 + 2j]),
+        np.zeros(2, dtype=[("x", "f4")]),
+        {"a": 1},
+        np.ma.masked_array([1.0, 2.0]),
+        "text",
+        np.float32(1.5),
+    ],
 )
 def test_non_numeric_or_non_array_objects_are_refused(obj: object) -> None:
     with pytest.raises(UnsafePickle):
@@ -125,15 +134,22 @@ def test_import_converts_good_rows_and_reports_bad_ones(
     rng = np.random.default_rng(0)
     good = {s: [rng.normal(size=128) for _ in range(3)] for s in ("ann", "bob")}
     marker = tmp_path / "pwned"
-    _seed_legacy(redis_client, layout, {
-        "ann": [pickle.dumps(v) for v in good["ann"]],
-        "bob": [pickle.dumps(v) for v in good["bob"]] + [pickle.dumps(_Exploit(marker))],
-        "cy": [pickle.dumps(np.zeros(64))],  # wrong dimension
-    })
+    _seed_legacy(
+        redis_client,
+        layout,
+        {
+            "ann": [pickle.dumps(v) for v in good["ann"]],
+            "bob": [pickle.dumps(v) for v in good["bob"]] + [pickle.dumps(_Exploit(marker))],
+            "cy": [pickle.dumps(np.zeros(64))],  # wrong dimension
+        },
+    )
     redis_client.zadd(layout.face("bob"), {"ghost": 99})  # id with no feature
     # another class/period must not leak in
-    _seed_legacy(redis_client, LegacyLayout(class_code="6B", period="2023-T3"),
-                 {"old": [pickle.dumps(np.ones(128))]})
+    _seed_legacy(
+        redis_client,
+        LegacyLayout(class_code="6B", period="2023-T3"),
+        {"old": [pickle.dumps(np.ones(128))]},
+    )
 
     report = import_legacy(redis_client, layout, gallery="6B", meta=META)
 
@@ -152,8 +168,20 @@ def test_command_line_import(
 ) -> None:
     layout = LegacyLayout(prefix="att", class_code="7A", period="p1")
     _seed_legacy(redis_client, layout, {"zoe": [pickle.dumps(np.ones(128))]})
-    rc = main(["--from-url", redis_url, "--prefix", "att", "--class-code", "7A",
-               "--period", "p1", "--gallery", "7a"])
+    rc = main(
+        [
+            "--from-url",
+            redis_url,
+            "--prefix",
+            "att",
+            "--class-code",
+            "7A",
+            "--period",
+            "p1",
+            "--gallery",
+            "7a",
+        ]
+    )
     assert rc == 0
     assert '"students": 1' in capsys.readouterr().out
     assert GalleryStore(redis_client).load("7a", META).student_ids == ("zoe",)

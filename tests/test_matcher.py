@@ -37,7 +37,7 @@ def test_affinity_agrees_with_a_pairwise_loop(metric: str) -> None:
             if metric == "cosine":
                 want = p[i] @ g[j] / np.linalg.norm(p[i]) / np.linalg.norm(g[j])
             else:
-                want = -np.linalg.norm(p[i] - g[j]) ** 2  # squared: same order, no sqrt
+                want = -(np.linalg.norm(p[i] - g[j]) ** 2)  # squared: same order, no sqrt
             assert got[i, j] == pytest.approx(want, abs=1e-4)
 
 
@@ -109,13 +109,14 @@ def test_top_k_orders_best_first() -> None:
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_match_faces_finds_noisy_copies_and_reports_strangers(metric: str) -> None:
+def test_match_faces_finds_noisy_copies_and_reports_strangers(metric: Metric) -> None:
     gal = _rng_unit(5, 64, 3)
     ids = ["s0", "s1", "s2", "s3", "s4"]
     probes = np.vstack([gal[3] + 0.05 * _rng_unit(1, 64, 4), gal[1], _rng_unit(1, 64, 9)])
     threshold = 0.2 if metric == "cosine" else 0.6  # both distances
-    got = match_faces(probes, gal, np.arange(5, dtype=np.intp), ids,
-                      metric=metric, threshold=threshold, k=2)  # type: ignore[arg-type]
+    got = match_faces(
+        probes, gal, np.arange(5, dtype=np.intp), ids, metric=metric, threshold=threshold, k=2
+    )
     assert [m.student_id for m in got] == ["s3", "s1", UNKNOWN]
     assert got[0].candidates[0].student_id == "s3" and len(got[0].candidates) == 2
     assert got[2].score is None
@@ -125,8 +126,14 @@ def test_match_faces_finds_noisy_copies_and_reports_strangers(metric: str) -> No
 
 
 def test_match_faces_with_empty_gallery_marks_everyone_unknown() -> None:
-    got = match_faces(np.ones((2, 4), np.float32), np.zeros((0, 4), np.float32),
-                      np.zeros(0, np.intp), [], metric="cosine", threshold=0.5)
+    got = match_faces(
+        np.ones((2, 4), np.float32),
+        np.zeros((0, 4), np.float32),
+        np.zeros(0, np.intp),
+        [],
+        metric="cosine",
+        threshold=0.5,
+    )
     assert [m.student_id for m in got] == [UNKNOWN, UNKNOWN]
 
 

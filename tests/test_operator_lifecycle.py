@@ -171,8 +171,10 @@ def photos(k8s_api: client.ApiClient, namespace: str, tmp_path: Path) -> str:
                  "resources": {"requests": {"storage": "1Gi"}}},
     })  # fmt: skip
     wait_for(
-        lambda: core.read_namespaced_persistent_volume_claim("photos", namespace).status.phase
-        == "Bound",
+        lambda: (
+            core.read_namespaced_persistent_volume_claim("photos", namespace).status.phase
+            == "Bound"
+        ),
         "photos PVC bound",
     )
     return "photos"

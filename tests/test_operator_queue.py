@@ -9,8 +9,16 @@ import pytest
 from rollcall_operator.queue import AdmissionQueue, Entry, entry_for
 
 
-def e(uid: str, *, ns: str = "a", priority: int = 0, created: float = 0.0, capped: bool = True,
-      suspended: bool = False, timeout: int | None = None) -> Entry:
+def e(
+    uid: str,
+    *,
+    ns: str = "a",
+    priority: int = 0,
+    created: float = 0.0,
+    capped: bool = True,
+    suspended: bool = False,
+    timeout: int | None = None,
+) -> Entry:
     return Entry(uid, ns, uid, priority, created, capped, suspended, timeout, {})
 
 
@@ -94,10 +102,18 @@ def test_resubmitting_a_running_uid_is_ignored() -> None:
 
 def test_entry_for_reads_the_body() -> None:
     body: dict[str, Any] = {
-        "metadata": {"uid": "u", "namespace": "n", "name": "r",
-                     "creationTimestamp": "2026-11-27T10:00:00Z"},
-        "spec": {"priority": 3, "resources": {"gpus": 1}, "queue": "lq",
-                 "runPolicy": {"suspend": True, "queueTimeoutSeconds": 60}},
+        "metadata": {
+            "uid": "u",
+            "namespace": "n",
+            "name": "r",
+            "creationTimestamp": "2026-11-27T10:00:00Z",
+        },
+        "spec": {
+            "priority": 3,
+            "resources": {"gpus": 1},
+            "queue": "lq",
+            "runPolicy": {"suspend": True, "queueTimeoutSeconds": 60},
+        },
     }
     got = entry_for(body)
     assert (got.priority, got.capped, got.suspended, got.timeout) == (3, False, True, 60)

@@ -72,12 +72,18 @@ def test_header_size_reads_jpeg_and_png_without_decoding() -> None:
 
 def _png_bomb(w: int, h: int) -> bytes:
     """A tiny PNG whose header claims w x h pixels (the data is a few bytes of zlib)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + body))
         return struct.pack(">I", len(body)) + kind + body + crc
+
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_pixel_cap_refuses_a_decompression_bomb_before_decoding() -> None:
@@ -114,7 +120,11 @@ def test_bad_files_become_error_records_and_the_rest_are_read(tmp_path: Path) ->
 
     photos = list_photos(tmp_path)
     assert [p.name for p in photos] == [
-        "a_empty.jpg", "b_good.jpg", "c_corrupt.jpg", "d_truncated.png", "e_big.jpg",
+        "a_empty.jpg",
+        "b_good.jpg",
+        "c_corrupt.jpg",
+        "d_truncated.png",
+        "e_big.jpg",
         "period2/f.JPG",
     ]
     photos.append(Photo("gone.jpg", tmp_path / "gone.jpg"))

@@ -73,8 +73,9 @@ def _crop(image: npt.NDArray[np.uint8], box: Box, margin: float = 0.4) -> npt.ND
     x1, y1, x2, y2 = box
     mx, my = (x2 - x1) * margin, (y2 - y1) * margin
     h, w = image.shape[:2]
-    return image[max(0, int(y1 - my)) : min(h, int(y2 + my)),
-                 max(0, int(x1 - mx)) : min(w, int(x2 + mx))]
+    return image[
+        max(0, int(y1 - my)) : min(h, int(y2 + my)), max(0, int(x1 - mx)) : min(w, int(x2 + mx))
+    ]
 
 
 def _iou(a: Box | list[float], b: Box | list[float]) -> float:
@@ -99,8 +100,10 @@ def _prepare(engine: FaceEngine, root: Path) -> tuple[list[Box], Path, Path]:
     copy = _transformed(group)
     enroll_dir, class_dir = root / "enroll", root / "class"
     for i, box in enumerate(boxes):
-        _write(enroll_dir / f"s{i}" / "portrait.jpg",
-               _crop(copy, _box_in_transformed(box, group.shape[1])))
+        _write(
+            enroll_dir / f"s{i}" / "portrait.jpg",
+            _crop(copy, _box_in_transformed(box, group.shape[1])),
+        )
     (enroll_dir / "absentee").mkdir()
     shutil.copy(photo("obama.jpg"), enroll_dir / "absentee" / "1.jpg")
     shutil.copy(photo("obama2.jpg"), enroll_dir / "absentee" / "2.jpg")
@@ -135,16 +138,29 @@ def test_group_photo_enrolled_from_a_transformed_copy_is_fully_identified(
 ) -> None:
     boxes, enroll_dir, class_dir = _prepare(engine, tmp_path)
     spec = embedder_spec(engine.embedder_card)
-    enrolled = enroll(engine, enroll_dir, metric=spec.meta.metric, model_id=spec.meta.model_id,
-                      min_face_px=40, max_bytes=1 << 24)
+    enrolled = enroll(
+        engine,
+        enroll_dir,
+        metric=spec.meta.metric,
+        model_id=spec.meta.model_id,
+        min_face_px=40,
+        max_bytes=1 << 24,
+    )
     assert sorted(enrolled.students) == sorted(ROSTER)
     assert enrolled.documents["students"]["absentee"]["used"] == 2
     store = GalleryStore(redis_client)
     store.put("6b", spec.meta, enrolled.students)
     gallery = store.load("6b", spec.meta, ROSTER)
-    out = identify(engine, list_photos(class_dir), gallery, roster=ROSTER,
-                   threshold=spec.threshold, top_k=3, max_bytes=1 << 24,
-                   annotate_dir=tmp_path / "out")
+    out = identify(
+        engine,
+        list_photos(class_dir),
+        gallery,
+        roster=ROSTER,
+        threshold=spec.threshold,
+        top_k=3,
+        max_bytes=1 << 24,
+        annotate_dir=tmp_path / "out",
+    )
     _check_identified(out.documents, boxes)
     s = out.documents["summary"]
     assert (s["images"], s["errors"], s["faces"], s["matched"], s["unknown"]) == (4, 1, 7, 6, 1)
@@ -155,29 +171,49 @@ def _run_job(env: dict[str, str], tmp: Path) -> tuple[int, dict[str, Any], str]:
     term = tmp / f"termination-{env['ROLLCALL_JOB_UID']}"
     full = {k: v for k, v in os.environ.items() if not k.startswith("ROLLCALL_")}
     full.update(env, ROLLCALL_TERMINATION_LOG=str(term), ROLLCALL_THREADS="2")
-    proc = subprocess.run([sys.executable, "-m", "rollcall_job"], env=full, capture_output=True,
-                          text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rollcall_job"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     return proc.returncode, json.loads(term.read_text()), proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
 def test_python_m_rollcall_job_with_the_env_contract(
-    engine: FaceEngine, model_dir: Path, tmp_path: Path, redis_url: str,
+    engine: FaceEngine,
+    model_dir: Path,
+    tmp_path: Path,
+    redis_url: str,
     redis_client: redis.Redis,
 ) -> None:
     boxes, enroll_dir, class_dir = _prepare(engine, tmp_path)
     base = {
-        "ROLLCALL_JOB_NAMESPACE": "school-a", "ROLLCALL_JOB_NAME": "rj-6b",
-        "ROLLCALL_CLASS_CODE": "6B", "ROLLCALL_GALLERY": "6b", "ROLLCALL_REDIS_URL": redis_url,
-        "ROLLCALL_MODEL_DIR": str(model_dir), "ROLLCALL_ROSTER": json.dumps(ROSTER),
+        "ROLLCALL_JOB_NAMESPACE": "school-a",
+        "ROLLCALL_JOB_NAME": "rj-6b",
+        "ROLLCALL_CLASS_CODE": "6B",
+        "ROLLCALL_GALLERY": "6b",
+        "ROLLCALL_REDIS_URL": redis_url,
+        "ROLLCALL_MODEL_DIR": str(model_dir),
+        "ROLLCALL_ROSTER": json.dumps(ROSTER),
     }
-    rc, term, logs = _run_job({**base, "ROLLCALL_JOB_UID": "enroll-1", "ROLLCALL_MODE": "enroll",
-                               "ROLLCALL_INPUT_DIR": str(enroll_dir)}, tmp_path)
+    rc, term, logs = _run_job(
+        {
+            **base,
+            "ROLLCALL_JOB_UID": "enroll-1",
+            "ROLLCALL_MODE": "enroll",
+            "ROLLCALL_INPUT_DIR": str(enroll_dir),
+        },
+        tmp_path,
+    )
     assert rc == ExitCode.OK, logs
     assert term["summary"]["enrolled"] == 7 and term["summary"]["rejected"] == 0
 
-    rc, term, logs = _run_job({**base, "ROLLCALL_JOB_UID": "identify-1",
-                               "ROLLCALL_INPUT_DIR": str(class_dir)}, tmp_path)
+    rc, term, logs = _run_job(
+        {**base, "ROLLCALL_JOB_UID": "identify-1", "ROLLCALL_INPUT_DIR": str(class_dir)}, tmp_path
+    )
     assert rc == ExitCode.OK, logs
     assert term["resultKey"] == keys.job_results("identify-1")
     assert (term["summary"]["present"], term["summary"]["absent"]) == (6, 1)
@@ -189,14 +225,21 @@ def test_python_m_rollcall_job_with_the_env_contract(
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    rc, term, _ = _run_job({**base, "ROLLCALL_JOB_UID": "identify-2",
-                            "ROLLCALL_INPUT_DIR": str(empty)}, tmp_path)
+    rc, term, _ = _run_job(
+        {**base, "ROLLCALL_JOB_UID": "identify-2", "ROLLCALL_INPUT_DIR": str(empty)}, tmp_path
+    )
     assert rc == ExitCode.BAD_INPUT and "no photos" in term["error"]
 
     down = f"redis://:pw-{free_port()}@127.0.0.1:{free_port()}/0"
-    rc, term, logs = _run_job({**base, "ROLLCALL_JOB_UID": "identify-3",
-                               "ROLLCALL_INPUT_DIR": str(class_dir),
-                               "ROLLCALL_REDIS_URL": down}, tmp_path)
+    rc, term, logs = _run_job(
+        {
+            **base,
+            "ROLLCALL_JOB_UID": "identify-3",
+            "ROLLCALL_INPUT_DIR": str(class_dir),
+            "ROLLCALL_REDIS_URL": down,
+        },
+        tmp_path,
+    )
     assert rc == ExitCode.TRANSIENT and term["reason"] == "Transient"
     assert down.split("@")[0].split(":")[-1] not in logs + json.dumps(term)
 
@@ -206,8 +249,9 @@ def test_enrollment_rejects_group_faceless_and_tiny_photos(
 ) -> None:
     fine = load_engine(model_dir, threads=2, min_face_px=20)
     obama = read_image(photo("obama.jpg"))
-    tiny = cv2.resize(obama, (obama.shape[1] // 10, obama.shape[0] // 10),
-                      interpolation=cv2.INTER_AREA)  # face ~25 px
+    tiny = cv2.resize(
+        obama, (obama.shape[1] // 10, obama.shape[0] // 10), interpolation=cv2.INTER_AREA
+    )  # face ~25 px
     root = tmp_path / "enroll"
     (root / "x").mkdir(parents=True)
     for name in ("t1.jpg", "mask_white.jpg"):
@@ -215,9 +259,20 @@ def test_enrollment_rejects_group_faceless_and_tiny_photos(
     _write(root / "x" / "tiny.jpg", tiny)
     _write(root / "y" / "ok.jpg", obama)
     spec = embedder_spec(engine.embedder_card)
-    out = enroll(engine, root, metric=spec.meta.metric, model_id=spec.meta.model_id,
-                 min_face_px=40, max_bytes=1 << 24, small_faces=lambda im: len(fine.detect(im)))
+    out = enroll(
+        engine,
+        root,
+        metric=spec.meta.metric,
+        model_id=spec.meta.model_id,
+        min_face_px=40,
+        max_bytes=1 << 24,
+        small_faces=lambda im: len(fine.detect(im)),
+    )
     reasons = {d["photo"]: d.get("reason") for d in out.documents["photos"]}
-    assert reasons == {"x/t1.jpg": "several_faces", "x/mask_white.jpg": "no_face",
-                       "x/tiny.jpg": "too_small", "y/ok.jpg": None}
+    assert reasons == {
+        "x/t1.jpg": "several_faces",
+        "x/mask_white.jpg": "no_face",
+        "x/tiny.jpg": "too_small",
+        "y/ok.jpg": None,
+    }
     assert list(out.students) == ["y"] and out.documents["summary"]["not_enrolled"] == ["x"]

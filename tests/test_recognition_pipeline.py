@@ -28,8 +28,10 @@ def _gallery(students: list[str], engine: ToyEngine) -> Gallery:
 @pytest.fixture
 def class_photos(tmp_path: Path) -> Path:
     d = tmp_path / "in"
-    save(d / "01_front.png", photo([("ann", 10, 10, 40), ("bob", 80, 10, 50),
-                                    ("stranger", 160, 10, 40)]))
+    save(
+        d / "01_front.png",
+        photo([("ann", 10, 10, 40), ("bob", 80, 10, 50), ("stranger", 160, 10, 40)]),
+    )
     # ann again, darker (cosine ignores it), and cy
     save(d / "02_back.png", photo([("ann", 10, 100, 40), ("cy", 200, 100, 40)], gain=0.8))
     save(d / "03_empty.png", photo([]))
@@ -41,8 +43,16 @@ def test_identify_marks_present_absent_unknown(class_photos: Path, tmp_path: Pat
     engine = ToyEngine()
     gallery = _gallery(["ann", "bob", "cy", "dee"], engine)
     roster = ["ann", "bob", "cy", "dee", "eve"]  # eve was never enrolled
-    out = identify(engine, list_photos(class_photos), gallery, roster=roster, threshold=0.05,
-                   top_k=2, max_bytes=1 << 20, annotate_dir=tmp_path / "out")
+    out = identify(
+        engine,
+        list_photos(class_photos),
+        gallery,
+        roster=roster,
+        threshold=0.05,
+        top_k=2,
+        max_bytes=1 << 20,
+        annotate_dir=tmp_path / "out",
+    )
     docs = out.documents
     att = docs["attendance"]
     assert [p["student"] for p in att["present"]] == ["ann", "bob", "cy"]
@@ -59,18 +69,28 @@ def test_identify_marks_present_absent_unknown(class_photos: Path, tmp_path: Pat
     assert [f["student"] for f in front] == ["ann", "bob", "unknown"]
     assert len(front[0]["candidates"]) == 2 and front[0]["candidates"][0]["student"] == "ann"
     assert front[2]["score"] is None and front[0]["score"] <= 0.05  # distances
-    annotated = sorted(p.relative_to(tmp_path / "out").as_posix()
-                       for p in (tmp_path / "out").rglob("*.jpg"))
-    assert annotated == ["annotated/01_front.jpg", "annotated/02_back.jpg",
-                         "annotated/03_empty.jpg"]
+    annotated = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg")
+    )
+    assert annotated == [
+        "annotated/01_front.jpg",
+        "annotated/02_back.jpg",
+        "annotated/03_empty.jpg",
+    ]
 
 
 def test_a_student_is_one_face_per_photo(tmp_path: Path) -> None:
     # two ann-coloured faces in one photo: one is ann, the other cannot also be ann
     save(tmp_path / "twins.png", photo([("ann", 10, 10, 40), ("ann", 100, 10, 40)]))
     engine = ToyEngine()
-    out = identify(engine, list_photos(tmp_path), _gallery(["ann", "bob"], engine),
-                   roster=[], threshold=0.05, max_bytes=1 << 20)
+    out = identify(
+        engine,
+        list_photos(tmp_path),
+        _gallery(["ann", "bob"], engine),
+        roster=[],
+        threshold=0.05,
+        max_bytes=1 << 20,
+    )
     faces = out.documents["photos"][0]["faces"]
     assert sorted(f["student"] for f in faces) == ["ann", "unknown"]
     assert out.documents["attendance"]["absent"] == ["bob"]  # empty roster = whole gallery
@@ -84,8 +104,14 @@ def test_euclidean_card_threshold_is_a_distance(class_photos: Path) -> None:
         img = photo([(sid, 10, 10, 40)])
         rows.append((sid, encode(engine.embed(img, engine.detect(img)), 3)))
     gallery = Gallery.from_rows(spec.meta, rows)
-    out = identify(engine, list_photos(class_photos), gallery, roster=["ann", "cy"],
-                   threshold=spec.threshold, max_bytes=1 << 20)
+    out = identify(
+        engine,
+        list_photos(class_photos),
+        gallery,
+        roster=["ann", "cy"],
+        threshold=spec.threshold,
+        max_bytes=1 << 20,
+    )
     present = {p["student"]: p for p in out.documents["attendance"]["present"]}
     # the darker copy of ann/cy is too far in Euclidean terms; the front photo's ann is exact
     assert set(present) == {"ann"}
@@ -113,13 +139,23 @@ def test_enroll_averages_and_reports_rejected_photos(
     (root / "eve").mkdir()
     (root / "eve" / "broken.jpg").write_bytes(b"")
     engine = ToyEngine(min_face_px=40)
-    out = enroll(engine, root, metric="cosine", model_id="toy-v1", min_face_px=40,
-                 max_bytes=1 << 20,
-                 small_faces=lambda img: len(ToyEngine(min_face_px=12).detect(img)))
+    out = enroll(
+        engine,
+        root,
+        metric="cosine",
+        model_id="toy-v1",
+        min_face_px=40,
+        max_bytes=1 << 20,
+        small_faces=lambda img: len(ToyEngine(min_face_px=12).detect(img)),
+    )
     assert sorted(out.students) == ["ann", "bob"]
     reasons = {d["photo"]: d.get("reason") for d in out.documents["photos"] if not d["used"]}
-    assert reasons == {"bob/group.png": "several_faces", "cy/tiny.png": "too_small",
-                       "dee/blank.png": "no_face", "eve/broken.jpg": "empty"}
+    assert reasons == {
+        "bob/group.png": "several_faces",
+        "cy/tiny.png": "too_small",
+        "dee/blank.png": "no_face",
+        "eve/broken.jpg": "empty",
+    }
     s = out.documents["summary"]
     assert (s["students"], s["enrolled"], s["images"], s["used"], s["rejected"]) == (5, 2, 7, 3, 4)
     assert s["not_enrolled"] == ["cy", "dee", "eve"]
@@ -144,5 +180,11 @@ def test_average(metric: str) -> None:
 def test_enroll_without_student_folders_is_bad_input(tmp_path: Path) -> None:
     save(tmp_path / "loose.png", photo([("ann", 10, 10, 60)]))
     with pytest.raises(BadInput):
-        enroll(ToyEngine(), tmp_path, metric="cosine", model_id="toy-v1", min_face_px=40,
-               max_bytes=1 << 20)
+        enroll(
+            ToyEngine(),
+            tmp_path,
+            metric="cosine",
+            model_id="toy-v1",
+            min_face_px=40,
+            max_bytes=1 << 20,
+        )

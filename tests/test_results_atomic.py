@@ -33,9 +33,25 @@ class DurableRedis:
         assert exe is not None
         log = self.dir / "redis.log"
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--logfile", str(log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--logfile",
+                str(log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_ready(self.port, self.proc, log)
 
@@ -60,11 +76,25 @@ def durable(tmp_path: Path) -> Iterator[DurableRedis]:
 
 
 def _big_result(tag: str, n_photos: int = 3000) -> dict[str, Any]:
-    photos = [{"photo": f"p{i:05d}.jpg", "faces": [{"student": f"s{i % 40}", "score": 0.3,
-               "box": [1.0, 2.0, 3.0, 4.0], "note": tag * 20}]} for i in range(n_photos)]
-    return {"summary": {"tag": tag, "photos": n_photos},
-            "attendance": {"present": [f"s{i}" for i in range(40)], "absent": []},
-            "photos": photos}
+    photos = [
+        {
+            "photo": f"p{i:05d}.jpg",
+            "faces": [
+                {
+                    "student": f"s{i % 40}",
+                    "score": 0.3,
+                    "box": [1.0, 2.0, 3.0, 4.0],
+                    "note": tag * 20,
+                }
+            ],
+        }
+        for i in range(n_photos)
+    ]
+    return {
+        "summary": {"tag": tag, "photos": n_photos},
+        "attendance": {"present": [f"s{i}" for i in range(40)], "absent": []},
+        "photos": photos,
+    }
 
 
 def test_round_trip_and_ttl(redis_client: redis.Redis) -> None:
@@ -80,8 +110,15 @@ def test_kill_between_staging_and_rename_publishes_nothing(durable: DurableRedis
     client = durable.client()
     doc = _big_result("new")
     with pytest.raises(redis.ConnectionError):
-        write_results(client, "uid", "1", doc, ttl_seconds=300, chunk_bytes=64 * 1024,
-                      before_publish=durable.kill)
+        write_results(
+            client,
+            "uid",
+            "1",
+            doc,
+            ttl_seconds=300,
+            chunk_bytes=64 * 1024,
+            before_publish=durable.kill,
+        )
     durable.start()
     client = durable.client()
     # the staged parts did reach disk (so a non-atomic writer would have left them visible)...
@@ -114,8 +151,9 @@ def test_kill_in_the_middle_of_staging_keeps_the_previous_result_whole(
 
     monkeypatch.setattr(redis.Redis, "hset", dying_hset)
     with pytest.raises(redis.ConnectionError):
-        write_results(client, "uid", "2", _big_result("new"), ttl_seconds=300,
-                      chunk_bytes=64 * 1024)
+        write_results(
+            client, "uid", "2", _big_result("new"), ttl_seconds=300, chunk_bytes=64 * 1024
+        )
     monkeypatch.undo()
     durable.start()
     client = durable.client()

@@ -73,39 +73,90 @@ BAD_MSG = json.dumps({"error": "no photos under images.subPath"})
 CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], bool, tuple[Any, ...]]] = [
     # id, job, pods, kueue, (phase, reason, attempts)
     ("just created", job(), [], False, (Phase.PENDING, "JobCreated", 0)),
-    ("pod pending, unschedulable", job(active=1), [pod("p1", "Pending", unschedulable=True)],
-     False, (Phase.PENDING, "Unschedulable", 1)),
-    ("image pull", job(active=1), [pod("p1", "Pending", waiting="ImagePullBackOff")], False,
-     (Phase.PENDING, "ImagePullBackOff", 1)),
+    (
+        "pod pending, unschedulable",
+        job(active=1),
+        [pod("p1", "Pending", unschedulable=True)],
+        False,
+        (Phase.PENDING, "Unschedulable", 1),
+    ),
+    (
+        "image pull",
+        job(active=1),
+        [pod("p1", "Pending", waiting="ImagePullBackOff")],
+        False,
+        (Phase.PENDING, "ImagePullBackOff", 1),
+    ),
     ("running", job(active=1), [pod("p1", "Running")], False, (Phase.RUNNING, None, 1)),
-    ("running per ready count, no pods read", job(active=1, ready=1), [], False,
-     (Phase.RUNNING, None, 1)),
-    ("succeeded", job(("Complete", "CompletionsReached"), succeeded=1, completionTime=T1),
-     [pod("p1", "Succeeded", exit_code=0, message=OK_MSG)], False,
-     (Phase.SUCCEEDED, "Completed", 1)),
-    ("bad input: failed at once by podFailurePolicy",
-     job(("FailureTarget", "PodFailurePolicy"), ("Failed", "PodFailurePolicy"), failed=1),
-     [pod("p1", "Failed", exit_code=42, message=BAD_MSG)], False, (Phase.FAILED, "BadInput", 1)),
-    ("transient failure, retry pending", job(failed=1, active=1),
-     [pod("p1", "Failed", exit_code=75, created=T0), pod("p2", "Pending", created=T1)], False,
-     (Phase.PENDING, "Retrying", 2)),
-    ("transient failure, retry running", job(failed=1, active=1),
-     [pod("p1", "Failed", exit_code=75, created=T0), pod("p2", "Running", created=T1)], False,
-     (Phase.RUNNING, None, 2)),
-    ("backoff exhausted", job(("Failed", "BackoffLimitExceeded"), failed=3),
-     [pod(f"p{i}", "Failed", exit_code=75, created=f"2026-11-27T10:0{i}:00Z") for i in range(3)],
-     False, (Phase.FAILED, "BackoffLimitExceeded", 3)),
-    ("deadline", job(("Failed", "DeadlineExceeded"), failed=1), [], False,
-     (Phase.FAILED, "DeadlineExceeded", 1)),
-    ("suspended by the user", job(("Suspended", "JobSuspended"), suspend=True), [], False,
-     (Phase.PENDING, "Suspended", 0)),
-    ("suspended, waiting for Kueue", job(suspend=True), [], True,
-     (Phase.QUEUED, "WaitingForKueue", 0)),
+    (
+        "running per ready count, no pods read",
+        job(active=1, ready=1),
+        [],
+        False,
+        (Phase.RUNNING, None, 1),
+    ),
+    (
+        "succeeded",
+        job(("Complete", "CompletionsReached"), succeeded=1, completionTime=T1),
+        [pod("p1", "Succeeded", exit_code=0, message=OK_MSG)],
+        False,
+        (Phase.SUCCEEDED, "Completed", 1),
+    ),
+    (
+        "bad input: failed at once by podFailurePolicy",
+        job(("FailureTarget", "PodFailurePolicy"), ("Failed", "PodFailurePolicy"), failed=1),
+        [pod("p1", "Failed", exit_code=42, message=BAD_MSG)],
+        False,
+        (Phase.FAILED, "BadInput", 1),
+    ),
+    (
+        "transient failure, retry pending",
+        job(failed=1, active=1),
+        [pod("p1", "Failed", exit_code=75, created=T0), pod("p2", "Pending", created=T1)],
+        False,
+        (Phase.PENDING, "Retrying", 2),
+    ),
+    (
+        "transient failure, retry running",
+        job(failed=1, active=1),
+        [pod("p1", "Failed", exit_code=75, created=T0), pod("p2", "Running", created=T1)],
+        False,
+        (Phase.RUNNING, None, 2),
+    ),
+    (
+        "backoff exhausted",
+        job(("Failed", "BackoffLimitExceeded"), failed=3),
+        [pod(f"p{i}", "Failed", exit_code=75, created=f"2026-11-27T10:0{i}:00Z") for i in range(3)],
+        False,
+        (Phase.FAILED, "BackoffLimitExceeded", 3),
+    ),
+    (
+        "deadline",
+        job(("Failed", "DeadlineExceeded"), failed=1),
+        [],
+        False,
+        (Phase.FAILED, "DeadlineExceeded", 1),
+    ),
+    (
+        "suspended by the user",
+        job(("Suspended", "JobSuspended"), suspend=True),
+        [],
+        False,
+        (Phase.PENDING, "Suspended", 0),
+    ),
+    (
+        "suspended, waiting for Kueue",
+        job(suspend=True),
+        [],
+        True,
+        (Phase.QUEUED, "WaitingForKueue", 0),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("j", "pods", "kueue", "expected"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("j", "pods", "kueue", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_observe_job(
     j: dict[str, Any], pods: list[dict[str, Any]], kueue: bool, expected: tuple[Any, ...]
 ) -> None:
@@ -116,8 +167,9 @@ def test_observe_job(
 
 def test_success_carries_summary_and_times() -> None:
     j = job(("Complete", "CompletionsReached"), succeeded=1, completionTime=T1)
-    patch = patch_for({"phase": "Running"}, j, [pod("p", "Succeeded", exit_code=0, message=OK_MSG)],
-                      now=T2)
+    patch = patch_for(
+        {"phase": "Running"}, j, [pod("p", "Succeeded", exit_code=0, message=OK_MSG)], now=T2
+    )
     assert patch is not None
     assert patch["phase"] == "Succeeded"
     assert patch["summary"]["present"] == 25 and patch["summary"]["absent"] == 2
@@ -166,8 +218,9 @@ def test_suspend_and_resume_conditions() -> None:
 
 
 def test_queued_patch_clears_admitted() -> None:
-    patch = phase_patch({}, Phase.QUEUED, reason="WaitingForCapacity", message="2/2 running",
-                        now=T0)
+    patch = phase_patch(
+        {}, Phase.QUEUED, reason="WaitingForCapacity", message="2/2 running", now=T0
+    )
     assert patch is not None
     admitted = next(c for c in patch["conditions"] if c["type"] == "Admitted")
     assert admitted["status"] == "False" and admitted["reason"] == "WaitingForCapacity"
@@ -204,6 +257,11 @@ def test_set_condition_keeps_transition_time_when_unchanged() -> None:
 def test_progress_only_while_running_and_when_moved() -> None:
     assert progress_patch({"phase": "Pending"}, 1, 10) is None
     assert progress_patch({"phase": "Running"}, 1, 10) == {
-        "progress": {"done": 1, "total": 10, "text": "1/10"}}
-    assert progress_patch({"phase": "Running", "progress": {"done": 1, "total": 10,
-                                                            "text": "1/10"}}, 1, 10) is None
+        "progress": {"done": 1, "total": 10, "text": "1/10"}
+    }
+    assert (
+        progress_patch(
+            {"phase": "Running", "progress": {"done": 1, "total": 10, "text": "1/10"}}, 1, 10
+        )
+        is None
+    )

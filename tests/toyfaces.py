@@ -55,9 +55,13 @@ class ToyEngine:
         for x, y, w, h, _area in stats[1:n]:
             if min(w, h) < self.min_face_px:
                 continue
-            lm = np.array([[x + w * fx, y + h * fy] for fx, fy in
-                           ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))],
-                          np.float32)
+            lm = np.array(
+                [
+                    [x + w * fx, y + h * fy]
+                    for fx, fy in ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))
+                ],
+                np.float32,
+            )
             faces.append(ToyFace((float(x), float(y), float(x + w), float(y + h)), 0.99, lm))
         return faces
 

@@ -103,8 +103,13 @@ def load_engine(settings: JobSettings, min_face_px: int) -> Engine[Any]:
     model_dir = resolve_model_dir(settings)
     if not model_dir.is_dir():
         raise BadInput(f"model directory {model_dir} does not exist (run `make models`)")
-    return load(model_dir, providers=settings.providers or None, threads=settings.threads,
-                batch_size=settings.batch_size, min_face_px=min_face_px)
+    return load(
+        model_dir,
+        providers=settings.providers or None,
+        threads=settings.threads,
+        batch_size=settings.batch_size,
+        min_face_px=min_face_px,
+    )
 
 
 def _attempt() -> str:
@@ -115,8 +120,9 @@ def _attempt() -> str:
 def redis_client(url: str) -> redis.Redis:
     """Bounded connect/read timeouts (a hung Redis becomes TRANSIENT, not a stuck Job); a 1 MiB
     read buffer, because a class gallery arrives as one multi-megabyte reply."""
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60,
-                                socket_read_size=1 << 20)
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=60, socket_read_size=1 << 20
+    )
 
 
 def run(
@@ -159,15 +165,25 @@ def _identify(
         log.warning("annotate is on but no output dir is set: no annotated copies")
     progress = _progress(settings, client, len(photos))
     result = identify(
-        engine, photos, gallery,
-        roster=settings.roster, threshold=spec.threshold, top_k=settings.top_k,
-        max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+        engine,
+        photos,
+        gallery,
+        roster=settings.roster,
+        threshold=spec.threshold,
+        top_k=settings.top_k,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
         annotate_dir=settings.output_dir if settings.annotate else None,
         on_photo=progress.advance,
     )
     progress.finish()
-    key = write_results(client, settings.job_uid, _attempt(), result.documents,
-                        ttl_seconds=settings.result_ttl_seconds)
+    key = write_results(
+        client,
+        settings.job_uid,
+        _attempt(),
+        result.documents,
+        ttl_seconds=settings.result_ttl_seconds,
+    )
     summary: dict[str, Any] = result.documents["summary"]
     if result.photos_ok == 0:
         raise BadInput("no photo could be read: " + _first_reasons(summary))
@@ -192,16 +208,26 @@ def _enroll(
     total = sum(len(p) for p in student_photos(settings.input_dir).values())
     progress = _progress(settings, client, total)
     outcome = enroll(
-        engine, settings.input_dir,
-        metric=spec.meta.metric, model_id=spec.meta.model_id, min_face_px=settings.min_face_px,
-        max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-        small_faces=small_faces, on_photo=progress.advance,
+        engine,
+        settings.input_dir,
+        metric=spec.meta.metric,
+        model_id=spec.meta.model_id,
+        min_face_px=settings.min_face_px,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        small_faces=small_faces,
+        on_photo=progress.advance,
     )
     progress.finish()
     if outcome.students:
         GalleryStore(client).put(settings.gallery, spec.meta, outcome.students)
-    key = write_results(client, settings.job_uid, _attempt(), outcome.documents,
-                        ttl_seconds=settings.result_ttl_seconds)
+    key = write_results(
+        client,
+        settings.job_uid,
+        _attempt(),
+        outcome.documents,
+        ttl_seconds=settings.result_ttl_seconds,
+    )
     summary: dict[str, Any] = outcome.documents["summary"]
     if not outcome.students:
         raise BadInput("no student could be enrolled: " + _first_reasons(summary))
@@ -228,13 +254,21 @@ def main(argv: list[str] | None = None, *, engine_loader: EngineLoader = load_en
     except ValidationError as e:
         fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors())
         log.error("invalid job settings: %s", fields)
-        _write_termination(term_path, error_message(f"invalid settings: {fields}",
-                                                    reason="BadInput"))
+        _write_termination(
+            term_path, error_message(f"invalid settings: {fields}", reason="BadInput")
+        )
         return int(ExitCode.BAD_INPUT)
     term_path = settings.termination_log
-    log.info("job start", extra={"job": settings.job_name, "namespace": settings.job_namespace,
-                                 "mode": settings.mode, "class_code": settings.class_code,
-                                 "redis": redact_url(settings.redis_url)})
+    log.info(
+        "job start",
+        extra={
+            "job": settings.job_name,
+            "namespace": settings.job_namespace,
+            "mode": settings.mode,
+            "class_code": settings.class_code,
+            "redis": redact_url(settings.redis_url),
+        },
+    )
     try:
         summary, key = run(settings, engine_loader=engine_loader)
     except (BadInput, GalleryError) as e:
@@ -252,8 +286,13 @@ def main(argv: list[str] | None = None, *, engine_loader: EngineLoader = load_en
         _write_termination(term_path, error_message(f"{type(e).__name__}: {e}", reason="Error"))
         return 1
     _write_termination(term_path, summary_message(summary, result_key=key))
-    log.info("job done", extra={"result_key": key, **{k: v for k, v in summary.items()
-                                                      if isinstance(v, int | float | str)}})
+    log.info(
+        "job done",
+        extra={
+            "result_key": key,
+            **{k: v for k, v in summary.items() if isinstance(v, int | float | str)},
+        },
+    )
     return int(ExitCode.OK)
 
 

@@ -33,8 +33,16 @@ def draw(image_bgr: npt.NDArray[np.uint8], labels: Sequence[Label]) -> npt.NDArr
         (tw, th), base = cv2.getTextSize(lab.text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y1 - 4 if y1 - th - base - 4 >= 0 else y2 + th + 4
         cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty + base), colour, cv2.FILLED)
-        cv2.putText(out, lab.text, (x1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                    thick, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            lab.text,
+            (x1, ty),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
     return out
 
 
@@ -46,8 +54,9 @@ def output_path(out_dir: Path, photo_name: str) -> Path:
     return out_dir / "annotated" / rel.with_suffix(".jpg")
 
 
-def write(out_dir: Path, photo_name: str, image_bgr: npt.NDArray[np.uint8],
-          labels: Sequence[Label]) -> Path:
+def write(
+    out_dir: Path, photo_name: str, image_bgr: npt.NDArray[np.uint8], labels: Sequence[Label]
+) -> Path:
     path = output_path(out_dir, photo_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".jpg", draw(image_bgr, labels), [cv2.IMWRITE_JPEG_QUALITY, 88])

@@ -80,8 +80,9 @@ def enroll(
     for sid, photos in by_student.items():
         used: list[FloatArray] = []
         rejected: list[dict[str, str]] = []
-        for pf in detect_and_embed(engine, photos, max_bytes=max_bytes, max_pixels=max_pixels,
-                                   on_photo=on_photo):
+        for pf in detect_and_embed(
+            engine, photos, max_bytes=max_bytes, max_pixels=max_pixels, on_photo=on_photo
+        ):
             sizes = [min(b[2] - b[0], b[3] - b[1]) for b in pf.boxes]
             big = [i for i, s in enumerate(sizes) if s >= min_face_px]
             if pf.error is not None:
@@ -89,19 +90,27 @@ def enroll(
                 unreadable += 1
             elif len(big) == 1:
                 used.append(pf.embeddings[big[0]])
-                photo_docs.append({"photo": pf.photo.name, "student": sid, "used": True,
-                                   "box": [round(float(v), 1) for v in pf.boxes[big[0]]]})
+                photo_docs.append(
+                    {
+                        "photo": pf.photo.name,
+                        "student": sid,
+                        "used": True,
+                        "box": [round(float(v), 1) for v in pf.boxes[big[0]]],
+                    }
+                )
                 continue
             elif len(big) > 1:
                 reason = "several_faces"
-            elif sizes or (small_faces is not None and pf.image is not None
-                           and small_faces(pf.image) > 0):
+            elif sizes or (
+                small_faces is not None and pf.image is not None and small_faces(pf.image) > 0
+            ):
                 reason = "too_small"
             else:
                 reason = "no_face"
             rejected.append({"photo": pf.photo.name, "reason": reason})
-            photo_docs.append({"photo": pf.photo.name, "student": sid, "used": False,
-                               "reason": reason})
+            photo_docs.append(
+                {"photo": pf.photo.name, "student": sid, "used": False, "reason": reason}
+            )
         if used:
             students[sid] = average(np.stack(used), metric)
         report[sid] = {"photos": len(photos), "used": len(used), "rejected": rejected}
@@ -120,10 +129,20 @@ def enroll(
         "errors": unreadable,
         "seconds": round(time.monotonic() - started, 3),
         "not_enrolled": not_enrolled,
-        "failed": [{"photo": d["photo"], "reason": d["reason"]}
-                   for d in photo_docs if not d["used"]],
+        "failed": [
+            {"photo": d["photo"], "reason": d["reason"]} for d in photo_docs if not d["used"]
+        ],
     }
-    log.info("enrolled %d of %d students from %d photos (%d rejected)",
-             len(students), len(by_student), used_total, rejected_total)
-    return EnrollOutcome(students, {"summary": summary, "students": report, "photos": photo_docs},
-                         used_total, rejected_total)
+    log.info(
+        "enrolled %d of %d students from %d photos (%d rejected)",
+        len(students),
+        len(by_student),
+        used_total,
+        rejected_total,
+    )
+    return EnrollOutcome(
+        students,
+        {"summary": summary, "students": report, "photos": photo_docs},
+        used_total,
+        rejected_total,
+    )

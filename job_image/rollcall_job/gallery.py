@@ -138,17 +138,17 @@ class Gallery:
         return len(self.student_ids)
 
 
-
 PACK_MAGIC = b"RCG1"
 
 
 def pack(rows: Sequence[tuple[str, bytes]], dim: int, stamp: str) -> bytes:
     """``RCG1`` + u32 header length + JSON {stamp, dim, ids, counts} + the rows' raw bytes."""
     counts = [len(raw) // (4 * dim) for _, raw in rows]
-    header = json.dumps({"stamp": stamp, "dim": dim, "ids": [sid for sid, _ in rows],
-                         "counts": counts}, separators=(",", ":")).encode()
-    return b"".join([PACK_MAGIC, struct.pack("<I", len(header)), header,
-                     *(raw for _, raw in rows)])
+    header = json.dumps(
+        {"stamp": stamp, "dim": dim, "ids": [sid for sid, _ in rows], "counts": counts},
+        separators=(",", ":"),
+    ).encode()
+    return b"".join([PACK_MAGIC, struct.pack("<I", len(header)), header, *(raw for _, raw in rows)])
 
 
 def unpack(blob: bytes, meta: GalleryMeta, stamp: str | None, n_fields: int) -> Gallery | None:
@@ -185,13 +185,21 @@ def restrict(gallery: Gallery, roster: Sequence[str]) -> Gallery:
     ends = np.append(gallery.offsets[1:], len(gallery.embeddings))
     starts, stops = gallery.offsets[keep], ends[keep]
     counts = stops - starts
-    rows = (np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-            if keep else np.zeros(0, np.intp))
+    rows = (
+        np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        if keep
+        else np.zeros(0, np.intp)
+    )
     offsets = np.zeros(len(keep), dtype=np.intp)
     if keep:
         offsets[1:] = np.cumsum(counts[:-1])
-    return Gallery(gallery.meta, tuple(gallery.student_ids[i] for i in keep),
-                   gallery.embeddings[rows], offsets, tuple(s for s in ids if s not in where))
+    return Gallery(
+        gallery.meta,
+        tuple(gallery.student_ids[i] for i in keep),
+        gallery.embeddings[rows],
+        offsets,
+        tuple(s for s in ids if s not in where),
+    )
 
 
 Redis = redis.Redis
@@ -208,7 +216,10 @@ class GalleryStore:
     ) -> Gallery:
         """Meta, packed copy and HLEN in one pipelined round trip (a second, HMGET of the roster,
         only if the packed copy is stale); the result holds the roster's students, or everyone."""
-        mkey, gkey = keys.gallery_meta(name, expected.model_id), keys.gallery(name, expected.model_id)
+        mkey, gkey = (
+            keys.gallery_meta(name, expected.model_id),
+            keys.gallery(name, expected.model_id),
+        )
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(mkey)
         pipe.get(keys.gallery_packed(name, expected.model_id))
@@ -270,5 +281,8 @@ class GalleryStore:
         self.client.transaction(txn, mkey, gkey)
 
     def delete(self, name: str, model_id: str) -> None:
-        self.client.delete(keys.gallery(name, model_id), keys.gallery_meta(name, model_id),
-                           keys.gallery_packed(name, model_id))
+        self.client.delete(
+            keys.gallery(name, model_id),
+            keys.gallery_meta(name, model_id),
+            keys.gallery_packed(name, model_id),
+        )

@@ -248,16 +248,22 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    ap = argparse.ArgumentParser(prog="python -m rollcall_job.legacy", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m rollcall_job.legacy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--from-url", required=True, help="Redis holding the legacy layout")
     ap.add_argument("--to-url", help="Redis to write the gallery to (default: --from-url)")
     ap.add_argument("--prefix", default="attendance")
     ap.add_argument("--class-code", required=True)
     ap.add_argument("--period", required=True)
     ap.add_argument("--gallery", required=True, help="gallery name to write")
-    ap.add_argument("--model-id", default="dlib-resnet-v1",
-                    help="embedder card id the legacy features came from")
+    ap.add_argument(
+        "--model-id",
+        default="dlib-resnet-v1",
+        help="embedder card id the legacy features came from",
+    )
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
     args = ap.parse_args(argv)

@@ -99,9 +99,9 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> npt.NDArray[
     return np.ascontiguousarray(img, dtype=np.uint8)
 
 
-def read(photo: Photo, *, max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> (
-    npt.NDArray[np.uint8]
-):
+def read(
+    photo: Photo, *, max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> npt.NDArray[np.uint8]:
     """Read one photo under the byte and pixel caps, or raise PhotoError."""
     try:
         size = photo.path.stat().st_size

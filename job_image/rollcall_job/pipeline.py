@@ -47,8 +47,9 @@ def embedder_spec(card: Card, threshold: float | None = None) -> EmbedderSpec:
     chosen = threshold if threshold is not None else card.threshold
     if chosen is None:
         raise BadInput(f"embedder card {card.id!r} has no threshold and none was given")
-    return EmbedderSpec(GalleryMeta(card.id, card.embedding_dim, cast(Metric, card.metric)),
-                        float(chosen))
+    return EmbedderSpec(
+        GalleryMeta(card.id, card.embedding_dim, cast(Metric, card.metric)), float(chosen)
+    )
 
 
 @dataclass(frozen=True)
@@ -130,37 +131,53 @@ def identify(
     photo_docs: list[dict[str, Any]] = []
     per_photo: list[tuple[str, list[Match]]] = []
     out = IdentifyOutcome(documents={})
-    for pf in detect_and_embed(engine, photos, max_bytes=max_bytes, max_pixels=max_pixels,
-                               on_photo=on_photo):
+    for pf in detect_and_embed(
+        engine, photos, max_bytes=max_bytes, max_pixels=max_pixels, on_photo=on_photo
+    ):
         if pf.error is not None:
             out.photos_failed += 1
             out.errors.append((pf.photo.name, pf.error.reason))
-            photo_docs.append({"photo": pf.photo.name, "error": pf.error.reason,
-                               "detail": pf.error.detail})
+            photo_docs.append(
+                {"photo": pf.photo.name, "error": pf.error.reason, "detail": pf.error.detail}
+            )
             continue
-        matches = match_faces(pf.embeddings, gallery.embeddings, gallery.offsets,
-                              gallery.student_ids, metric=metric, threshold=threshold, k=top_k)
+        matches = match_faces(
+            pf.embeddings,
+            gallery.embeddings,
+            gallery.offsets,
+            gallery.student_ids,
+            metric=metric,
+            threshold=threshold,
+            k=top_k,
+        )
         out.photos_ok += 1
         out.faces += len(matches)
         per_photo.append((pf.photo.name, matches))
-        photo_docs.append({
-            "photo": pf.photo.name,
-            "faces": [
-                {
-                    "box": _round_box(box),
-                    "detection": round(ds, 4),
-                    "student": m.student_id,
-                    "score": None if m.score is None else round(m.score, 4),
-                    "candidates": [{"student": c.student_id, "score": round(c.score, 4)}
-                                   for c in m.candidates],
-                }
-                for box, ds, m in zip(pf.boxes, pf.det_scores, matches, strict=True)
-            ],
-        })
+        photo_docs.append(
+            {
+                "photo": pf.photo.name,
+                "faces": [
+                    {
+                        "box": _round_box(box),
+                        "detection": round(ds, 4),
+                        "student": m.student_id,
+                        "score": None if m.score is None else round(m.score, 4),
+                        "candidates": [
+                            {"student": c.student_id, "score": round(c.score, 4)}
+                            for c in m.candidates
+                        ],
+                    }
+                    for box, ds, m in zip(pf.boxes, pf.det_scores, matches, strict=True)
+                ],
+            }
+        )
         if annotate_dir is not None and pf.image is not None:
             labels = [
-                annotate.Label(box, m.student_id if m.score is None
-                               else f"{m.student_id} {m.score:.2f}", m.score is not None)
+                annotate.Label(
+                    box,
+                    m.student_id if m.score is None else f"{m.student_id} {m.score:.2f}",
+                    m.score is not None,
+                )
                 for box, m in zip(pf.boxes, matches, strict=True)
             ]
             annotate.write(annotate_dir, pf.photo.name, pf.image, labels)
@@ -169,8 +186,10 @@ def identify(
     not_enrolled = [s for s in roster_ids if s not in enrolled]
     absent = [s for s in att.absent if s in enrolled]
     attendance_doc = {
-        "present": [{"student": s, "photo": v.photo, "face": v.face, "score": round(v.score, 4)}
-                    for s, v in att.present.items()],
+        "present": [
+            {"student": s, "photo": v.photo, "face": v.face, "score": round(v.score, 4)}
+            for s, v in att.present.items()
+        ],
         "absent": absent,
         "unknown": [{"photo": p, "face": i} for p, i in att.unknown],
         "not_enrolled": not_enrolled,
@@ -194,6 +213,12 @@ def identify(
         "failed": [{"photo": n, "reason": r} for n, r in out.errors],
     }
     out.documents = {"summary": summary, "attendance": attendance_doc, "photos": photo_docs}
-    log.info("identified %d faces in %d photos: %d present, %d absent, %d unknown",
-             out.faces, out.photos_ok, len(att.present), len(absent), len(att.unknown))
+    log.info(
+        "identified %d faces in %d photos: %d present, %d absent, %d unknown",
+        out.faces,
+        out.photos_ok,
+        len(att.present),
+        len(absent),
+        len(att.unknown),
+    )
     return out

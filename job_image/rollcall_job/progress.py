@@ -82,7 +82,8 @@ def log_sink(logger: logging.Logger = log) -> Sink:
 
     def write(done: int, total: int) -> None:
         pct = 100 * done // total if total else 100
-        logger.info("progress %d/%d photos (%d%%)", done, total, pct,
-                    extra={"done": done, "total": total})
+        logger.info(
+            "progress %d/%d photos (%d%%)", done, total, pct, extra={"done": done, "total": total}
+        )
 
     return write

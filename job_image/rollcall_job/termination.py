@@ -47,9 +47,7 @@ def summary_message(
     return _dump(doc) if _fits(doc, limit) else _dump({"summary": {"truncated": True}})
 
 
-def error_message(
-    error: str, *, reason: str, limit: int = TERMINATION_MESSAGE_LIMIT
-) -> str:
+def error_message(error: str, *, reason: str, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
     """``{"error": ..., "reason": ...}``, the error text clipped to fit."""
     doc = {"error": error, "reason": reason}
     while not _fits(doc, limit):
