@@ -89,6 +89,15 @@ CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], bool, tuple[Any, ..
     ),
     ("running", job(active=1), [pod("p1", "Running")], False, (Phase.RUNNING, None, 1)),
     (
+        # The pod has exited 0 but the Job controller has not counted it yet: still running,
+        # never back to Pending (clients watching the phase saw Running -> Pending -> Succeeded).
+        "pod done, Job not yet Complete",
+        job(uncountedTerminatedPods={"succeeded": ["uid-1"]}),
+        [pod("p1", "Succeeded", exit_code=0, message=OK_MSG)],
+        False,
+        (Phase.RUNNING, None, 0),
+    ),
+    (
         "running per ready count, no pods read",
         job(active=1, ready=1),
         [],

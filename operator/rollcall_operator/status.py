@@ -181,7 +181,12 @@ def observe_job(
         if (p.get("status") or {}).get("phase") == "Running"
         and not p["metadata"].get("deletionTimestamp")
     ]  # fmt: skip
-    if running or (not pods and int(status.get("ready", 0) or 0) > 0):
+    # A pod that exited 0 before the Job controller marks the Job Complete is still this run's
+    # tail, not a return to Pending.
+    finishing = any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods) or bool(
+        (status.get("uncountedTerminatedPods") or {}).get("succeeded")
+    )
+    if running or finishing or (not pods and int(status.get("ready", 0) or 0) > 0):
         return Observed(Phase.RUNNING, None, None, attempts, start, None, None, False)
     if int(status.get("failed", 0)) > 0 and not int(status.get("active", 0)):
         return Observed(
