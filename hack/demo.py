@@ -124,7 +124,19 @@ def main() -> None:
 
         say("Take attendance from today's photos, following live progress")
         spec = args.workdir / "period-1.yaml"
-        spec.write_text(yaml.safe_dump({"output": {"annotate": True}}))
+        reviews = stack.claim(NAMESPACE, "reviews", read_only=False)
+        # Annotated copies go to a writable claim, so they outlive the pod as in a real cluster.
+        spec.write_text(
+            yaml.safe_dump(
+                {
+                    "output": {
+                        "annotate": True,
+                        "claimName": "reviews",
+                        "subPath": "2026-11-27/period-1",
+                    }
+                }
+            )
+        )
         rollcall(
             stack,
             "submit",
@@ -146,7 +158,7 @@ def main() -> None:
         env = {**os.environ, "KUBECONFIG": str(stack.cp.kubeconfig)}
         subprocess.run([str(kubectl), "get", "rj,jobs", "-n", NAMESPACE], env=env, check=False)
 
-        annotated = sorted((args.workdir / "node" / "pods").glob("*/volumes/output/**/*.jpg"))
+        annotated = sorted(reviews.glob("**/*.jpg"))
         say("Annotated photos (boxes, student ids, scores) for a person to check")
         for path in annotated:
             print(f"  {path}")

@@ -49,10 +49,10 @@ class Stack:
     api_keys: dict[str, str]  # school -> key
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def claim(self, namespace: str, name: str) -> Path:
-        """A bound PVC in ``namespace`` backed by a local folder (returned) the job pods read."""
+    def claim(self, namespace: str, name: str, *, read_only: bool = True) -> Path:
+        """A bound PVC in ``namespace`` backed by a local folder (returned) the job pods mount."""
         folder = self.workdir / "claims" / namespace / name
-        local_volume(client.CoreV1Api(self.api), namespace, name, folder, read_only=True)
+        local_volume(client.CoreV1Api(self.api), namespace, name, folder, read_only=read_only)
         return folder
 
     def cli_env(self, school: str) -> dict[str, str]:

@@ -75,6 +75,16 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("too many GPUs", {"resources": {"gpus": 64}}, "gpus"),
     ("deadline too short", {"runPolicy": {"activeDeadlineSeconds": 1}}, "activeDeadlineSeconds"),
     ("callback without secret", {"callback": {"url": "https://x.example/hook"}}, "secretRef"),
+    (
+        "output claim without annotate",
+        {"output": {"claimName": "reviews"}},
+        "set output.annotate: true",
+    ),
+    (
+        "output escapes its volume",
+        {"output": {"annotate": True, "claimName": "reviews", "subPath": "../x"}},
+        "output.subPath must stay inside the volume",
+    ),
 ]
 
 

@@ -230,6 +230,18 @@ CASES: list[tuple[str, dict[str, Any], OperatorSettings, Any]] = [
         lambda j: (
             {"name": "output", "mountPath": OUTPUT_MOUNT} in container(j)["volumeMounts"]
             and env(j)["ROLLCALL_OUTPUT_DIR"] == OUTPUT_MOUNT
+            and {"name": "output", "emptyDir": {"sizeLimit": "4Gi"}} in pod(j)["volumes"]
+        ),
+    ),
+    (
+        "annotated photos kept on an output claim",
+        {"output": {"annotate": True, "claimName": "reviews", "subPath": "7b/p1"}},
+        S,
+        lambda j: (
+            {"name": "output", "mountPath": OUTPUT_MOUNT, "subPath": "7b/p1"}
+            in container(j)["volumeMounts"]
+            and {"name": "output", "persistentVolumeClaim": {"claimName": "reviews"}}
+            in pod(j)["volumes"]
         ),
     ),
     (

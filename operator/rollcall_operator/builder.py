@@ -148,7 +148,10 @@ def _container(
         input_mount["subPath"] = spec.images.sub_path
     mounts = [input_mount, {"name": "tmp", "mountPath": "/tmp"}]
     if spec.output.annotate:
-        mounts.append({"name": "output", "mountPath": OUTPUT_MOUNT})
+        output_mount: dict[str, Any] = {"name": "output", "mountPath": OUTPUT_MOUNT}
+        if spec.output.claim_name and spec.output.sub_path:
+            output_mount["subPath"] = spec.output.sub_path
+        mounts.append(output_mount)
     _, security = _security_contexts(settings)
     container: dict[str, Any] = {
         "name": settings.container_name,
@@ -195,7 +198,11 @@ def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, An
         },
         {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
     ]
-    if spec.output.annotate:
+    if spec.output.annotate and spec.output.claim_name:
+        volumes.append(
+            {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.claim_name}}
+        )
+    elif spec.output.annotate:
         volumes.append({"name": "output", "emptyDir": {"sizeLimit": settings.output_size_limit}})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",

@@ -152,12 +152,48 @@ class Callback(_Model):
 class Output(_Model):
     """What the job writes besides its summary."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.subPath) || !self.subPath.split('/').exists(s, s == '..')",
+                    "message": "output.subPath must stay inside the volume: '..' is not allowed",
+                    "fieldPath": ".subPath",
+                },
+                {
+                    "rule": "!has(self.claimName) || (has(self.annotate) && self.annotate)",
+                    "message": "output.claimName holds annotated photos: set output.annotate: true",
+                    "fieldPath": ".claimName",
+                },
+            ]
+        }
+    )
+
     ttl_seconds: int = Field(
         default=604800, ge=60, le=7776000, description="How long results stay in Redis."
     )
     annotate: bool = Field(
         default=False, description="Write annotated copies of each photo (boxes, ids, scores)."
     )
+    claim_name: DnsSubdomain | None = Field(
+        default=None,
+        description="PersistentVolumeClaim (writable) that keeps the annotated photos; without it "
+        "they live in the pod's scratch space and go with the pod.",
+    )
+    sub_path: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=SUB_PATH,
+        description="Folder inside output.claimName; relative, without '..'.",
+    )
+
+    @model_validator(mode="after")
+    def _output_rules(self) -> Output:
+        if self.sub_path and ".." in self.sub_path.split("/"):
+            raise ValueError("output.subPath must not contain '..' segments")
+        if self.claim_name is not None and not self.annotate:
+            raise ValueError("output.claimName holds annotated photos: set output.annotate: true")
+        return self
 
 
 # Spec fields a running RJ may change; everything else is fixed once the Job is built from it.
