@@ -91,11 +91,18 @@ class ProcessRunner:
     """
 
     def __init__(
-        self, api: client.ApiClient, root: Path, extra_path: list[str] | None = None
+        self,
+        api: client.ApiClient,
+        root: Path,
+        extra_path: list[str] | None = None,
+        image_paths: dict[str, Path] | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.root = root
         self.extra_path = extra_path or []
+        # What the image would hold at a path (e.g. the models baked in at /opt/rollcall/models),
+        # served from this machine; pod volumes mounted at the same path take precedence.
+        self.image_paths = dict(image_paths or {})
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
         return self.root / "volumes" / namespace / claim
@@ -126,7 +133,7 @@ class ProcessRunner:
                 # Pod validation requires secretName on a secret volume.
                 assert vol.secret.secret_name is not None
                 volumes[vol.name] = self._materialise_secret(pod, vol.secret.secret_name, pod_dir)
-        mounts: dict[str, Path] = {}
+        mounts: dict[str, Path] = dict(self.image_paths)
         for vm in spec.containers[0].volume_mounts or []:
             if vm.name not in volumes:
                 continue

@@ -36,6 +36,7 @@ from redisrig import RedisServer, free_port, redis_server
 REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO / "charts" / "rollcall" / "crds"
 BIN = Path(sys.executable).parent
+IMAGE_MODEL_DIR = "/opt/rollcall/models"  # where the Dockerfile's job image keeps its models
 
 
 @dataclass
@@ -137,9 +138,13 @@ def running_stack(
         for namespaces in schools.values():
             for ns in namespaces:
                 school_namespace(api, ns, redis.url)
-        agent = NodeAgent(
-            api, "gpu-node-0", ProcessRunner(api, workdir / "node", extra_path=[str(BIN)])
-        ).start()
+        # The job image carries its models at IMAGE_MODEL_DIR; here the node agent serves that
+        # path from the local model build, and the Job is told the image's path, not a host one.
+        image_paths = {IMAGE_MODEL_DIR: model_dir} if model_dir is not None else {}
+        runner = ProcessRunner(
+            api, workdir / "node", extra_path=[str(BIN)], image_paths=image_paths
+        )
+        agent = NodeAgent(api, "gpu-node-0", runner).start()
 
         keys = {school: f"rk_{secrets.token_urlsafe(32)}" for school in schools}
         sys.path.insert(0, str(REPO / "api"))
@@ -159,7 +164,7 @@ def running_stack(
         op_health = free_port()
         job_env: dict[str, str] = {}
         if model_dir is not None:
-            job_env["MODEL_DIR"] = str(model_dir)
+            job_env["MODEL_DIR"] = IMAGE_MODEL_DIR
         _spawn(
             procs,
             workdir,
