@@ -438,6 +438,29 @@ def test_operator_killed_mid_flight_makes_no_duplicates_and_leaves_no_rj_behind(
     assert all(len(k.pods(n)) == 1 for n in names)
 
 
+def test_restart_adopts_a_finished_job_whose_rj_status_was_never_written(
+    k: K, start_operator: Callable[..., Operator], script: Script, photos: str
+) -> None:
+    """A run that died between creating a Job and folding it leaves the RJ with no status.
+
+    The restarted operator must adopt that Job (here finished while it was down), not queue the
+    RJ as new behind a full cap, where it would sit Queued forever.
+    """
+    busy = k.create(rj_body("busy", "hold"))
+    orphan = k.create(rj_body("orphan", "ok"))
+    assert "status" not in orphan and "status" not in busy
+    for rj in (busy, orphan):  # the Jobs as the dead operator built them; no status written
+        k.batch.create_namespaced_job(k.ns, build_job(rj, OperatorSettings()))
+    wait_for(lambda: len(k.pods("orphan")) == 1 and k.pods("orphan")[0].status.phase == "Succeeded",
+             "the orphan's pod to finish while no operator runs")  # fmt: skip
+    start_operator(max_running=1)
+    done = k.phase_is("orphan", "Succeeded", timeout=60)
+    assert done["summary"]["present"] == SUMMARY["present"]
+    script.release("busy")
+    k.phase_is("busy", "Succeeded")
+    assert sorted(j.metadata.name for j in k.jobs()) == ["busy", "orphan"]
+
+
 def test_progress_is_copied_from_redis_while_running(
     k: K, start_operator: Callable[..., Operator], script: Script, photos: str, redis_client: Any
 ) -> None:

@@ -95,6 +95,9 @@ class Runtime:
         self.webhooks: dict[str, asyncio.Task[None]] = {}
         self.http: aiohttp.ClientSession | None = None
         self.seeded = asyncio.Event()
+        # RJ uids that had a Job when this process started: their status may still be empty (the
+        # previous run died between creating the Job and folding it), so they are never "new".
+        self.had_job_at_start: set[str] = set()
         self.suspend_seen: dict[str, bool] = {}
 
     @classmethod
@@ -129,6 +132,7 @@ class Runtime:
             for job in await self.kube.list_jobs(scope, MANAGED_LABEL_SELECTOR):
                 if (ref := _controller(job)) is not None:
                     jobs[ref["uid"]] = job
+        self.had_job_at_start = set(jobs)
         for scope in self._scopes():
             for rj in await self.kube.list_rjs(scope):
                 uid = rj["metadata"]["uid"]
@@ -295,8 +299,11 @@ class Runtime:
                 raise
         existing = await self.kube.read_job(entry.namespace, name)
         ref = _controller(existing) if existing else None
-        if ref is not None and ref.get("uid") == entry.uid:
-            return True  # made by an earlier run of this operator: adopt it
+        if existing is not None and ref is not None and ref.get("uid") == entry.uid:
+            # Made by an earlier run of this operator: adopt it, and fold it now, since a Job that
+            # already finished sends no further events to fold.
+            self.fold(existing)
+            return True
         log.info(
             "Job %s/%s belongs to another RJ (being deleted?); retrying", entry.namespace, name
         )
@@ -309,7 +316,7 @@ class Runtime:
         uid = meta["uid"]
         if uid in self.queue.running or uid in self.queue.waiting or uid in self.starting:
             return
-        if not rj.get("status"):
+        if not rj.get("status") and uid not in self.had_job_at_start:
             self.submit(rj)  # brand new: no Job can be ours yet (a namesake's is caught at create)
             return
         job = await self.kube.read_job(meta["namespace"], job_name(meta["name"]))
