@@ -376,22 +376,25 @@ def control_plane(
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         _wait_http(f"{server}/readyz", procs, token=admin_token, ctx=ctx, timeout=120)
 
+        def shared_flags() -> list[str]:
+            """What controller-manager and scheduler share: admin kubeconfig, own loopback port."""
+            return [
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--leader-elect=false",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+            ]
+
         if controller_manager:
             _start(
                 "kube-controller-manager",
                 [
                     str(bin_dir / "kube-controller-manager"),
-                    "--kubeconfig",
-                    str(kubeconfig),
-                    "--authentication-kubeconfig",
-                    str(kubeconfig),
-                    "--authorization-kubeconfig",
-                    str(kubeconfig),
-                    "--bind-address",
-                    "127.0.0.1",
-                    "--secure-port",
-                    str(free_port()),
-                    "--leader-elect=false",
+                    *shared_flags(),
                     "--service-account-private-key-file",
                     str(pki / "sa.key"),
                     "--root-ca-file",
@@ -402,10 +405,6 @@ def control_plane(
                     # lifecycle controller runs as in a real cluster: it lifts the not-ready taint.
                     "--node-monitor-period",
                     "2s",
-                    "--kube-api-qps",
-                    "200",
-                    "--kube-api-burst",
-                    "400",
                     "--concurrent-job-syncs",
                     "20",
                 ],
@@ -415,24 +414,7 @@ def control_plane(
         if scheduler:
             _start(
                 "kube-scheduler",
-                [
-                    str(bin_dir / "kube-scheduler"),
-                    "--kubeconfig",
-                    str(kubeconfig),
-                    "--authentication-kubeconfig",
-                    str(kubeconfig),
-                    "--authorization-kubeconfig",
-                    str(kubeconfig),
-                    "--bind-address",
-                    "127.0.0.1",
-                    "--secure-port",
-                    str(free_port()),
-                    "--leader-elect=false",
-                    "--kube-api-qps",
-                    "200",
-                    "--kube-api-burst",
-                    "400",
-                ],
+                [str(bin_dir / "kube-scheduler"), *shared_flags()],
                 workdir,
                 procs,
             )

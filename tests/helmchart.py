@@ -54,6 +54,29 @@ def values_args(tmp: Path, values: Mapping[str, Any] | None) -> list[str]:
     return ["--values", str(path)]
 
 
+def helm_install(
+    tools_bin: Path,
+    name: str,
+    namespace: str,
+    tmp: Path,
+    values: Mapping[str, Any] | None,
+    kubeconfig: Path,
+    verb: str = "install",
+) -> subprocess.CompletedProcess[str]:
+    """``helm install`` (or ``upgrade``) of the chart; CRDs come from the ``crds`` fixture."""
+    return helm(
+        tools_bin,
+        verb,
+        name,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--skip-crds",
+        *values_args(tmp, values),
+        kubeconfig=kubeconfig,
+    )
+
+
 def render(
     tools_bin: Path,
     tmp: Path,

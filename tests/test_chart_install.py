@@ -29,7 +29,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from helmchart import CHART, env_of, helm, values_args
+from helmchart import CHART, env_of, helm, helm_install, values_args
 from localk8s import ControlPlane, wait_for
 from redisrig import free_port
 from rollcall_api.auth import hash_key
@@ -126,17 +126,7 @@ def release(
     outsider = make_namespace(core, "rc-outsider")
     name = f"rc{uuid.uuid4().hex[:6]}"
     tmp = tmp_path_factory.mktemp("install")
-    helm(
-        tools_bin,
-        "install",
-        name,
-        str(CHART),
-        "--namespace",
-        home,
-        "--skip-crds",
-        *values_args(tmp, install_values(list(schools))),
-        kubeconfig=kubeconfig,
-    )
+    helm_install(tools_bin, name, home, tmp, install_values(list(schools)), kubeconfig)
     rel = Release(name, home, schools, outsider, f"{name}-rollcall", kubeconfig, tools_bin)
     # The RBAC authorizer works from an informer cache: wait until it sees the new bindings.
     wait_for(lambda: rel.can_i(rel.api_sa, "create", RJ, schools[1]), "RBAC cache")
@@ -387,17 +377,7 @@ def test_a_weakened_security_context_is_rejected_by_pod_security(
         api={"enabled": False},
         redis={"enabled": False, "external": {"url": "redis://r:6379/0"}},
     )
-    helm(
-        tools_bin,
-        "install",
-        name,
-        str(CHART),
-        "-n",
-        namespace,
-        "--skip-crds",
-        *values_args(tmp_path, values),
-        kubeconfig=kubeconfig,
-    )
+    helm_install(tools_bin, name, namespace, tmp_path, values, kubeconfig)
     try:
         apps = kube.AppsV1Api(k8s_api)
 
@@ -429,17 +409,7 @@ def test_scaled_cluster_wide_operator_gets_a_cluster_peering(
         api={"enabled": False},
         redis={"enabled": False, "external": {"url": "redis://r:6379/0"}},
     )
-    helm(
-        tools_bin,
-        "install",
-        name,
-        str(CHART),
-        "-n",
-        namespace,
-        "--skip-crds",
-        *values_args(tmp_path, values),
-        kubeconfig=kubeconfig,
-    )
+    helm_install(tools_bin, name, namespace, tmp_path, values, kubeconfig)
     try:
         full = f"{name}-rollcall"
         custom = kube.CustomObjectsApi(k8s_api)
@@ -637,17 +607,7 @@ def test_scaled_operator_keeps_its_heartbeat_in_the_charts_kopf_peering(
         api={"enabled": False},
         redis={"enabled": False, "external": {"url": redis_url}},
     )
-    helm(
-        tools_bin,
-        "install",
-        name,
-        str(CHART),
-        "-n",
-        namespace,
-        "--skip-crds",
-        *values_args(tmp_path, values),
-        kubeconfig=kubeconfig,
-    )
+    helm_install(tools_bin, name, namespace, tmp_path, values, kubeconfig)
     full = f"{name}-rollcall"
     rel = Release(name, namespace, (namespace, namespace), "default", full, kubeconfig, tools_bin)
     custom = kube.CustomObjectsApi(k8s_api)
@@ -716,16 +676,14 @@ def test_upgrade_keeps_generated_secrets_and_does_not_roll_pods(
         return redis.data["password"], url.data["url"], hook.data["secret"], templates
 
     before = state()
-    helm(
+    helm_install(
         release.tools_bin,
-        "upgrade",
         release.name,
-        str(CHART),
-        "--namespace",
         release.namespace,
-        "--skip-crds",
-        *values_args(tmp_path, install_values(list(release.schools))),
-        kubeconfig=release.kubeconfig,
+        tmp_path,
+        install_values(list(release.schools)),
+        release.kubeconfig,
+        verb="upgrade",
     )
     assert state() == before
 

@@ -112,6 +112,22 @@ def enrolled(stack: Stack) -> dict[str, Any]:
 ROSTER = [*GROUP, "s-obama", "s-biden", "s-never-enrolled"]
 
 
+def _identify(
+    http: httpx.Client, sub_path: str, class_code: str = CLASS, roster: list[str] = ROSTER
+) -> str:
+    """POST an attendance job over the class photos in ``sub_path``; returns its id."""
+    resp = http.post(
+        "/v1/recognition-jobs",
+        json={
+            "classCode": class_code,
+            "images": {"claimName": "class-photos", "subPath": sub_path},
+            "roster": roster,
+        },
+    )
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
 def _check_attendance(results: dict[str, Any]) -> None:
     attendance = results["attendance"]
     present = {p["student"]: p for p in attendance["present"]}
@@ -130,16 +146,7 @@ def test_enroll_then_take_attendance_through_the_api(
 ) -> None:
     assert enrolled["summary"]["enrolled"] == len(GROUP) + 2
     with _http(stack) as http:
-        resp = http.post(
-            "/v1/recognition-jobs",
-            json={
-                "classCode": CLASS,
-                "images": {"claimName": "class-photos", "subPath": "period-1"},
-                "roster": ROSTER,
-            },
-        )
-        assert resp.status_code == 202, resp.text
-        job = _wait_phase(http, resp.json()["id"], {"Succeeded", "Failed"})
+        job = _wait_phase(http, _identify(http, "period-1"), {"Succeeded", "Failed"})
         assert job["phase"] == "Succeeded", job
         assert job["progress"] == {"done": 4, "total": 4}
         assert job["summary"]["present"] == 7
@@ -197,16 +204,8 @@ def test_kubectl_apply_runs_the_same_job_and_the_api_reads_it(
 
 def test_a_gallery_never_enrolled_fails_as_bad_input_without_retry(stack: Stack) -> None:
     with _http(stack) as http:
-        resp = http.post(
-            "/v1/recognition-jobs",
-            json={
-                "classCode": "grade9-nobody",
-                "images": {"claimName": "class-photos", "subPath": "period-1"},
-                "roster": ["s-01"],
-            },
-        )
-        assert resp.status_code == 202, resp.text
-        job = _wait_phase(http, resp.json()["id"], {"Succeeded", "Failed"})
+        job_id = _identify(http, "period-1", class_code="grade9-nobody", roster=["s-01"])
+        job = _wait_phase(http, job_id, {"Succeeded", "Failed"})
     assert job["phase"] == "Failed"
     rj = cast(  # a custom object is untyped JSON
         dict[str, Any],
@@ -228,16 +227,7 @@ def test_cancel_stops_a_running_job_and_deletes_its_job_and_pods(
     for i in range(150):  # long enough to be caught running on 2 cores
         shutil.copy(photo("t1.jpg"), big / f"group-{i:03d}.jpg")
     with _http(stack) as http:
-        resp = http.post(
-            "/v1/recognition-jobs",
-            json={
-                "classCode": CLASS,
-                "images": {"claimName": "class-photos", "subPath": "whole-term"},
-                "roster": ROSTER,
-            },
-        )
-        assert resp.status_code == 202, resp.text
-        job_id = resp.json()["id"]
+        job_id = _identify(http, "whole-term")
 
         def running_pods() -> list[client.V1Pod]:
             pods = core.list_namespaced_pod(

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from localk8s import wait_for
+from localk8s import local_volume, wait_for
 from nodeagent import NodeAgent, Outcome
 from redisrig import free_port
 from rollcall_operator.builder import build_job, job_name
@@ -154,29 +154,7 @@ def script(node_agent: NodeAgent, namespace: str) -> Script:
 @pytest.fixture
 def photos(k8s_api: client.ApiClient, namespace: str, tmp_path: Path) -> str:
     """A bound PVC named ``photos`` (hostPath PV), so pods schedule like they would on a cluster."""
-    core: Any = client.CoreV1Api(k8s_api)
-    pv = f"photos-{namespace}"
-    core.create_persistent_volume({
-        "metadata": {"name": pv},
-        "spec": {
-            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "manual", "persistentVolumeReclaimPolicy": "Retain",
-            "hostPath": {"path": str(tmp_path)},
-            "claimRef": {"namespace": namespace, "name": "photos"},
-        },
-    })  # fmt: skip
-    core.create_namespaced_persistent_volume_claim(namespace, {
-        "metadata": {"name": "photos"},
-        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "manual", "volumeName": pv,
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    })  # fmt: skip
-    wait_for(
-        lambda: (
-            core.read_namespaced_persistent_volume_claim("photos", namespace).status.phase
-            == "Bound"
-        ),
-        "photos PVC bound",
-    )
+    local_volume(client.CoreV1Api(k8s_api), namespace, "photos", tmp_path, read_only=True)
     return "photos"
 
 
