@@ -22,7 +22,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
 from redisrig import redis_server
-from rollcall_job import keys
+from rollcall_contract import keys
 from rollcall_job.gallery import GalleryMeta, GalleryStore
 from rollcall_job.legacy import LegacyLayout, read_legacy
 

@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO / "hack"))
 
 from localk8s import control_plane, wait_for  # noqa: E402
 from redisrig import free_port  # noqa: E402
+from rollcall_contract.model import GROUP, PLURAL, VERSION  # noqa: E402
 from rollcall_operator.builder import build_job  # noqa: E402
-from rollcall_operator.model import GROUP, PLURAL, VERSION  # noqa: E402
 from rollcall_operator.settings import OperatorSettings  # noqa: E402
 
 

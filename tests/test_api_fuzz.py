@@ -25,7 +25,7 @@ from schemathesis.core.result import Ok
 from rollcall_api.app import create_app
 from rollcall_api.settings import Settings
 from rollcall_api.testing import serve_in_thread, write_key_file
-from rollcall_operator.model import GROUP, PLURAL, VERSION
+from rollcall_contract.model import GROUP, PLURAL, VERSION
 
 EXAMPLES = 30  # per operation and mode: a few hundred requests, well under a minute
 

@@ -26,9 +26,9 @@ from rollcall_api.schemas import JobRequest
 from rollcall_api.service import fingerprint
 from rollcall_api.settings import Settings
 from rollcall_api.testing import serve_in_thread, write_key_file
-from rollcall_job import keys
+from rollcall_contract import keys
+from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_job.results import write_results
-from rollcall_operator.model import GROUP, PLURAL, VERSION
 
 BODY: dict[str, Any] = {
     "classCode": "7B-maths",
@@ -151,7 +151,7 @@ async def test_post_records_the_job_in_the_callers_namespace(
     assert spec["matching"] == {"threshold": 0.55, "topK": 2}
     assert spec["resources"] == BODY["resources"]
     labels = rj["metadata"]["labels"]
-    assert labels["rollcall.io/class-code"] == "7B-maths"
+    assert labels["rollcall.io/class"] == "7B-maths"
     assert labels["app.kubernetes.io/managed-by"] == "rollcall-api"
     assert rj["metadata"]["annotations"]["rollcall.io/school"] == "north"
     assert rj["metadata"]["annotations"]["rollcall.io/request-id"] == resp.headers["x-request-id"]

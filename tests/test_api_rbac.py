@@ -20,7 +20,7 @@ from localk8s import ControlPlane
 from rollcall_api.app import create_app
 from rollcall_api.settings import Settings
 from rollcall_api.testing import write_key_file
-from rollcall_operator.model import GROUP, PLURAL, VERSION
+from rollcall_contract.model import GROUP, PLURAL, VERSION
 
 API_VERBS = ["create", "get", "list", "watch", "delete"]
 BODY = {"classCode": "5C", "images": {"claimName": "photos"}, "roster": ["s-1"]}

@@ -20,7 +20,7 @@ from rollcall_api.kube import new_job_name
 from rollcall_api.service import parse_status
 from rollcall_api.settings import Settings
 from rollcall_api.store import decode_results
-from rollcall_operator.model import DNS_LABEL, Phase
+from rollcall_contract.model import DNS_LABEL, Phase
 
 
 def test_keys_are_high_entropy_and_stored_only_as_digests(tmp_path: Path) -> None:

@@ -33,8 +33,8 @@ from helmchart import CHART, env_of, helm, helm_install, values_args
 from localk8s import ControlPlane, wait_for
 from redisrig import free_port
 from rollcall_api.auth import hash_key
+from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.builder import build_job
-from rollcall_operator.model import GROUP, PLURAL, VERSION
 from rollcall_operator.settings import OperatorSettings
 
 # The generated client types every field Optional; these tests read what they just created.

@@ -14,8 +14,8 @@ import yaml
 from helmchart import CHART, env_of, find, helm, one, pod_specs, render, values_args
 from rollcall_api.auth import hash_key, parse_key_file
 from rollcall_api.settings import Settings as ApiSettings
+from rollcall_contract.model import GROUP, PLURAL
 from rollcall_operator.builder import build_job
-from rollcall_operator.model import GROUP, PLURAL
 from rollcall_operator.settings import ENV_PREFIX, OperatorSettings
 
 REL = "rc"

@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from rollcall_operator.model import GROUP, PLURAL, VERSION
+from rollcall_contract.model import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.k8s
 

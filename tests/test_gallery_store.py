@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import redis
 
-from rollcall_job import keys
+from rollcall_contract import keys
 from rollcall_job.gallery import (
     Gallery,
     GalleryMeta,

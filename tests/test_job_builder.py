@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from rollcall_job.contract import INPUT_MOUNT, OUTPUT_MOUNT, REDIS_URL_ENV, ExitCode
-from rollcall_operator.builder import build_job, job_name, label_value
+from rollcall_contract.jobenv import INPUT_MOUNT, OUTPUT_MOUNT, REDIS_URL_ENV, ExitCode
+from rollcall_contract.labels import label_value
+from rollcall_operator.builder import build_job, job_name
 from rollcall_operator.settings import OperatorSettings
 
 UID = "0b5c8a3e-1111-4222-8333-444455556666"

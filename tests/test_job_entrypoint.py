@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from redisrig import free_port
-from rollcall_job import keys
+from rollcall_contract import keys
+from rollcall_contract.jobenv import ExitCode, JobSettings
 from rollcall_job.__main__ import main, redact_url
-from rollcall_job.contract import ExitCode, JobSettings
 from rollcall_job.results import read_results
 from rollcall_job.termination import error_message, summary_message
 from rollcall_operator.status import parse_termination_message

@@ -25,8 +25,8 @@ from kubernetes import client
 from localk8s import local_volume, wait_for
 from nodeagent import NodeAgent, Outcome
 from redisrig import free_port
+from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.builder import build_job, job_name
-from rollcall_operator.model import GROUP, PLURAL, VERSION
 from rollcall_operator.settings import OperatorSettings
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]

@@ -10,7 +10,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redisrig import free_port
-from rollcall_job import keys
+from rollcall_contract import keys
 from rollcall_job.progress import Progress, log_sink, redis_sink
 
 

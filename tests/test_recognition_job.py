@@ -25,8 +25,8 @@ import pytest
 import redis
 
 from redisrig import free_port
-from rollcall_job import keys
-from rollcall_job.contract import ExitCode
+from rollcall_contract import keys
+from rollcall_contract.jobenv import ExitCode
 from rollcall_job.enroll import enroll
 from rollcall_job.faces import FaceEngine, load_engine, read_image
 from rollcall_job.gallery import GalleryStore

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redisrig import _wait_ready, free_port
-from rollcall_job import keys
+from rollcall_contract import keys
 from rollcall_job.results import IncompleteResults, read_results, write_results
 
 pytestmark = pytest.mark.redis  # real redis-server processes, some of our own (with AOF)

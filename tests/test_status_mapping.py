@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rollcall_operator.model import Phase
+from rollcall_contract.model import Phase
 from rollcall_operator.status import job_status_patch as patch_for
 from rollcall_operator.status import (
     observe_job,

@@ -28,7 +28,7 @@ import anyio
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rollcall_operator.model import DNS_LABEL
+from rollcall_contract.model import DNS_LABEL
 
 log = logging.getLogger("rollcall_api.auth")
 

@@ -21,7 +21,7 @@ from rollcall_api.kube import RecognitionJobs
 from rollcall_api.schemas import JobView, ProgressOut
 from rollcall_api.settings import Settings
 from rollcall_api.store import Store
-from rollcall_operator.model import TERMINAL_PHASES, Phase
+from rollcall_contract.model import TERMINAL_PHASES, Phase
 
 log = logging.getLogger("rollcall_api.events")
 

@@ -21,19 +21,20 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from rollcall_api.errors import ApiError
-from rollcall_operator.model import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from rollcall_contract import labels
+from rollcall_contract.model import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger("rollcall_api.kube")
 
 NAME_PREFIX = "rj-"
 # In ASCII order, so that the base-36 timestamp sorts as its number does.
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_MODE = "rollcall.io/mode"
-LABEL_CLASS = "rollcall.io/class-code"
-ANNOTATION_SCHOOL = "rollcall.io/school"
-ANNOTATION_REQUEST_ID = "rollcall.io/request-id"
-MANAGER = "rollcall-api"
+LABEL_MANAGED_BY = labels.MANAGED_BY
+LABEL_MODE = labels.MODE
+LABEL_CLASS = labels.CLASS
+ANNOTATION_SCHOOL = labels.ANNOTATION_SCHOOL
+ANNOTATION_REQUEST_ID = labels.ANNOTATION_REQUEST_ID
+MANAGER = labels.MANAGER_API
 
 
 def _base36(n: int, width: int) -> str:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from rollcall_operator.model import DnsLabel, Mode, Phase, RecognitionJobSpec, Summary
+from rollcall_contract.model import DnsLabel, Mode, Phase, RecognitionJobSpec, Summary
 
 
 class JobRequest(RecognitionJobSpec):

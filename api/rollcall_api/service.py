@@ -18,17 +18,14 @@ from rollcall_api.kube import RecognitionJobs
 from rollcall_api.logs import request_id_var
 from rollcall_api.schemas import JobRequest, JobView, Links, ProgressOut
 from rollcall_api.store import Claim, Store
-from rollcall_operator.model import Phase, Progress, RecognitionJobStatus, Summary
+from rollcall_contract import labels
+from rollcall_contract.model import Phase, Progress, RecognitionJobStatus, Summary
 
 log = logging.getLogger("rollcall_api.service")
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 JOB_ID = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
-
-def label_value_ok(value: str) -> bool:
-    return len(value) <= 63 and bool(_LABEL_VALUE.match(value))
+label_value_ok = labels.is_label_value
 
 
 def resolve_namespace(caller: Caller, requested: str | None) -> str:

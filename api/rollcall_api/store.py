@@ -1,6 +1,6 @@
 """What the API reads from and writes to Redis: idempotency claims, job progress and results.
 
-Key names come from ``rollcall_job.keys`` only, so the job, the operator and the API agree.
+Key names come from ``rollcall_contract.keys`` only, so the job, the operator and the API agree.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from rollcall_api.errors import ApiError
-from rollcall_job import keys
-from rollcall_job import results as results_codec
+from rollcall_contract import keys
+from rollcall_contract import results as results_codec
 
 log = logging.getLogger("rollcall_api.store")
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from pydantic import ValidationError
 
-from rollcall_job.contract import TERMINATION_LOG, ExitCode, JobSettings
+from rollcall_contract.jobenv import TERMINATION_LOG, ExitCode, JobSettings
 from rollcall_job.enroll import enroll, student_photos
 from rollcall_job.gallery import GalleryError, GalleryStore
 from rollcall_job.photos import list_photos

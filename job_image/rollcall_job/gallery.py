@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from rollcall_job import keys
+from rollcall_contract import keys
 from rollcall_job.matcher import Metric
 
 DTYPE = "<f4"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import redis
 
-from rollcall_job import keys
+from rollcall_contract import keys
 
 Sink = Callable[[int, int], None]
 log = logging.getLogger("rollcall_job.progress")

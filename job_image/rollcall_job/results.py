@@ -8,22 +8,15 @@ A crash (or Redis dying) before the rename leaves only a staging key, which expi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import redis
 
-from rollcall_job import keys
+from rollcall_contract import keys
+from rollcall_contract.results import CHUNK_BYTES, IncompleteResults, decode_results, encode_results
 
-FIELDS = ("summary", "attendance", "photos")
-# Redis caps a bulk string at 512 MB; stay far below it and keep each write short so a big result
-# does not block the server: the photos list is written in chunks and joined on read.
-CHUNK_BYTES = 1 << 20
-
-
-def _chunks(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+__all__ = ["IncompleteResults", "decode_results", "read_results", "write_results"]
 
 
 def write_results(
@@ -41,8 +34,7 @@ def write_results(
     Large fields are split over ``field``, ``field:1``, ``field:2``... with ``parts`` recording how
     many, so no single command is huge. ``before_publish`` is a test seam before the rename.
     """
-    if "parts" in documents or any(":" in name for name in documents):
-        raise ValueError("document names must not be 'parts' or contain ':'")
+    fields = encode_results(documents, chunk_bytes=chunk_bytes)
     staging, final = keys.job_results_staging(job_uid, attempt), keys.job_results(job_uid)
     client.delete(staging)
 
@@ -53,13 +45,8 @@ def write_results(
         pipe.expire(staging, ttl_seconds)
         pipe.execute()
 
-    parts: dict[str, int] = {}
-    for name, doc in documents.items():
-        pieces = _chunks(json.dumps(doc, separators=(",", ":")), chunk_bytes)
-        parts[name] = len(pieces)
-        for i, piece in enumerate(pieces):
-            stage(name if i == 0 else f"{name}:{i}", piece)
-    stage("parts", json.dumps(parts))
+    for field, value in fields:
+        stage(field, value)
     if before_publish is not None:
         before_publish()
     pipe = client.pipeline(transaction=True)
@@ -67,29 +54,6 @@ def write_results(
     pipe.expire(final, ttl_seconds)
     pipe.execute()
     return final
-
-
-class IncompleteResults(ValueError):
-    """The stored hash lacks parts it says it has (should be impossible: it was renamed whole)."""
-
-
-def decode_results(fields: Mapping[str, str]) -> dict[str, Any]:
-    """Join and decode a results hash as ``write_results`` stored it (pure: the API reuses it).
-
-    A big field is split over ``name``, ``name:1``... with ``parts`` = {name: count}.
-    """
-    if "parts" not in fields:
-        raise IncompleteResults("results without a parts record")
-    out: dict[str, Any] = {}
-    try:
-        for name, n in json.loads(fields["parts"]).items():
-            text = "".join(fields[name if i == 0 else f"{name}:{i}"] for i in range(int(n)))
-            out[str(name)] = json.loads(text)
-    except KeyError as e:
-        raise IncompleteResults(f"missing part {e}") from e
-    except (ValueError, TypeError, AttributeError) as e:
-        raise IncompleteResults(f"undecodable results: {type(e).__name__}") from e
-    return out
 
 
 def read_results(client: redis.Redis, job_uid: str) -> dict[str, Any] | None:

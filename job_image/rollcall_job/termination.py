@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rollcall_job.contract import TERMINATION_MESSAGE_LIMIT
+from rollcall_contract.jobenv import TERMINATION_MESSAGE_LIMIT
 
 
 def _dump(doc: dict[str, Any]) -> str:

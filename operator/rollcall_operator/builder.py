@@ -12,26 +12,22 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from rollcall_job import keys
-from rollcall_job.contract import (
+from rollcall_contract import keys, labels
+from rollcall_contract.jobenv import (
     INPUT_MOUNT,
     OUTPUT_MOUNT,
     REDIS_URL_ENV,
     TERMINATION_LOG,
     ExitCode,
+    JobEnv,
     job_env,
 )
-from rollcall_operator.model import API_VERSION, KIND, RecognitionJobSpec, parse_spec
+from rollcall_contract.labels import label_value
+from rollcall_contract.model import API_VERSION, KIND, RecognitionJobSpec, parse_spec
 from rollcall_operator.settings import OperatorSettings
 
-MANAGED_BY = "rollcall-operator"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_RJ_UID = "rollcall.io/rj-uid"
-LABEL_RJ_NAME = "rollcall.io/rj-name"
-LABEL_CLASS = "rollcall.io/class"
-LABEL_MODE = "rollcall.io/mode"
-LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
-ANNOTATION_RJ = "rollcall.io/recognitionjob"
+MANAGED_BY = labels.MANAGER_OPERATOR
+LABEL_MANAGED_BY = labels.MANAGED_BY
 # Selects every Job (and pod) this operator made, for watches and for re-counting after a restart.
 MANAGED_SELECTOR = {LABEL_MANAGED_BY: MANAGED_BY}
 
@@ -53,27 +49,21 @@ def job_name(rj_name: str) -> str:
     return f"{stem}-{digest}" if stem else f"rj-{digest}"
 
 
-def label_value(value: str) -> str:
-    """A value safe as a label value (≤63 chars, alphanumeric at both ends)."""
-    cut = re.sub(r"[^A-Za-z0-9._-]", "-", value)[:_MAX_NAME]
-    return cut.strip("._-")
-
-
 def result_key(rj_uid: str) -> str:
     return keys.job_results(rj_uid)
 
 
 def build_labels(rj_name: str, rj_uid: str, spec: RecognitionJobSpec) -> dict[str, str]:
     return {
-        "app.kubernetes.io/name": "rollcall-job",
-        "app.kubernetes.io/instance": label_value(rj_name),
-        "app.kubernetes.io/component": "recognition",
-        "app.kubernetes.io/part-of": "rollcall",
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_RJ_NAME: label_value(rj_name),
-        LABEL_RJ_UID: rj_uid,
-        LABEL_CLASS: label_value(spec.class_code),
-        LABEL_MODE: spec.mode.value,
+        labels.NAME: "rollcall-job",
+        labels.INSTANCE: label_value(rj_name),
+        labels.COMPONENT: "recognition",
+        labels.PART_OF_LABEL: labels.PART_OF,
+        labels.MANAGED_BY: MANAGED_BY,
+        labels.RJ_NAME: label_value(rj_name),
+        labels.RJ_UID: rj_uid,
+        labels.CLASS: label_value(spec.class_code),
+        labels.MODE: spec.mode.value,
     }
 
 
@@ -114,10 +104,11 @@ def _container(
     rj: Mapping[str, Any], spec: RecognitionJobSpec, settings: OperatorSettings, name: str
 ) -> dict[str, Any]:
     meta = rj["metadata"]
-    env = job_env(
-        namespace=meta["namespace"],
-        name=name,
-        uid=meta["uid"],
+    annotate = spec.output.annotate
+    settings_for_job = JobEnv(
+        job_namespace=meta["namespace"],
+        job_name=name,
+        job_uid=meta["uid"],
         mode=spec.mode.value,
         class_code=spec.class_code,
         gallery=spec.gallery_name,
@@ -125,10 +116,15 @@ def _container(
         threshold=spec.matching.threshold,
         top_k=spec.matching.top_k,
         model=spec.model,
+        input_dir=INPUT_MOUNT,
+        # Said explicitly (it is also the default) so a runtime that maps the pod's
+        # terminationMessagePath elsewhere, like the local node agent, can rewrite it.
+        termination_log=TERMINATION_LOG,
         result_ttl_seconds=spec.output.ttl_seconds,
-        annotate=spec.output.annotate,
-        extra=dict(settings.extra_env),
+        annotate=annotate,
+        output_dir=OUTPUT_MOUNT if annotate else None,
     )
+    env = job_env(settings_for_job, extra=settings.extra_env)
     env.append(
         {
             "name": REDIS_URL_ENV,
@@ -185,10 +181,10 @@ def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, An
     meta = rj["metadata"]
     spec = parse_spec(rj["spec"])
     name = job_name(meta["name"])
-    labels = build_labels(meta["name"], meta["uid"], spec)
-    job_labels = dict(labels)
+    pod_labels = build_labels(meta["name"], meta["uid"], spec)
+    job_labels = dict(pod_labels)
     if spec.queue:
-        job_labels[LABEL_KUEUE_QUEUE] = spec.queue
+        job_labels[labels.KUEUE_QUEUE] = spec.queue
     gpu = spec.resources.gpus > 0
     pod_security, _ = _security_contexts(settings)
     volumes: list[dict[str, Any]] = [
@@ -232,7 +228,7 @@ def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, An
             "name": name,
             "namespace": meta["namespace"],
             "labels": job_labels,
-            "annotations": {ANNOTATION_RJ: f"{meta['namespace']}/{meta['name']}"},
+            "annotations": {labels.ANNOTATION_RJ: f"{meta['namespace']}/{meta['name']}"},
             "ownerReferences": [owner_reference(rj)],
         },
         "spec": {
@@ -257,7 +253,7 @@ def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, An
                 ]
             },
             "template": {
-                "metadata": {"labels": labels, "annotations": _pod_annotations(rj, settings)},
+                "metadata": {"labels": pod_labels, "annotations": _pod_annotations(rj, settings)},
                 "spec": pod_spec,
             },
         },

@@ -19,9 +19,9 @@ import kopf
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
+from rollcall_contract.model import GROUP, PLURAL, TERMINAL_PHASES, VERSION, Phase, parse_spec
 from rollcall_operator.builder import MANAGED_SELECTOR
 from rollcall_operator.kube import ApiException
-from rollcall_operator.model import GROUP, PLURAL, TERMINAL_PHASES, VERSION, Phase, parse_spec
 from rollcall_operator.runtime import Runtime
 from rollcall_operator.settings import get_settings
 

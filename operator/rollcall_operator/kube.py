@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from rollcall_operator.model import GROUP, PLURAL, VERSION
+from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.settings import OperatorSettings
 
 MERGE_PATCH = "application/merge-patch+json"

@@ -26,7 +26,8 @@ import aiohttp
 import kopf
 import redis.asyncio as aioredis
 
-from rollcall_job import keys
+from rollcall_contract import keys
+from rollcall_contract.model import KIND, TERMINAL_PHASES, Phase
 from rollcall_operator import metrics, webhook
 from rollcall_operator.builder import (
     LABEL_MANAGED_BY,
@@ -36,7 +37,6 @@ from rollcall_operator.builder import (
     result_key,
 )
 from rollcall_operator.kube import ApiException, Kube
-from rollcall_operator.model import KIND, TERMINAL_PHASES, Phase
 from rollcall_operator.queue import AdmissionQueue, Entry, entry_for, parse_time
 from rollcall_operator.settings import OperatorSettings
 from rollcall_operator.status import job_status_patch, phase_patch, progress_patch

@@ -11,8 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rollcall_contract.jobenv import env_name
 
 ENV_PREFIX = "ROLLCALL_OPERATOR_"
 
@@ -57,6 +59,15 @@ class OperatorSettings(BaseSettings):
         default_factory=dict,
         description="Extra ROLLCALL_* settings for the container, e.g. PROVIDERS.",
     )
+
+    @field_validator("extra_env")
+    @classmethod
+    def _known_job_settings(cls, value: dict[str, str]) -> dict[str, str]:
+        # a typo would otherwise reach every job pod and be ignored there: refuse it at start-up
+        for name in value:
+            env_name(name)
+        return value
+
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     annotation_passthrough_prefixes: list[str] = Field(
         default_factory=list,

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rollcall_job.contract import ExitCode
-from rollcall_operator.model import TERMINAL_PHASES, Phase, Summary
+from rollcall_contract.jobenv import ExitCode
+from rollcall_contract.model import TERMINAL_PHASES, Phase, Summary
 
 # Condition types, one idea each; ``phase`` is the one-word summary of them.
 ADMITTED = "Admitted"  # a Job exists (False while Queued)

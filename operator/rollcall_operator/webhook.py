@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from rollcall_operator.model import API_VERSION, KIND
+from rollcall_contract.model import API_VERSION, KIND
 
 SIGNATURE_HEADER = "X-Rollcall-Signature"
 TIMESTAMP_HEADER = "X-Rollcall-Timestamp"

@@ -12,7 +12,7 @@ from rollcall_api.deps import CallerDep, JobsDep, MetricsDep, SettingsDep, Store
 from rollcall_api.errors import ERROR_RESPONSES, ApiError
 from rollcall_api.kube import LABEL_CLASS, LABEL_MODE
 from rollcall_api.schemas import JobList, JobRequest, JobResults, JobView
-from rollcall_operator.model import IDENT, TERMINAL_PHASES, Mode, Phase
+from rollcall_contract.model import IDENT, TERMINAL_PHASES, Mode, Phase
 
 router = APIRouter(
     prefix="/v1/recognition-jobs", tags=["recognition-jobs"], responses=ERROR_RESPONSES

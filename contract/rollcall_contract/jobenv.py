@@ -1,0 +1,113 @@
+"""The operator <-> recognition-container contract: environment variables and exit codes.
+
+The operator fills ``JobEnv`` and renders it with ``job_env`` into the Job's container; the container
+reads the same fields through ``JobSettings``. One declaration, so the two sides cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ROLLCALL_"
+# Where the operator mounts the RJ's photo volume (read-only) and the writable scratch/output dirs.
+INPUT_MOUNT = "/data/input"
+OUTPUT_MOUNT = "/data/output"
+TERMINATION_LOG = "/dev/termination-log"
+# Kubernetes caps a termination message at 4096 bytes; the summary must fit in it.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+class ExitCode(IntEnum):
+    """Exit codes the Job's podFailurePolicy keys on."""
+
+    OK = 0
+    # Bad input (no photos, unknown model, empty gallery, invalid settings): retrying cannot help.
+    BAD_INPUT = 42
+    # Redis unreachable, model load failed for a transient reason: a retry may succeed (EX_TEMPFAIL).
+    TRANSIENT = 75
+
+
+class JobEnv(BaseModel):
+    """What the recognition container is told to do; every field is one ROLLCALL_* variable.
+
+    Declared once: the operator fills this model and renders it with ``job_env``; the container
+    reads the same fields back through ``JobSettings``. A new setting is one field here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_namespace: str
+    job_name: str
+    job_uid: str = Field(min_length=1)
+    mode: str = "identify"
+    class_code: str
+    gallery: str
+    roster: list[str] = Field(default_factory=list)  # JSON list in the environment
+    threshold: float | None = None
+    top_k: int = 1
+    model: str = "default"
+    input_dir: Path = Path(INPUT_MOUNT)
+    output_dir: Path | None = None
+    annotate: bool = False
+    redis_url: str = "redis://localhost:6379/0"
+    result_ttl_seconds: int = 604800
+    model_dir: Path | None = None
+    # JSON list; empty = CUDA if present, else CPU
+    providers: list[str] = Field(default_factory=list)
+    batch_size: int = 32
+    threads: int = 0
+    min_face_px: int = 40
+    max_image_bytes: int = 40 * 1024 * 1024
+    max_image_pixels: int = 64_000_000  # decoded size cap, checked from the header before decoding
+    progress_interval_seconds: float = 1.0
+    termination_log: Path = Path(TERMINATION_LOG)
+
+
+class JobSettings(BaseSettings, JobEnv):
+    """``JobEnv`` read from the container's environment (the job's side of the contract)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+
+def env_name(field: str) -> str:
+    """The variable that carries ``field``: ROLLCALL_ plus the field name in upper case."""
+    if field.lower() not in JobEnv.model_fields:
+        raise ValueError(f"unknown job setting {field!r}")
+    return ENV_PREFIX + field.upper()
+
+
+def _render(value: Any) -> str:
+    # pydantic-settings parses complex fields (lists) from JSON; scalars from their text
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def job_env(settings: JobEnv, extra: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The container ``env`` list for ``settings``: every field that was set, then ``extra``.
+
+    Only fields set explicitly are rendered (defaults stay the job's own); None is never rendered.
+    ``extra`` (operator settings: field name -> text) comes last, sorted, and must name fields.
+    """
+    values = {
+        name: _render(getattr(settings, name))
+        for name in JobEnv.model_fields
+        if name in settings.model_fields_set and getattr(settings, name) is not None
+    }
+    env = [{"name": env_name(k), "value": v} for k, v in values.items()]
+    env += [{"name": env_name(k), "value": v} for k, v in sorted((extra or {}).items())]
+    return env
+
+
+REDIS_URL_ENV = env_name("redis_url")
