@@ -1,14 +1,25 @@
 """Find and read the job's photos; a bad photo becomes a per-photo error, never a failed job.
 
-Reading goes through ``cv2.imdecode(..., IMREAD_COLOR)``, which applies the EXIF orientation tag
-(phones store portrait shots as rotated landscape pixels), always yields 8-bit BGR, and drops alpha.
-Size is capped twice before decoding: by bytes on disk, and by the pixel count read from the
-JPEG/PNG header, so a small file that would inflate into gigabytes is refused without allocating.
+Every file passes the same gate before any decoder sees it, whatever its name says:
+
+1. bytes on disk <= ``max_bytes``;
+2. the real format, sniffed from its signature (``imageheader.sniff``), is one we decode (JPEG,
+   PNG, WebP, BMP, TIFF, GIF, HEIC/HEIF, AVIF); anything else is an ``unsupported_format`` error for
+   that photo, never decoded blindly;
+3. the size the format's header declares is <= ``max_pixels``, so a file of a few KB that would
+   inflate into gigabytes is refused without allocating (``too_large``).
+
+OpenCV's own limit (set in ``rollcall_job/__init__.py`` before cv2 loads) is a second line behind
+step 3. Decoding goes through ``cv2.imdecode(..., IMREAD_COLOR)``, which applies the EXIF
+orientation tag (phones store portrait shots as rotated landscape pixels), always yields 8-bit BGR
+and drops alpha; HEIC/HEIF goes through libheif (``pillow-heif``), which applies the container's
+rotation and mirroring the same way. ``iter_read`` decodes one photo ahead in a background thread
+so decoding overlaps inference on the previous photo.
 """
 
 from __future__ import annotations
 
-import struct
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +28,19 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-DEFAULT_MAX_PIXELS = 64_000_000
+from rollcall_job import DEFAULT_MAX_IMAGE_PIXELS
+from rollcall_job.imageheader import Format, declared_size, sniff
+from rollcall_job.prefetch import prefetch_map
+
+# Listed by name so that nothing a camera or phone writes is silently left out; what a file really
+# is comes from its bytes, and formats we cannot decode (JPEG XL, JPEG 2000...) get an error record.
+EXTENSIONS = frozenset(
+    {
+        *(".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff"),
+        *(".gif", ".heic", ".heif", ".hif", ".avif", ".jxl", ".jp2"),
+    }
+)
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 
 
 class PhotoError(Exception):
@@ -48,55 +70,63 @@ def list_photos(root: Path) -> list[Photo]:
     return sorted(found, key=lambda ph: ph.name)
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding, or None if not found."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
-        w, h = struct.unpack(">II", data[16:24])
-        return int(w), int(h)
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC)
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > len(data):
-                return None
-            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return int(w), int(h)
-        i += 2 + length
-    return None
+def check(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Format:
+    """The format of ``data`` if it may be decoded under ``max_pixels``, else PhotoError."""
+    if not data:
+        raise PhotoError("empty")
+    sniffed = sniff(data)
+    if sniffed.format is None:
+        raise PhotoError("unsupported_format", sniffed.unsupported)
+    size = declared_size(sniffed.format, data)
+    if size is None:
+        raise PhotoError("corrupt", f"no readable {sniffed.format} header")
+    w, h = size
+    if w == 0 or h == 0:
+        raise PhotoError("corrupt", "zero-sized image")
+    if w * h > max_pixels:
+        raise PhotoError("too_large", f"{w}x{h} pixels > {max_pixels}")
+    return sniffed.format
 
 
 def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> npt.NDArray[np.uint8]:
-    """Bytes to an EXIF-upright 8-bit BGR image, or PhotoError."""
-    if not data:
-        raise PhotoError("empty")
-    size = header_size(data)
-    if size is not None:
-        w, h = size
-        if w == 0 or h == 0:
-            raise PhotoError("corrupt", "zero-sized image")
-        if w * h > max_pixels:
-            raise PhotoError("too_large", f"{w}x{h} pixels > {max_pixels}")
-    try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as e:
-        raise PhotoError("corrupt", str(e).strip().splitlines()[-1][:200]) from e
-    if img is None or img.size == 0:
+    """Bytes to an upright 8-bit BGR image, or PhotoError."""
+    fmt = check(data, max_pixels=max_pixels)
+    img = _decode_heif(data) if fmt is Format.HEIF else _decode_cv2(data)
+    if img.size == 0:
         raise PhotoError("corrupt", "not a decodable image")
-    if img.shape[0] * img.shape[1] > max_pixels:
+    if img.shape[0] * img.shape[1] > max_pixels:  # the header lied
         raise PhotoError("too_large", f"{img.shape[1]}x{img.shape[0]} pixels > {max_pixels}")
     return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def _decode_cv2(data: bytes) -> npt.NDArray[np.uint8]:
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # includes OpenCV's own pixel limit
+        raise PhotoError("corrupt", str(e).strip().splitlines()[-1][:200]) from e
+    if img is None:
+        raise PhotoError("corrupt", "not a decodable image")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _decode_heif(data: bytes) -> npt.NDArray[np.uint8]:
+    """HEIC/HEIF through libheif, imported here only: the job runs without it (HEIC then errors)."""
+    try:
+        import pillow_heif
+    except ImportError as e:
+        raise PhotoError("unsupported_format", "heif (pillow-heif is not installed)") from e
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True, bgr_mode=True)
+        arr = np.asarray(heif)  # decodes the primary image, rotated/mirrored as the file says
+    except (ValueError, RuntimeError, OSError, SyntaxError) as e:
+        raise PhotoError("corrupt", str(e).strip().splitlines()[-1][:200] if str(e) else "") from e
+    if arr.dtype != np.uint8:
+        raise PhotoError("unsupported_format", f"heif with {arr.dtype} samples")
+    if arr.ndim == 2:
+        return np.asarray(cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+    if arr.shape[2] == 4:
+        return np.asarray(cv2.cvtColor(arr, cv2.COLOR_BGRA2BGR), dtype=np.uint8)
+    return arr
 
 
 def read(
@@ -116,12 +146,29 @@ def read(
     return decode(data, max_pixels=max_pixels)
 
 
+def read_or_error(
+    photo: Photo, *, max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[Photo, npt.NDArray[np.uint8] | PhotoError]:
+    """The photo with its image, or with the PhotoError that says why it has none."""
+    try:
+        return photo, read(photo, max_bytes=max_bytes, max_pixels=max_pixels)
+    except PhotoError as e:
+        return photo, e
+
+
 def iter_read(
-    photos: list[Photo], *, max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    photos: list[Photo],
+    *,
+    max_bytes: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    ahead: int = 1,
 ) -> Iterator[tuple[Photo, npt.NDArray[np.uint8] | PhotoError]]:
-    """Each photo with its image or its error, in order."""
-    for ph in photos:
-        try:
-            yield ph, read(ph, max_bytes=max_bytes, max_pixels=max_pixels)
-        except PhotoError as e:
-            yield ph, e
+    """Each photo with its image or its error, in order, decoded ``ahead`` photos early.
+
+    At most ``ahead`` decoded photos wait beyond the one the caller holds, so memory stays bounded.
+    """
+    return prefetch_map(
+        lambda ph: read_or_error(ph, max_bytes=max_bytes, max_pixels=max_pixels),
+        photos,
+        ahead=ahead,
+    )
