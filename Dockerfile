@@ -21,6 +21,7 @@ FROM ${PYTHON_IMAGE} AS src
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contract/ contract/
+COPY client/ client/
 COPY operator/ operator/
 COPY api/ api/
 COPY job_image/ job_image/

@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 APT_PACKAGES := redis-server
 PYTEST_ARGS ?=
-EXTRAS := api,operator,job,models
+EXTRAS := api,client,operator,job,models
 
 .PHONY: help
 help: ## list targets
@@ -51,7 +51,7 @@ models: venv ## build the default ONNX models into the cache
 	@if $(PY) -c 'import rollcall_job.models.build' 2>/dev/null; then $(PY) -m rollcall_job.models.build; \
 	else echo "models: rollcall_job.models.build not present yet"; fi
 
-LINT_PATHS := contract operator api job_image tests bench hack
+LINT_PATHS := contract client operator api job_image tests bench hack
 
 .PHONY: lint
 
@@ -59,7 +59,7 @@ lint: venv ## ruff (lint + format check) and mypy --strict over the packages, te
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check --quiet $(LINT_PATHS)
 	$(VENV)/bin/mypy
-	MYPYPATH=hack:contract:api:operator:job_image $(VENV)/bin/mypy --strict tests hack bench
+	MYPYPATH=hack:contract:client:api:operator:job_image $(VENV)/bin/mypy --strict tests hack bench
 
 .PHONY: crds
 crds: venv ## regenerate the chart's CRD from the Python model (a test fails when they drift)

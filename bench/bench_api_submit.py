@@ -34,9 +34,9 @@ from kubernetes import client, config, utils
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hack"))
 
+from apirig import write_key_file  # noqa: E402
 from localk8s import control_plane, wait_for  # noqa: E402
 from redisrig import free_port, redis_server  # noqa: E402
-from rollcall_api.testing import write_key_file  # noqa: E402
 
 BODY = {
     "classCode": "7B-maths",

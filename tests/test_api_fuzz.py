@@ -22,9 +22,9 @@ from kubernetes import client
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
+from apirig import serve_in_thread, write_key_file
 from rollcall_api.app import create_app
 from rollcall_api.settings import Settings
-from rollcall_api.testing import serve_in_thread, write_key_file
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 
 EXAMPLES = 30  # per operation and mode: a few hundred requests, well under a minute

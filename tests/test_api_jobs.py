@@ -20,12 +20,12 @@ from fastapi import FastAPI
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from apirig import serve_in_thread, write_key_file
 from rollcall_api.app import create_app
 from rollcall_api.logs import JsonFormatter, RequestIdFilter
 from rollcall_api.schemas import JobRequest
 from rollcall_api.service import fingerprint
 from rollcall_api.settings import Settings
-from rollcall_api.testing import serve_in_thread, write_key_file
 from rollcall_contract import keys
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_job.results import write_results

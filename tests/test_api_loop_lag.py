@@ -22,9 +22,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from apirig import write_key_file
 from rollcall_api.app import create_app
 from rollcall_api.settings import Settings
-from rollcall_api.testing import write_key_file
 
 BODY = {
     "classCode": "9A",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from rollcall_api.testing import free_port, write_key_file
+from apirig import free_port, write_key_file
 
 
 def test_the_server_process_serves_and_logs_json_without_keys(

@@ -16,10 +16,10 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from apirig import write_key_file
 from localk8s import ControlPlane
 from rollcall_api.app import create_app
 from rollcall_api.settings import Settings
-from rollcall_api.testing import write_key_file
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 
 API_VERBS = ["create", "get", "list", "watch", "delete"]

@@ -18,10 +18,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
+from apirig import free_port, serve_in_thread, write_key_file
 from rollcall_api.auth import hash_key
-from rollcall_api.cli import app
 from rollcall_api.settings import Settings
-from rollcall_api.testing import free_port, serve_in_thread, write_key_file
+from rollcall_cli.cli import app
 from rollcall_contract import keys
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_job.results import write_results
