@@ -1,48 +1,125 @@
 """The Redis key layout: the one place every component (job, operator, API) takes key names from.
 
-Everything lives under the ``rollcall:`` prefix. Keys that must change together share a Redis Cluster
-hash tag (the part in braces), so a MULTI/EXEC or a RENAME across them stays on one shard.
+Every tenant-owned key starts with ``rollcall:<tenant>:`` where the tenant is the Kubernetes
+namespace of the school. A tenant is a DNS label (no ``:``, no glob metacharacter), so one school's
+prefix is never a prefix of another's and the ACL pattern ``rollcall:<tenant>:*`` (``tenant_pattern``)
+covers exactly that school's keys. Names inside a key are checked to be plain tokens, so no argument
+can move a key outside its tenant or out of its hash tag.
+
+Keys that must change together share a Redis Cluster hash tag (the part in braces), so a MULTI/EXEC
+or a RENAME across them stays on one shard.
 """
 
 from __future__ import annotations
 
+import re
+
 PREFIX = "rollcall"
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# Gallery names, model ids, job uids and attempts: letters, digits and . _ - (what the RJ model's
+# Ident, model cards' ids and Kubernetes uids allow). None of these is special in a key or a glob.
+_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,253}")
+# Idempotency-Key header values: 1-255 visible ASCII characters.
+_VISIBLE = re.compile(r"[\x21-\x7e]{1,255}")
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
-def gallery(name: str, model_id: str) -> str:
+
+def _check(kind: str, value: str, pattern: re.Pattern[str]) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"invalid {kind} for a Redis key: {value!r}")
+    return value
+
+
+def check_tenant(tenant: str) -> str:
+    """``tenant`` itself if it is a DNS label (a Kubernetes namespace name); ValueError otherwise."""
+    return _check("tenant", tenant, _DNS_LABEL)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with Redis glob metacharacters escaped, so it matches only itself in MATCH/ACL."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def tenant_prefix(tenant: str) -> str:
+    """``rollcall:<tenant>:`` — what every key of that school starts with."""
+    return f"{PREFIX}:{check_tenant(tenant)}:"
+
+
+def tenant_pattern(tenant: str) -> str:
+    """``rollcall:<tenant>:*`` — the ACL key pattern (and SCAN MATCH) of that school's keys."""
+    return f"{tenant_prefix(tenant)}*"
+
+
+def _gallery_in(prefix: str, name: str, model_id: str) -> str:
+    name, model_id = _check("gallery name", name, _TOKEN), _check("model id", model_id, _TOKEN)
+    return f"{prefix}gallery:{{{name}:{model_id}}}"
+
+
+def _gallery_match_in(prefix: str, name: str) -> str:
+    return f"{glob_escape(prefix)}gallery:{{{glob_escape(_check('gallery name', name, _TOKEN))}:*}}"
+
+
+def _gallery_base(tenant: str, name: str, model_id: str) -> str:
+    return _gallery_in(tenant_prefix(tenant), name, model_id)
+
+
+def gallery(tenant: str, name: str, model_id: str) -> str:
     """Hash: student id -> raw little-endian float32 embeddings (k x dim) of that student.
 
     Embeddings of different models are not comparable, so the model id is part of the key.
     """
-    return f"{PREFIX}:gallery:{{{name}:{model_id}}}"
+    return _gallery_base(tenant, name, model_id)
 
 
-def gallery_meta(name: str, model_id: str) -> str:
+def gallery_meta(tenant: str, name: str, model_id: str) -> str:
     """Hash: model_id, dim, dtype, metric, updated — read with the gallery in one round trip."""
-    return f"{PREFIX}:gallery:{{{name}:{model_id}}}:meta"
+    return f"{_gallery_base(tenant, name, model_id)}:meta"
 
 
-def gallery_packed(name: str, model_id: str) -> str:
+def gallery_packed(tenant: str, name: str, model_id: str) -> str:
     """String: every row of ``gallery`` in one value (ids + raw float32), rewritten with it in one
     MULTI/EXEC, so a class loads as one reply; stamped with meta's ``updated`` to detect drift."""
-    return f"{PREFIX}:gallery:{{{name}:{model_id}}}:packed"
+    return f"{_gallery_base(tenant, name, model_id)}:packed"
 
 
-def job_results(job_uid: str) -> str:
+def gallery_match(tenant: str, name: str) -> str:
+    """SCAN MATCH pattern for the gallery hash of every model of one class (not meta/packed)."""
+    return _gallery_match_in(tenant_prefix(tenant), name)
+
+
+def _job_base(tenant: str, job_uid: str) -> str:
+    return f"{tenant_prefix(tenant)}job:{{{_check('job uid', job_uid, _TOKEN)}}}"
+
+
+def job_results(tenant: str, job_uid: str) -> str:
     """Hash: summary, attendance, photos (JSON fields) — renamed into place whole, never partial."""
-    return f"{PREFIX}:job:{{{job_uid}}}:results"
+    return f"{_job_base(tenant, job_uid)}:results"
 
 
-def job_results_staging(job_uid: str, attempt: str) -> str:
+def job_results_staging(tenant: str, job_uid: str, attempt: str) -> str:
     """Where a run builds its results before the atomic RENAME onto ``job_results``."""
-    return f"{PREFIX}:job:{{{job_uid}}}:results:staging:{attempt}"
+    attempt = _check("attempt", attempt, _TOKEN)
+    return f"{_job_base(tenant, job_uid)}:results:staging:{attempt}"
 
 
-def job_progress(job_uid: str) -> str:
+def job_progress(tenant: str, job_uid: str) -> str:
     """Hash: done, total, updated (unix seconds) — written at a bounded rate by the job."""
-    return f"{PREFIX}:job:{{{job_uid}}}:progress"
+    return f"{_job_base(tenant, job_uid)}:progress"
 
 
-def idempotency(namespace: str, key: str) -> str:
+def idempotency(tenant: str, key: str) -> str:
     """String: the RJ name a POST with this Idempotency-Key created (SET NX with a TTL)."""
-    return f"{PREFIX}:idem:{{{namespace}}}:{key}"
+    return f"{tenant_prefix(tenant)}idem:{_check('idempotency key', key, _VISIBLE)}"
+
+
+# The layout before tenants (galleries only: results, progress and idempotency keys expire by TTL).
+# Read only by the migration (``rollcall_job.migrate``); nothing writes it any more.
+def legacy_gallery(name: str, model_id: str) -> str:
+    """``rollcall:gallery:{<name>:<model_id>}`` — a gallery written before keys carried a tenant."""
+    return _gallery_in(f"{PREFIX}:", name, model_id)
+
+
+def legacy_gallery_match(name: str) -> str:
+    """SCAN MATCH pattern for the legacy gallery hash of every model of one class."""
+    return _gallery_match_in(f"{PREFIX}:", name)

@@ -1,0 +1,112 @@
+"""The tenant-separated Redis key layout (pure): every key carries its school, no name escapes it."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+
+import pytest
+
+from rollcall_contract import keys
+
+TENANT_KEYS: list[tuple[str, Callable[[str], str]]] = [
+    ("gallery", lambda t: keys.gallery(t, "grade7-b", "dlib-resnet-v1")),
+    ("gallery_meta", lambda t: keys.gallery_meta(t, "grade7-b", "dlib-resnet-v1")),
+    ("gallery_packed", lambda t: keys.gallery_packed(t, "grade7-b", "dlib-resnet-v1")),
+    ("job_results", lambda t: keys.job_results(t, "0b6e-uid")),
+    ("job_results_staging", lambda t: keys.job_results_staging(t, "0b6e-uid", "2")),
+    ("job_progress", lambda t: keys.job_progress(t, "0b6e-uid")),
+    ("idempotency", lambda t: keys.idempotency(t, "retry:{x}*")),
+]
+
+
+@pytest.mark.parametrize(("kind", "make"), TENANT_KEYS)
+def test_every_key_is_inside_its_tenant_pattern_only(kind: str, make: Callable[[str], str]) -> None:
+    key = make("school-north")
+    assert key.startswith(keys.tenant_prefix("school-north")), kind
+    assert fnmatch.fnmatchcase(key, keys.tenant_pattern("school-north"))
+    # Same class code in another school (including one whose name extends this one's): another key.
+    for other in ("school-south", "school-north-2", "school"):
+        assert make(other) != key
+        assert not fnmatch.fnmatchcase(key, keys.tenant_pattern(other)), (kind, other)
+
+
+@pytest.mark.parametrize(
+    "tenant",
+    ["", "School", "a:b", "a*", "-a", "a-", "a.b", "a_b", "x" * 64, "rollcall:*", "a\nb", "é"],
+)
+def test_a_tenant_that_is_not_a_dns_label_is_refused(tenant: str) -> None:
+    with pytest.raises(ValueError, match="tenant"):
+        keys.tenant_prefix(tenant)
+    with pytest.raises(ValueError):
+        keys.gallery(tenant, "6b", "m")
+
+
+@pytest.mark.parametrize(
+    ("make", "bad"),
+    [
+        (lambda v: keys.gallery("t", v, "m"), "6b}:x"),
+        (lambda v: keys.gallery("t", v, "m"), "a:b"),
+        (lambda v: keys.gallery("t", v, "m"), "*"),
+        (lambda v: keys.gallery("t", v, "m"), ""),
+        (lambda v: keys.gallery_meta("t", "6b", v), "m{x}"),
+        (lambda v: keys.gallery_match("t", v), "a?"),
+        (lambda v: keys.job_progress("t", v), "../x:y"),
+        (lambda v: keys.job_results_staging("t", "u", v), "1 2"),
+        (lambda v: keys.idempotency("t", v), "has space"),
+        (lambda v: keys.idempotency("t", v), "x" * 256),
+        (lambda v: keys.legacy_gallery(v, "m"), "a:b"),
+    ],
+)
+def test_names_that_could_leave_their_key_or_hash_tag_are_refused(
+    make: Callable[[str], str], bad: str
+) -> None:
+    with pytest.raises(ValueError):
+        make(bad)
+
+
+def test_gallery_keys_of_one_class_share_one_hash_tag() -> None:
+    made = [
+        f("t", "6b", "dlib-resnet-v1")
+        for f in (keys.gallery, keys.gallery_meta, keys.gallery_packed)
+    ]
+    tags = {k[k.index("{") + 1 : k.index("}")] for k in made}
+    assert tags == {"6b:dlib-resnet-v1"}
+    results = keys.job_results("t", "u1"), keys.job_results_staging("t", "u1", "3")
+    assert {k[k.index("{") + 1 : k.index("}")] for k in results} == {"u1"}
+
+
+@pytest.mark.parametrize(
+    ("key", "matches"),
+    [
+        (keys.gallery("t", "6b", "dlib-resnet-v1"), True),
+        (keys.gallery("t", "6b", "mobilefacenet-sirius-v1"), True),
+        (keys.gallery_meta("t", "6b", "dlib-resnet-v1"), False),
+        (keys.gallery_packed("t", "6b", "dlib-resnet-v1"), False),
+        (keys.gallery("t", "6b2", "m"), False),
+        (keys.gallery("t", "6", "m"), False),
+        (keys.gallery("u", "6b", "m"), False),
+        (keys.legacy_gallery("6b", "m"), False),
+    ],
+)
+def test_gallery_match_finds_each_model_of_one_class(key: str, matches: bool) -> None:
+    assert fnmatch.fnmatchcase(key, keys.gallery_match("t", "6b")) is matches
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("a*b", r"a\*b"),
+        ("a?", r"a\?"),
+        ("[x]", r"\[x\]"),
+        ("a\\b", r"a\\b"),
+        ("plain.-_", "plain.-_"),
+    ],
+)
+def test_glob_escape(text: str, escaped: str) -> None:
+    assert keys.glob_escape(text) == escaped
+
+
+def test_legacy_layout_is_the_old_untenanted_one() -> None:
+    assert keys.legacy_gallery("6b", "m") == "rollcall:gallery:{6b:m}"
+    assert fnmatch.fnmatchcase(keys.legacy_gallery("6b", "m2"), keys.legacy_gallery_match("6b"))
