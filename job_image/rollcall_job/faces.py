@@ -7,6 +7,7 @@ model is a matter of files, not code. Logs carry counts and timings only, never 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -19,8 +20,8 @@ import numpy.typing as npt
 
 from rollcall_job.align import warp_face
 from rollcall_job.models.cache import models_dir
-from rollcall_job.models.cards import DETECTOR_CARD, EMBEDDER_CARD, ModelCard, load_card
-from rollcall_job.models.mtcnn import Mtcnn
+from rollcall_job.models.cards import EMBEDDER_CARD, ModelCard, detector_card_name, load_card
+from rollcall_job.models.detection import Detector
 from rollcall_job.runtime import Model, load_model
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,17 @@ class DetectedFace:
 
 
 class FaceEngine:
-    """Detector + embedder sessions built from two cards; thread-compatible, not thread-safe."""
+    """Detector + embedder sessions built from two cards; thread-compatible, not thread-safe.
+
+    The detector is any family behind the ``Detector`` protocol (RetinaFace by default, MTCNN,
+    CenterFace); the engine only sees boxes, scores and five landmarks.
+    """
 
     def __init__(
         self,
         detector_card: ModelCard,
         embedder_card: ModelCard,
-        detector: Mtcnn,
+        detector: Detector,
         embedder: Model,
         *,
         min_face_px: int = 40,
@@ -104,6 +109,19 @@ class FaceEngine:
         """(len(faces), dim) embeddings, in the order of ``faces``."""
         return self.embed_aligned(self.align(image_bgr, faces))
 
+    def embed_photos(
+        self, photos: Sequence[tuple[npt.NDArray[np.uint8], Sequence[DetectedFace]]]
+    ) -> list[npt.NDArray[np.float32]]:
+        """Embeddings of several photos' faces in one batched run; one array per photo.
+
+        One onnxruntime call over every face (in ``batch_size`` rows) costs less than a call per
+        photo when photos hold a face or two (enrolment folders, close-ups).
+        """
+        crops = [c for image, faces in photos for c in self.align(image, faces)]
+        vectors = self.embed_aligned(crops)
+        bounds = np.cumsum([0, *(len(faces) for _, faces in photos)]).tolist()
+        return [vectors[a:b] for a, b in itertools.pairwise(bounds)]
+
     def embed_aligned(self, crops: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
         """Embeddings of BGR crops already aligned to the card (what ``align`` returns)."""
         if len(crops) == 0:
@@ -129,6 +147,43 @@ def _input_shape(card: ModelCard, n: int) -> tuple[int, int, int, int]:
     return (n, 3, h, w) if card.layout == "NCHW" else (n, h, w, 3)
 
 
+def open_detector(
+    card: ModelCard,
+    model_dir: Path,
+    *,
+    providers: Sequence[str] | None = None,
+    threads: int = 0,
+    spin: bool = False,
+) -> Detector:
+    """The card's detector family around its ONNX sessions (same providers as the embedder)."""
+
+    def session(role: str) -> Model:
+        return load_model(
+            card.path(role, model_dir),
+            providers=providers,
+            threads=threads,
+            batch_size=256,  # MTCNN's R-Net/O-Net candidates are tiny; batch them all
+            spin=spin,
+        )
+
+    if card.family == "mtcnn":
+        from rollcall_job.models.mtcnn import Mtcnn
+
+        pnet, rnet, onet = session("pnet"), session("rnet"), session("onet")
+        for model, size in ((rnet, 24), (onet, 48)):
+            model.warm_up((1, size, size, 3))
+        return Mtcnn(card, pnet.run, rnet.run, onet.run)
+    if card.family == "retinaface":
+        from rollcall_job.models.retinaface import RetinaFace
+
+        return RetinaFace(card, session("model").run)
+    if card.family == "centerface":
+        from rollcall_job.models.centerface import CenterFace
+
+        return CenterFace(card, session("model").run)
+    raise ValueError(f"no decoder for detector family {card.family!r}")
+
+
 def load_engine(
     model_dir: Path,
     *,
@@ -137,28 +192,19 @@ def load_engine(
     batch_size: int = 32,
     min_face_px: int = 40,
     spin: bool = False,
+    detector: str | None = None,
 ) -> FaceEngine:
-    """Open ``detector.card.json`` and ``embedder.card.json`` in ``model_dir`` and their models.
+    """Open ``detector.card.json`` (or ``detector-<family>.card.json`` when ``detector`` names a
+    family) and ``embedder.card.json`` in ``model_dir`` and their models.
 
-    Each session runs once on zeros before this returns, so the first photo is not slower.
+    Each session runs once before this returns, so the first photo is not slower.
     ``spin`` lets idle onnxruntime threads busy-wait (see ``runtime.session_options``).
     """
-    detector_card = load_card(model_dir / DETECTOR_CARD)
+    detector_card = load_card(model_dir / detector_card_name(detector))
     embedder_card = load_card(model_dir / EMBEDDER_CARD)
     if detector_card.kind != "detector" or embedder_card.kind != "embedder":
-        raise ValueError("detector.card.json / embedder.card.json describe the wrong kinds")
-
-    def stage(role: str) -> Model:
-        return load_model(
-            detector_card.path(role, model_dir),
-            providers=providers,
-            threads=threads,
-            batch_size=256,  # R-Net/O-Net candidates are tiny; batch them all
-            spin=spin,
-        )
-
-    pnet, rnet, onet = stage("pnet"), stage("rnet"), stage("onet")
-    detector = Mtcnn(detector_card, pnet.run, rnet.run, onet.run)
+        raise ValueError("the detector / embedder cards describe the wrong kinds")
+    found = open_detector(detector_card, model_dir, providers=providers, threads=threads, spin=spin)
     embedder = load_model(
         embedder_card.path("model", model_dir),
         providers=providers,
@@ -167,11 +213,9 @@ def load_engine(
         warm_up_shape=_input_shape(embedder_card, 1),
         spin=spin,
     )
-    engine = FaceEngine(detector_card, embedder_card, detector, embedder, min_face_px=min_face_px)
-    # Warm the detector path too (pyramid, R-Net, O-Net shapes) on a small blank frame.
+    engine = FaceEngine(detector_card, embedder_card, found, embedder, min_face_px=min_face_px)
+    # Warm the detector path too (its sessions, pyramid shapes) on a small blank frame.
     engine.detect(np.zeros((2 * min_face_px, 2 * min_face_px, 3), dtype=np.uint8))
-    for model, size in ((rnet, 24), (onet, 48)):
-        model.warm_up((1, size, size, 3))
     log.info(
         "face engine ready: detector=%s embedder=%s providers=%s",
         detector_card.id,

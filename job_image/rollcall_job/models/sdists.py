@@ -16,6 +16,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import IO
 
 from rollcall_job.models.cache import cache_root
 
@@ -67,15 +68,26 @@ def sdist_path(name: str, version: str) -> Path:
     return target
 
 
+def _open_member(tar: tarfile.TarFile, archive: Path, suffix: str) -> IO[bytes]:
+    members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(suffix)]
+    if len(members) != 1:
+        raise FetchError(f"{archive.name}: expected one member ending in {suffix!r}")
+    source = tar.extractfile(members[0])
+    if source is None:
+        raise FetchError(f"{archive.name}: cannot read {suffix!r}")
+    return source
+
+
+def read_member(archive: Path, suffix: str) -> bytes:
+    """The bytes of the one archive member whose path ends with ``suffix``."""
+    with tarfile.open(archive, "r:gz") as tar:
+        return _open_member(tar, archive, suffix).read()
+
+
 def extract_member(archive: Path, suffix: str, dest: Path) -> Path:
     """Copy the one archive member whose path ends with ``suffix`` to ``dest`` (atomically)."""
     with tarfile.open(archive, "r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(suffix)]
-        if len(members) != 1:
-            raise FetchError(f"{archive.name}: expected one member ending in {suffix!r}")
-        source = tar.extractfile(members[0])
-        if source is None:
-            raise FetchError(f"{archive.name}: cannot read {suffix!r}")
+        source = _open_member(tar, archive, suffix)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, prefix=".part-") as out:
             shutil.copyfileobj(source, out)

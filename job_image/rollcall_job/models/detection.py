@@ -1,0 +1,154 @@
+"""What every detector family returns, and the parts single-shot detectors share.
+
+A detector takes a BGR photo and the smallest face size wanted, and returns boxes
+(``x1, y1, x2, y2`` in image pixels), scores and five landmarks per face (left eye, right eye,
+nose, left and right mouth corner, as seen in the image). MTCNN is a cascade with its own
+pyramid; RetinaFace and CenterFace are single-shot networks with a dynamic input, so one pass
+covers a band of face sizes and a short pyramid (``pyramid_scales``) covers the rest: a 4000 px
+class photo with 40 px faces is read at the scale where those faces fill the network's best band,
+plus a small level for close-ups, never cut into tiles with seams through faces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from rollcall_job.models.cards import ModelCard, PyramidSettings
+
+F32 = npt.NDArray[np.float32]
+RunFn = Callable[[F32], list[F32]]
+
+
+@dataclass(frozen=True)
+class Detections:
+    boxes: F32  # (n, 4) x1, y1, x2, y2
+    scores: F32  # (n,)
+    landmarks: F32  # (n, 5, 2)
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(
+            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, rows: npt.NDArray[np.intp]) -> Detections:
+        return Detections(self.boxes[rows], self.scores[rows], self.landmarks[rows])
+
+    def scaled(self, fx: float, fy: float) -> Detections:
+        """Coordinates multiplied per axis (a pyramid level back to the photo)."""
+        box = self.boxes * np.array([fx, fy, fx, fy], np.float32)
+        marks = self.landmarks * np.array([fx, fy], np.float32)
+        return Detections(box.astype(np.float32), self.scores, marks.astype(np.float32))
+
+    @staticmethod
+    def concat(parts: list[Detections]) -> Detections:
+        if not parts:
+            return Detections.empty()
+        return Detections(
+            np.concatenate([p.boxes for p in parts]).astype(np.float32),
+            np.concatenate([p.scores for p in parts]).astype(np.float32),
+            np.concatenate([p.landmarks for p in parts]).astype(np.float32),
+        )
+
+
+class Detector(Protocol):
+    """One detector family behind its card: faces at least about ``min_face_px``, best first."""
+
+    def detect(self, image_bgr: npt.NDArray[np.uint8], min_face_px: int) -> Detections: ...
+
+
+def suppress(found: Detections, iou: float) -> Detections:
+    """Greedy non-maximum suppression (OpenCV's), best score first."""
+    if len(found) == 0:
+        return found
+    xywh = np.concatenate([found.boxes[:, :2], found.boxes[:, 2:] - found.boxes[:, :2]], axis=1)
+    keep = cv2.dnn.NMSBoxes(xywh.astype(np.float64).tolist(), found.scores.tolist(), 0.0, iou)
+    rows = np.asarray(keep, dtype=np.intp).reshape(-1)
+    rows = rows[np.argsort(-found.scores[rows], kind="stable")]
+    return found.take(rows)
+
+
+def pyramid_scales(height: int, width: int, min_face_px: int, p: PyramidSettings) -> list[float]:
+    """Scales at which to run a single-shot detector so every face from ``min_face_px`` up to the
+    photo's short side lands in the network's band ``[p.smallest_px, p.largest_px]``.
+
+    The first scale brings ``min_face_px`` to ``smallest_px`` (never enlarging past
+    ``max_upscale``); each next one shrinks until the band's top reaches the short side.
+    """
+    if min_face_px <= 0:
+        raise ValueError("min_face_px must be positive")
+    scale = min(p.smallest_px / min_face_px, p.max_upscale)
+    step = p.smallest_px / p.largest_px * p.overlap
+    scales = [scale]
+    while min(height, width) * scale > p.largest_px and scale * step * max(height, width) >= 16:
+        scale *= step
+        scales.append(scale)
+    return scales
+
+
+def padded_input(
+    image: npt.NDArray[np.uint8], scale: float, multiple: int
+) -> tuple[npt.NDArray[np.uint8], float, float]:
+    """The photo resized by ``scale`` and padded (black, bottom/right) to sides divisible by
+    ``multiple``; returns it with the exact per-axis factors back to the photo."""
+    h, w = image.shape[:2]
+    sw, sh = max(round(w * scale), 1), max(round(h * scale), 1)
+    if (sw, sh) == (w, h):
+        resized = image
+    else:
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = np.asarray(cv2.resize(image, (sw, sh), interpolation=interp), np.uint8)
+    pw, ph = -(-sw // multiple) * multiple, -(-sh // multiple) * multiple
+    if (pw, ph) != (sw, sh):
+        resized = np.asarray(
+            cv2.copyMakeBorder(resized, 0, ph - sh, 0, pw - sw, cv2.BORDER_CONSTANT, value=0),
+            np.uint8,
+        )
+    return resized, w / sw, h / sh
+
+
+class SingleShot:
+    """A one-network detector with a dynamic input, run once per pyramid level; subclasses
+    decode the network's outputs for one level (``_decode``)."""
+
+    def __init__(self, card: ModelCard, run: RunFn, pyramid: PyramidSettings, iou: float) -> None:
+        self.card = card
+        self.run = run
+        self.pyramid = pyramid
+        self.iou = iou
+        self._mean = np.asarray(card.mean, dtype=np.float32)
+        self._std = np.asarray(card.std, dtype=np.float32)
+        self._scale = np.float32(card.scale)
+
+    def _prepare(self, image: npt.NDArray[np.uint8]) -> F32:
+        x = (image.astype(np.float32) * self._scale - self._mean) / self._std
+        if self.card.layout == "NCHW":
+            x = x.transpose(2, 0, 1)
+        return np.ascontiguousarray(x[None], dtype=np.float32)
+
+    def _decode(self, outputs: Sequence[F32], height: int, width: int) -> Detections:
+        raise NotImplementedError
+
+    def detect(self, image_bgr: npt.NDArray[np.uint8], min_face_px: int) -> Detections:
+        """Faces at least about ``min_face_px`` wide, best first."""
+        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+            raise ValueError("expected an (h, w, 3) BGR image")
+        image = image_bgr
+        if self.card.colour == "RGB":
+            image = np.asarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB), np.uint8)
+        h, w = image.shape[:2]
+        found: list[Detections] = []
+        for scale in pyramid_scales(h, w, min_face_px, self.pyramid):
+            level, fx, fy = padded_input(image, scale, self.pyramid.multiple)
+            outputs = self.run(self._prepare(level))
+            found.append(self._decode(outputs, level.shape[0], level.shape[1]).scaled(fx, fy))
+        return suppress(Detections.concat(found), self.iou)
