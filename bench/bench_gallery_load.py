@@ -27,6 +27,7 @@ from rollcall_job.gallery import GalleryMeta, GalleryStore
 from rollcall_job.legacy import LegacyLayout, read_legacy
 
 DIM = 128
+TENANT = "bench-school"
 
 
 def seed(client: redis.Redis, students: int, per: int) -> tuple[list[str], GalleryMeta]:
@@ -43,7 +44,7 @@ def seed(client: redis.Redis, students: int, per: int) -> tuple[list[str], Galle
             pipe.hset(layout.features, emb_id, pickle.dumps(row))
             pipe.hset(layout.photos, emb_id, f"/photos/{sid}/{j}.jpg")
     pipe.execute()
-    GalleryStore(client).put("6B", meta, vectors)
+    GalleryStore(client, TENANT).put("6B", meta, vectors)
     return ids, meta
 
 
@@ -78,14 +79,18 @@ def main() -> None:
         # the job's client settings (rollcall_job.__main__.redis_client)
         client = redis.Redis.from_url(server.url, socket_read_size=1 << 20)
         ids, meta = seed(client, args.students, args.per_student)
-        store = GalleryStore(client)
+        store = GalleryStore(client, TENANT)
         n = args.students * args.per_student
         layout = LegacyLayout(class_code="6B", period="2024-T1")
         np.testing.assert_allclose(store.load("6B", meta, ids).embeddings, old_load(client, ids))
         # the same gallery without its packed copy: what the HMGET fallback costs
-        client.copy(keys.gallery("6B", meta.model_id), keys.gallery("6B-hash-only", meta.model_id))
         client.copy(
-            keys.gallery_meta("6B", meta.model_id), keys.gallery_meta("6B-hash-only", meta.model_id)
+            keys.gallery(TENANT, "6B", meta.model_id),
+            keys.gallery(TENANT, "6B-hash-only", meta.model_id),
+        )
+        client.copy(
+            keys.gallery_meta(TENANT, "6B", meta.model_id),
+            keys.gallery_meta(TENANT, "6B-hash-only", meta.model_id),
         )
         best = interleaved(
             {

@@ -184,7 +184,7 @@ async def test_status_progress_and_summary_read_back(
     assert got["phase"] == "Running" and got["progress"] == {"done": 3, "total": 10}
 
     # The job's own progress in Redis is fresher than the RJ status while it runs.
-    redis_client.hset(keys.job_progress(job["uid"]), mapping={"done": 7, "total": 10})
+    redis_client.hset(keys.job_progress(api.ns, job["uid"]), mapping={"done": 7, "total": 10})
     got = (await api.http.get(f"/v1/recognition-jobs/{job['id']}", headers=api.auth())).json()
     assert got["progress"] == {"done": 7, "total": 10}
 
@@ -225,6 +225,7 @@ async def test_results_are_409_until_finished_then_come_from_redis(
     # The job's own writer, with tiny chunks so the multi-part layout is exercised too.
     write_results(
         redis_client,
+        api.ns,
         job["uid"],
         "a1",
         {"summary": summary, "attendance": attendance, "photos": photos},
@@ -468,7 +469,7 @@ def test_events_stream_progress_and_phase_until_the_job_ends_over_http(
                     {"phase": "Running", "progress": {"done": 0, "total": 4}},
                 ),
                 ("phase", "Running"): lambda: redis_client.hset(
-                    keys.job_progress(job["uid"]), mapping={"done": 2, "total": 4}
+                    keys.job_progress(namespace, job["uid"]), mapping={"done": 2, "total": 4}
                 ),
                 ("progress", "2"): lambda: set_status(
                     k8s_api,

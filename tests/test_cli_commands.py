@@ -170,8 +170,8 @@ def test_watch_follows_progress_then_prints_attendance(
         lambda: set_status(
             k8s_api, cli.ns, name, {"phase": "Running", "progress": {"done": 0, "total": 3}}
         ),
-        lambda: redis_client.hset(keys.job_progress(uid), mapping={"done": 2, "total": 3}),
-        lambda: write_results(redis_client, uid, "a1", documents, ttl_seconds=600),
+        lambda: redis_client.hset(keys.job_progress(cli.ns, uid), mapping={"done": 2, "total": 3}),
+        lambda: write_results(redis_client, cli.ns, uid, "a1", documents, ttl_seconds=600),
         lambda: set_status(
             k8s_api, cli.ns, name, {"phase": "Succeeded", "progress": {"done": 3, "total": 3}}
         ),
@@ -258,6 +258,7 @@ def test_watch_reconnects_across_an_api_restart(
         first.__exit__(None, None, None)  # the old pod goes away mid-stream
         write_results(
             redis_client,
+            namespace,
             job["uid"],
             "a1",
             {

@@ -132,7 +132,7 @@ def test_enroll_then_identify(
     assert main([], engine_loader=_toy) == ExitCode.OK
 
     term = _termination(job_env)
-    assert term["resultKey"] == keys.job_results("uid-123")
+    assert term["resultKey"] == keys.job_results("school-a", "uid-123")
     s = term["summary"]
     assert (s["images"], s["errors"], s["faces"], s["present"], s["absent"], s["unknown"]) == (
         3,
@@ -142,10 +142,10 @@ def test_enroll_then_identify(
         1,
         1,
     )
-    results = read_results(redis_client, "uid-123")
+    results = read_results(redis_client, "school-a", "uid-123")
     assert results is not None
     assert results["attendance"]["absent"] == ["cy"]
-    progress = redis_client.hgetall(keys.job_progress("uid-123"))
+    progress = redis_client.hgetall(keys.job_progress("school-a", "uid-123"))
     assert progress[b"done"] == progress[b"total"] == b"3"
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert any(line["msg"] == "progress 3/3 photos (100%)" for line in lines)
@@ -187,7 +187,9 @@ def test_bad_input_exits_42_with_a_reason(
     term = _termination(job_env)
     assert reason in term["error"] and term["reason"] == "BadInput"
     # results of a run that read nothing are still published for a person to inspect
-    assert (read_results(redis_client, "uid-123") is not None) == (setup == "all_corrupt")
+    assert (read_results(redis_client, "school-a", "uid-123") is not None) == (
+        setup == "all_corrupt"
+    )
 
 
 def test_invalid_settings_exit_42(job_env: dict[str, Any]) -> None:
@@ -217,7 +219,7 @@ def test_enroll_into_a_gallery_of_another_metric_is_refused_before_any_work(
 
     from rollcall_job.gallery import GalleryMeta, GalleryStore
 
-    GalleryStore(redis_client).put(
+    GalleryStore(redis_client, "school-a").put(
         "6b", GalleryMeta("toy-v1", 3, "euclidean"), {"old": np.ones((1, 3), np.float32)}
     )
     mp, tmp = job_env["monkeypatch"], job_env["tmp"]

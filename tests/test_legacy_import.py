@@ -151,14 +151,14 @@ def test_import_converts_good_rows_and_reports_bad_ones(
         {"old": [pickle.dumps(np.ones(128))]},
     )
 
-    report = import_legacy(redis_client, layout, gallery="6B", meta=META)
+    report = import_legacy(redis_client, layout, tenant="school-a", gallery="6B", meta=META)
 
     assert not marker.exists()
     assert (report.students, report.embeddings) == (2, 6)
     assert [r[0] for r in report.refused] == ["bob", "cy"]
     assert report.missing == [("bob", "ghost")]
     assert report.skipped_students == ["cy"]
-    g = GalleryStore(redis_client).load("6B", META)
+    g = GalleryStore(redis_client, "school-a").load("6B", META)
     assert g.student_ids == ("ann", "bob")
     np.testing.assert_allclose(g.embeddings, np.vstack(good["ann"] + good["bob"]), rtol=1e-6)
 
@@ -178,10 +178,12 @@ def test_command_line_import(
             "7A",
             "--period",
             "p1",
+            "--tenant",
+            "school-a",
             "--gallery",
             "7a",
         ]
     )
     assert rc == 0
     assert '"students": 1' in capsys.readouterr().out
-    assert GalleryStore(redis_client).load("7a", META).student_ids == ("zoe",)
+    assert GalleryStore(redis_client, "school-a").load("7a", META).student_ids == ("zoe",)

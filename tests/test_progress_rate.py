@@ -59,18 +59,18 @@ def test_finish_writes_a_final_state_reached_between_writes() -> None:
 
 def test_redis_and_log_sinks(redis_client: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    p = Progress(4, [redis_sink(redis_client, "uid-1", 60), log_sink()], interval=0.0)
+    p = Progress(4, [redis_sink(redis_client, "school-a", "uid-1", 60), log_sink()], interval=0.0)
     p.start()
     p.advance(3)
-    stored = redis_client.hgetall(keys.job_progress("uid-1"))
+    stored = redis_client.hgetall(keys.job_progress("school-a", "uid-1"))
     assert (stored[b"done"], stored[b"total"]) == (b"3", b"4")
-    assert 0 < redis_client.ttl(keys.job_progress("uid-1")) <= 60
+    assert 0 < redis_client.ttl(keys.job_progress("school-a", "uid-1")) <= 60
     assert "progress 3/4 photos (75%)" in caplog.text
 
 
 def test_a_failed_progress_write_does_not_stop_the_job(caplog: pytest.LogCaptureFixture) -> None:
     dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    p = Progress(2, [redis_sink(dead, "uid-1", 60)], interval=0.0)
+    p = Progress(2, [redis_sink(dead, "school-a", "uid-1", 60)], interval=0.0)
     p.start()
     p.advance(2)
     assert p.done == 2 and "progress write failed" in caplog.text

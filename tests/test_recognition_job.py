@@ -148,7 +148,7 @@ def test_group_photo_enrolled_from_a_transformed_copy_is_fully_identified(
     )
     assert sorted(enrolled.students) == sorted(ROSTER)
     assert enrolled.documents["students"]["absentee"]["used"] == 2
-    store = GalleryStore(redis_client)
+    store = GalleryStore(redis_client, "school-a")
     store.put("6b", spec.meta, enrolled.students)
     gallery = store.load("6b", spec.meta, ROSTER)
     out = identify(
@@ -215,9 +215,9 @@ def test_python_m_rollcall_job_with_the_env_contract(
         {**base, "ROLLCALL_JOB_UID": "identify-1", "ROLLCALL_INPUT_DIR": str(class_dir)}, tmp_path
     )
     assert rc == ExitCode.OK, logs
-    assert term["resultKey"] == keys.job_results("identify-1")
+    assert term["resultKey"] == keys.job_results("school-a", "identify-1")
     assert (term["summary"]["present"], term["summary"]["absent"]) == (6, 1)
-    results = read_results(redis_client, "identify-1")
+    results = read_results(redis_client, "school-a", "identify-1")
     assert results is not None
     _check_identified(results, boxes)
     for line in logs.splitlines():  # structured logs, one JSON object a line

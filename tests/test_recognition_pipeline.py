@@ -163,8 +163,11 @@ def test_enroll_averages_and_reports_rejected_photos(
     # cosine enrolment is unit length and points at ann's colour
     ann = out.students["ann"]
     assert np.linalg.norm(ann) == pytest.approx(1.0, abs=1e-5)
-    GalleryStore(redis_client).put("6b", META, out.students)
-    assert GalleryStore(redis_client).load("6b", META, ["ann", "bob"]).student_ids == ("ann", "bob")
+    GalleryStore(redis_client, "school-a").put("6b", META, out.students)
+    assert GalleryStore(redis_client, "school-a").load("6b", META, ["ann", "bob"]).student_ids == (
+        "ann",
+        "bob",
+    )
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

@@ -99,9 +99,11 @@ def _big_result(tag: str, n_photos: int = 3000) -> dict[str, Any]:
 
 def test_round_trip_and_ttl(redis_client: redis.Redis) -> None:
     doc = _big_result("a", 200)
-    key = write_results(redis_client, "uid", "0", doc, ttl_seconds=300, chunk_bytes=4096)
-    assert key == keys.job_results("uid")
-    assert read_results(redis_client, "uid") == doc
+    key = write_results(
+        redis_client, "school-a", "uid", "0", doc, ttl_seconds=300, chunk_bytes=4096
+    )
+    assert key == keys.job_results("school-a", "uid")
+    assert read_results(redis_client, "school-a", "uid") == doc
     assert 0 < redis_client.ttl(key) <= 300
     assert redis_client.keys("*staging*") == []
 
@@ -112,6 +114,7 @@ def test_kill_between_staging_and_rename_publishes_nothing(durable: DurableRedis
     with pytest.raises(redis.ConnectionError):
         write_results(
             client,
+            "school-a",
             "uid",
             "1",
             doc,
@@ -122,14 +125,14 @@ def test_kill_between_staging_and_rename_publishes_nothing(durable: DurableRedis
     durable.start()
     client = durable.client()
     # the staged parts did reach disk (so a non-atomic writer would have left them visible)...
-    staged = client.hgetall(keys.job_results_staging("uid", "1"))
+    staged = client.hgetall(keys.job_results_staging("school-a", "uid", "1"))
     assert len(staged) > 5
     # ...but the final key was never created
-    assert not client.exists(keys.job_results("uid"))
-    assert read_results(client, "uid") is None
+    assert not client.exists(keys.job_results("school-a", "uid"))
+    assert read_results(client, "school-a", "uid") is None
     # a retry publishes the whole thing
-    write_results(client, "uid", "2", doc, ttl_seconds=300, chunk_bytes=64 * 1024)
-    assert read_results(client, "uid") == doc
+    write_results(client, "school-a", "uid", "2", doc, ttl_seconds=300, chunk_bytes=64 * 1024)
+    assert read_results(client, "school-a", "uid") == doc
 
 
 def test_kill_in_the_middle_of_staging_keeps_the_previous_result_whole(
@@ -137,7 +140,7 @@ def test_kill_in_the_middle_of_staging_keeps_the_previous_result_whole(
 ) -> None:
     client = durable.client()
     old = _big_result("old", 500)
-    write_results(client, "uid", "1", old, ttl_seconds=300, chunk_bytes=8 * 1024)
+    write_results(client, "school-a", "uid", "1", old, ttl_seconds=300, chunk_bytes=8 * 1024)
 
     writes = 0
     real_hset = redis.Redis.hset
@@ -152,19 +155,27 @@ def test_kill_in_the_middle_of_staging_keeps_the_previous_result_whole(
     monkeypatch.setattr(redis.Redis, "hset", dying_hset)
     with pytest.raises(redis.ConnectionError):
         write_results(
-            client, "uid", "2", _big_result("new"), ttl_seconds=300, chunk_bytes=64 * 1024
+            client,
+            "school-a",
+            "uid",
+            "2",
+            _big_result("new"),
+            ttl_seconds=300,
+            chunk_bytes=64 * 1024,
         )
     monkeypatch.undo()
     durable.start()
     client = durable.client()
-    staging = keys.job_results_staging("uid", "2")
+    staging = keys.job_results_staging("school-a", "uid", "2")
     assert client.hlen(staging) == 3
     assert 0 < client.ttl(staging) <= 300  # the leftover expires on its own
-    assert read_results(client, "uid") == old
+    assert read_results(client, "school-a", "uid") == old
 
 
 def test_reader_detects_a_result_missing_parts(redis_client: redis.Redis) -> None:
     # what a non-atomic writer could leave behind: the reader refuses it instead of guessing
-    redis_client.hset(keys.job_results("uid"), mapping={"parts": '{"photos": 2}', "photos": "[1,"})
+    redis_client.hset(
+        keys.job_results("school-a", "uid"), mapping={"parts": '{"photos": 2}', "photos": "[1,"}
+    )
     with pytest.raises(IncompleteResults):
-        read_results(redis_client, "uid")
+        read_results(redis_client, "school-a", "uid")

@@ -98,7 +98,7 @@ async def job_events(
                     queue.get(), timeout=settings.events_poll_seconds
                 )
             except TimeoutError:
-                p = await store.progress(uid) if view.phase is Phase.RUNNING else None
+                p = await store.progress(namespace, uid) if view.phase is Phase.RUNNING else None
                 if p is not None and _advances(p, view):
                     view.progress = ProgressOut(done=p[0], total=p[1])
                     seq += 1

@@ -101,9 +101,10 @@ async def view_with_progress(store: Store, obj: dict[str, Any], base: str) -> Jo
     """Overlay the job's own Redis progress while it runs (the RJ status lags behind it)."""
     status = parse_status(obj.get("status"))
     progress = None
-    uid = (obj.get("metadata") or {}).get("uid")
-    if status.phase is Phase.RUNNING and uid:
-        progress = await store.progress(str(uid))
+    meta = obj.get("metadata") or {}
+    uid, namespace = meta.get("uid"), meta.get("namespace")
+    if status.phase is Phase.RUNNING and uid and namespace:
+        progress = await store.progress(str(namespace), str(uid))
     return job_view(obj, base, progress)
 
 

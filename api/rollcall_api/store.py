@@ -86,10 +86,11 @@ class Store:
         except (RedisError, OSError) as exc:
             log.warning("idempotency claim not released", extra={"error": repr(exc)})
 
-    async def progress(self, uid: str) -> tuple[int, int] | None:
+    async def progress(self, namespace: str, uid: str) -> tuple[int, int] | None:
         """The job's own (done, total), fresher than the RJ status; None if not written yet."""
         try:
-            done, total = await self.redis.hmget(keys.job_progress(uid), ["done", "total"])
+            key = keys.job_progress(namespace, uid)
+            done, total = await self.redis.hmget(key, ["done", "total"])
         except (RedisError, OSError) as exc:
             log.warning("progress not read", extra={"error": repr(exc)})
             return None
@@ -100,10 +101,10 @@ class Store:
         except ValueError:
             return None
 
-    async def results(self, uid: str) -> dict[str, Any] | None:
+    async def results(self, namespace: str, uid: str) -> dict[str, Any] | None:
         """The published results (field -> decoded JSON); None if the job wrote none."""
         try:
-            raw = await self.redis.hgetall(keys.job_results(uid))
+            raw = await self.redis.hgetall(keys.job_results(namespace, uid))
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
         if not raw:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from pydantic import ValidationError
 
+from rollcall_contract import keys
 from rollcall_contract.jobenv import TERMINATION_LOG, ExitCode, JobSettings
 from rollcall_job.enroll import enroll, student_photos
 from rollcall_job.gallery import GalleryError, GalleryStore
@@ -125,12 +126,23 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
+def check_names(settings: JobSettings) -> None:
+    """Every key this job touches is under its own namespace (``ROLLCALL_JOB_NAMESPACE``, set by
+    the operator from the RJ's metadata, never from a spec field); refuse names keys would refuse."""
+    try:
+        keys.gallery_match(settings.job_namespace, settings.gallery)
+        keys.job_progress(settings.job_namespace, settings.job_uid)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+
+
 def run(
     settings: JobSettings, *, engine_loader: EngineLoader = load_engine
 ) -> tuple[dict[str, Any], str]:
     """Do the job; returns (summary, results key). Raises BadInput / redis errors / anything."""
     if settings.mode not in ("identify", "enroll"):
         raise BadInput(f"unknown mode {settings.mode!r}")
+    check_names(settings)
     if not settings.input_dir.is_dir():
         raise BadInput(f"input directory {settings.input_dir} does not exist")
     client = redis_client(settings.redis_url)
@@ -144,7 +156,7 @@ def run(
 
 
 def _progress(settings: JobSettings, client: redis.Redis, total: int) -> Progress:
-    sink = redis_sink(client, settings.job_uid, settings.result_ttl_seconds)
+    sink = redis_sink(client, settings.job_namespace, settings.job_uid, settings.result_ttl_seconds)
     progress = Progress(total, [sink, log_sink()], interval=settings.progress_interval_seconds)
     progress.start()
     return progress
@@ -158,7 +170,9 @@ def _identify(
         raise BadInput(f"no photos in {settings.input_dir}")
     engine = engine_loader(settings, settings.min_face_px)
     spec = embedder_spec(engine.embedder_card, settings.threshold)
-    gallery = GalleryStore(client).load(settings.gallery, spec.meta, settings.roster or None)
+    gallery = GalleryStore(client, settings.job_namespace).load(
+        settings.gallery, spec.meta, settings.roster or None
+    )
     if len(gallery) == 0:
         raise BadInput(f"gallery {settings.gallery!r} has none of the roster enrolled")
     if settings.annotate and settings.output_dir is None:
@@ -179,6 +193,7 @@ def _identify(
     progress.finish()
     key = write_results(
         client,
+        settings.job_namespace,
         settings.job_uid,
         _attempt(),
         result.documents,
@@ -195,7 +210,9 @@ def _enroll(
 ) -> tuple[dict[str, Any], str]:
     engine = engine_loader(settings, settings.min_face_px)
     spec = embedder_spec(engine.embedder_card, settings.threshold)
-    existing = GalleryStore(client).meta(settings.gallery, spec.meta.model_id)
+    existing = GalleryStore(client, settings.job_namespace).meta(
+        settings.gallery, spec.meta.model_id
+    )
     if existing is not None:
         existing.check(spec.meta)  # refuse before minutes of work, not after
     fine: list[Engine[Any]] = []
@@ -220,9 +237,12 @@ def _enroll(
     )
     progress.finish()
     if outcome.students:
-        GalleryStore(client).put(settings.gallery, spec.meta, outcome.students)
+        GalleryStore(client, settings.job_namespace).put(
+            settings.gallery, spec.meta, outcome.students
+        )
     key = write_results(
         client,
+        settings.job_namespace,
         settings.job_uid,
         _attempt(),
         outcome.documents,

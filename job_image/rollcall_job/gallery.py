@@ -1,6 +1,7 @@
 """The class gallery store in Redis: raw little-endian float32 embeddings, never pickles.
 
-Layout (``keys.py``): a hash per gallery and model (field = student id, value = that student's
+Layout (``rollcall_contract.keys``, under the school's ``rollcall:<namespace>:`` prefix): a hash
+per gallery and model (field = student id, value = that student's
 k x dim embeddings as raw ``<f4`` bytes), a meta hash (model_id, dim, dtype, metric, updated), and a
 packed copy of the whole hash in one string value (a small JSON header of ids and row counts, then
 the raw float32 rows), rewritten in the same MULTI/EXEC as every change. Why the packed copy: a
@@ -206,23 +207,33 @@ Redis = redis.Redis
 
 
 class GalleryStore:
-    """Thin Redis I/O around the layout above."""
+    """Thin Redis I/O around the layout above, bound to one tenant (the school's namespace).
 
-    def __init__(self, client: Redis) -> None:
+    The tenant is fixed when the store is made (the job takes it from its own namespace), so a
+    gallery name from a spec can only ever name a gallery of that same school.
+    """
+
+    def __init__(self, client: Redis, tenant: str) -> None:
         self.client = client
+        self.tenant = keys.check_tenant(tenant)
+
+    def _keys(self, name: str, model_id: str) -> tuple[str, str, str]:
+        """(hash, meta, packed) keys of one gallery of this tenant."""
+        return (
+            keys.gallery(self.tenant, name, model_id),
+            keys.gallery_meta(self.tenant, name, model_id),
+            keys.gallery_packed(self.tenant, name, model_id),
+        )
 
     def load(
         self, name: str, expected: GalleryMeta, roster: Sequence[str] | None = None
     ) -> Gallery:
         """Meta, packed copy and HLEN in one pipelined round trip (a second, HMGET of the roster,
         only if the packed copy is stale); the result holds the roster's students, or everyone."""
-        mkey, gkey = (
-            keys.gallery_meta(name, expected.model_id),
-            keys.gallery(name, expected.model_id),
-        )
+        gkey, mkey, pkey = self._keys(name, expected.model_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(mkey)
-        pipe.get(keys.gallery_packed(name, expected.model_id))
+        pipe.get(pkey)
         pipe.hlen(gkey)
         meta_raw, blob, n_fields = pipe.execute()
         if not meta_raw:
@@ -242,7 +253,7 @@ class GalleryStore:
         return Gallery.from_rows(expected, sorted((k.decode(), v) for k, v in everything.items()))
 
     def meta(self, name: str, model_id: str) -> GalleryMeta | None:
-        raw = cast(dict[bytes, bytes], self.client.hgetall(keys.gallery_meta(name, model_id)))
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self._keys(name, model_id)[1]))
         return GalleryMeta.from_fields(raw) if raw else None
 
     def put(
@@ -260,8 +271,7 @@ class GalleryStore:
         packed copy behind. ``replace`` drops the gallery's other students.
         """
         payload = {sid: encode(e, meta.dim) for sid, e in students.items()}
-        mkey, gkey = keys.gallery_meta(name, meta.model_id), keys.gallery(name, meta.model_id)
-        pkey = keys.gallery_packed(name, meta.model_id)
+        gkey, mkey, pkey = self._keys(name, meta.model_id)
 
         def txn(pipe: Any) -> None:
             current = pipe.hgetall(mkey)
@@ -281,8 +291,4 @@ class GalleryStore:
         self.client.transaction(txn, mkey, gkey)
 
     def delete(self, name: str, model_id: str) -> None:
-        self.client.delete(
-            keys.gallery(name, model_id),
-            keys.gallery_meta(name, model_id),
-            keys.gallery_packed(name, model_id),
-        )
+        self.client.delete(*self._keys(name, model_id))

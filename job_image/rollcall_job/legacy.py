@@ -228,18 +228,20 @@ def import_legacy(
     client: Redis,
     layout: LegacyLayout,
     *,
+    tenant: str,
     gallery: str,
     meta: GalleryMeta,
     target: Redis | None = None,
     replace: bool = True,
 ) -> ImportReport:
-    """Convert one legacy class/period into ``gallery`` (all rows, one MULTI/EXEC on the target).
+    """Convert one legacy class/period into ``gallery`` of school ``tenant`` (its namespace; all
+    rows, one MULTI/EXEC on the target).
 
     Every legacy embedding is kept as its own row (not averaged): the matcher takes each student's
     best row, which is what the old one-vs-all loop did.
     """
     students, report = read_legacy(client, layout, meta.dim)
-    GalleryStore(target or client).put(gallery, meta, students, replace=replace)
+    GalleryStore(target or client, tenant).put(gallery, meta, students, replace=replace)
     return report
 
 
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix", default="attendance")
     ap.add_argument("--class-code", required=True)
     ap.add_argument("--period", required=True)
+    ap.add_argument("--tenant", required=True, help="the school's namespace the gallery belongs to")
     ap.add_argument("--gallery", required=True, help="gallery name to write")
     ap.add_argument(
         "--model-id",
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     report = import_legacy(
         source,
         LegacyLayout(args.prefix, args.class_code, args.period),
+        tenant=args.tenant,
         gallery=args.gallery,
         meta=GalleryMeta(args.model_id, args.dim, args.metric),
         target=target,

@@ -57,13 +57,13 @@ class Progress:
             sink(self.done, self.total)
 
 
-def redis_sink(client: redis.Redis, job_uid: str, ttl_seconds: int) -> Sink:
+def redis_sink(client: redis.Redis, tenant: str, job_uid: str, ttl_seconds: int) -> Sink:
     """Write done/total/updated to the job's progress hash (one pipelined round trip).
 
     Progress is advisory: a failed write is logged and skipped, not fatal; the results write at
     the end is what must succeed (and fails the job as TRANSIENT if Redis is really gone).
     """
-    key = keys.job_progress(job_uid)
+    key = keys.job_progress(tenant, job_uid)
 
     def write(done: int, total: int) -> None:
         pipe = client.pipeline(transaction=True)

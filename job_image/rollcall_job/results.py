@@ -21,6 +21,7 @@ __all__ = ["IncompleteResults", "decode_results", "read_results", "write_results
 
 def write_results(
     client: redis.Redis,
+    tenant: str,
     job_uid: str,
     attempt: str,
     documents: Mapping[str, Any],
@@ -35,7 +36,8 @@ def write_results(
     many, so no single command is huge. ``before_publish`` is a test seam before the rename.
     """
     fields = encode_results(documents, chunk_bytes=chunk_bytes)
-    staging, final = keys.job_results_staging(job_uid, attempt), keys.job_results(job_uid)
+    staging = keys.job_results_staging(tenant, job_uid, attempt)
+    final = keys.job_results(tenant, job_uid)
     client.delete(staging)
 
     def stage(field: str, value: str) -> None:
@@ -56,9 +58,9 @@ def write_results(
     return final
 
 
-def read_results(client: redis.Redis, job_uid: str) -> dict[str, Any] | None:
+def read_results(client: redis.Redis, tenant: str, job_uid: str) -> dict[str, Any] | None:
     """The published results (field -> decoded JSON), or None when none are published."""
-    raw = cast(dict[bytes, bytes], client.hgetall(keys.job_results(job_uid)))
+    raw = cast(dict[bytes, bytes], client.hgetall(keys.job_results(tenant, job_uid)))
     if not raw:
         return None
     return decode_results({k.decode(): v.decode() for k, v in raw.items()})

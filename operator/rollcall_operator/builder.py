@@ -49,8 +49,9 @@ def job_name(rj_name: str) -> str:
     return f"{stem}-{digest}" if stem else f"rj-{digest}"
 
 
-def result_key(rj_uid: str) -> str:
-    return keys.job_results(rj_uid)
+def result_key(namespace: str, rj_uid: str) -> str:
+    """Where the RJ's job publishes its results: under the RJ's own namespace (its school)."""
+    return keys.job_results(namespace, rj_uid)
 
 
 def build_labels(rj_name: str, rj_uid: str, spec: RecognitionJobSpec) -> dict[str, str]:

@@ -149,7 +149,7 @@ async def get_results(job_id: str, jobs: JobsDep, store: StoreDep, caller: Calle
         raise ApiError(
             409, f"job is {view.phase}; results exist once it has finished", code="not_finished"
         )
-    results = await store.results(view.uid) if view.phase is Phase.SUCCEEDED else None
+    results = await store.results(view.namespace, view.uid) if view.phase is Phase.SUCCEEDED else None
     if view.phase is Phase.SUCCEEDED and results is None:
         raise ApiError(404, "results have expired or were never written", code="results_gone")
     results = results or {}
