@@ -70,6 +70,10 @@ BENCHES := $(sort $(wildcard bench/bench_*.py))
 bench: setup ## run every benchmark; each prints figures and side-by-side ratios
 	@for b in $(BENCHES); do echo "== $$b"; $(PY) $$b || exit 1; done
 
+.PHONY: eval
+eval: venv models ## embedder cards on registry photos: TAR@FAR, EER, simulated roll call (markdown)
+	$(PY) bench/eval_faces.py
+
 .PHONY: setup
 setup: system venv controlplane tools models
 

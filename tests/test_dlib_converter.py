@@ -108,7 +108,10 @@ def dlib_net(tmp_path_factory: pytest.TempPathFactory) -> DlibNet:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[FaceEngine]:
-    yield load_engine(build_models(), threads=2)
+    """The dlib card, selected by its id (it is no longer the default embedder)."""
+    engine = load_engine(build_models() / "dlib-resnet-v1", threads=2)
+    assert engine.embedder_card.id == "dlib-resnet-v1"
+    yield engine
 
 
 @pytest.mark.models

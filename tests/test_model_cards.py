@@ -4,6 +4,7 @@ embedder (here a tiny generated ONNX model with a cosine card) runs without code
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,34 +16,71 @@ from pydantic import ValidationError
 
 from rollcall_job.faces import load_engine, read_image
 from rollcall_job.models.assets import photo
-from rollcall_job.models.build import build_models
+from rollcall_job.models.build import (
+    DEFAULT_EMBEDDER,
+    EMBEDDERS,
+    SELECTABLE_EMBEDDERS,
+    build_models,
+)
 from rollcall_job.models.cards import (
+    ARCFACE_TEMPLATE_112,
     DETECTOR_CARD,
     EMBEDDER_CARD,
     ModelCard,
     dlib_chip_template,
     dlib_resnet_card,
     load_card,
+    mobilefacenet_card,
     mtcnn_card,
     write_card,
 )
 
 
-@pytest.mark.parametrize("card", [dlib_resnet_card(), mtcnn_card()], ids=["embedder", "detector"])
+@pytest.mark.parametrize(
+    "card",
+    [*(make() for make in EMBEDDERS.values()), mtcnn_card()],
+    ids=[*EMBEDDERS, "mtcnn"],
+)
 def test_builtin_cards_round_trip_through_json(card: ModelCard, tmp_path: Path) -> None:
     path = tmp_path / "x.card.json"
     write_card(card, path)
     assert load_card(path) == card
 
 
-def test_dlib_card_says_euclidean_at_0_6() -> None:
-    card = dlib_resnet_card()
-    assert (card.metric, card.threshold, card.embedding_dim, card.input_size) == (
-        "euclidean",
-        0.6,
-        128,
-        (150, 150),
-    )
+@pytest.mark.parametrize(
+    ("make", "want"),
+    [
+        (dlib_resnet_card, ("dlib-resnet-v1", "euclidean", 0.5, 128, (150, 150), "NHWC")),
+        (mobilefacenet_card, ("mobilefacenet-sirius-v1", "cosine", 0.4, 192, (112, 112), "NCHW")),
+    ],
+)
+def test_embedder_cards_say_how_to_compare(
+    make: Callable[[], ModelCard], want: tuple[object, ...]
+) -> None:
+    """Ids are gallery keys: a changed id orphans every enrolled gallery, so they are pinned."""
+    card = make()
+    got = (card.id, card.metric, card.threshold, card.embedding_dim, card.input_size, card.layout)
+    assert got == want
+
+
+def test_mobilefacenet_card_feeds_the_insightface_crop() -> None:
+    card = mobilefacenet_card()
+    assert card.template == ARCFACE_TEMPLATE_112
+    assert (card.colour, card.mean, card.std) == ("RGB", (127.5,) * 3, (128.0,) * 3)
+
+
+def test_default_embedder_is_the_measured_winner_and_ids_are_distinct() -> None:
+    assert DEFAULT_EMBEDDER == "mobilefacenet-sirius-v1"
+    assert DEFAULT_EMBEDDER not in SELECTABLE_EMBEDDERS and "dlib-resnet-v1" in SELECTABLE_EMBEDDERS
+    ids = [make().id for make in EMBEDDERS.values()]
+    assert ids == list(EMBEDDERS) and len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("card_id", list(EMBEDDERS))
+def test_embedder_cards_record_where_they_come_from(card_id: str) -> None:
+    card = EMBEDDERS[card_id]()
+    assert card.source and card.licence and card.training_data
+    assert any(ch.isdigit() for ch in card.source)  # a pinned version, not just a name
 
 
 def test_dlib_template_is_a_symmetric_face_inside_the_chip() -> None:

