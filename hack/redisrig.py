@@ -36,23 +36,30 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: fl
             raise RuntimeError(f"redis-server exited: {log.read_text(errors='replace')[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as s:
             s.sendall(b"PING\r\n")
-            if s.recv(16).startswith(b"+PONG"):
+            # NOAUTH: up, with the default user switched off (an ACL file is in use)
+            if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                 return
         time.sleep(0.05)
     raise RuntimeError(f"redis-server not ready: {log.read_text(errors='replace')[-2000:]}")
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[RedisServer]:
-    """A throwaway redis-server (no persistence) that is stopped on exit."""
+def redis_server(workdir: Path, config: str = "") -> Iterator[RedisServer]:
+    """A throwaway redis-server (no persistence) that is stopped on exit.
+
+    ``config``: redis.conf lines (an ``aclfile``, TLS settings...) read before the fixed options.
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server not found: install the Debian package redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / "redis.log"
+    conf = workdir / "redis.conf"
+    conf.write_text(config)
     args = [
         exe,
+        str(conf),
         "--port",
         str(port),
         "--bind",

@@ -295,6 +295,12 @@ def main(argv: list[str] | None = None, *, engine_loader: EngineLoader = load_en
         log.error("bad input: %s", e)
         _write_termination(term_path, error_message(str(e), reason="BadInput"))
         return int(ExitCode.BAD_INPUT)
+    except redis.exceptions.NoPermissionError:
+        # this namespace's Redis user does not cover the keys: a configuration error, not transient
+        msg = "redis refused permission for this job's keys (is the Redis Secret this namespace's?)"
+        log.error(msg)
+        _write_termination(term_path, error_message(msg, reason="BadInput"))
+        return int(ExitCode.BAD_INPUT)
     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
         # redis-py's messages name host and port, never the password; redact anyway
         msg = f"redis unavailable ({type(e).__name__}) at {redact_url(settings.redis_url)}"
