@@ -405,7 +405,7 @@ class Runtime:
             now=now_iso(),
             kueue=bool((rj.get("spec") or {}).get("queue")),
             generation=rj["metadata"].get("generation"),
-            result_key=result_key(rj_uid),
+            result_key=result_key(namespace, rj_uid),
         )
         if patch is not None:
             await self.write_status(rj, patch)
@@ -424,7 +424,8 @@ class Runtime:
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 for rj in running:
-                    pipe.hmget(keys.job_progress(rj["metadata"]["uid"]), "done", "total")
+                    meta = rj["metadata"]
+                    pipe.hmget(keys.job_progress(meta["namespace"], meta["uid"]), "done", "total")
                 rows = await pipe.execute()
             except Exception as e:
                 log.warning("reading progress from Redis failed: %s", e)
