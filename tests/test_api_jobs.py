@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from fastapi import FastAPI
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from apirig import serve_in_thread, write_key_file
+from apirig import free_port, serve_in_thread, write_key_file
 from rollcall_api.app import create_app
 from rollcall_api.logs import JsonFormatter, RequestIdFilter
 from rollcall_api.schemas import JobRequest
@@ -85,6 +86,7 @@ def api_settings(
         redis_url=redis_url,
         keys_reload_seconds=0,
         events_poll_seconds=0.2,
+        metrics_port=free_port(),
     )
     return settings, issued
 
@@ -385,6 +387,17 @@ async def test_errors_share_one_shape(api: Api, k8s_api: client.ApiClient) -> No
     assert rjs(k8s_api, api.ns) == []
 
 
+async def test_docs_are_served_only_when_enabled(
+    api_settings: tuple[Settings, dict[str, str]],
+) -> None:
+    settings, _ = api_settings
+    app = create_app(settings.model_copy(update={"docs_enabled": True, "metrics_port": 0}))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as h:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert (await h.get(path)).status_code == 200, path
+        assert (await h.get("/metrics")).status_code == 404
+
+
 async def test_probes_metrics_and_request_ids(api: Api) -> None:
     assert (await api.http.get("/healthz")).status_code == 200
     ready = await api.http.get("/readyz")
@@ -409,7 +422,13 @@ async def test_probes_metrics_and_request_ids(api: Api) -> None:
     assert access[-1]["school"] == "north"
     assert api.keys["north"] not in lines.getvalue()
 
-    metrics = (await api.http.get("/metrics")).text
+    # Metrics only on their own port; neither they nor the API docs are on the public one.
+    for path in ("/metrics", "/docs", "/redoc", "/openapi.json"):
+        assert (await api.http.get(path)).status_code == 404, path
+    url = f"http://127.0.0.1:{api.settings.metrics_port}/metrics"
+    metrics = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+    )
     created = 'rollcall_api_requests_total{method="POST",route="/v1/recognition-jobs",status="202"}'
     assert created in metrics
     assert 'rollcall_api_jobs_created_total{mode="identify"} 1.0' in metrics

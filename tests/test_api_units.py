@@ -62,7 +62,7 @@ def test_json_key_files_and_sha256_prefixes_are_accepted() -> None:
     assert list(parsed) == [bytes.fromhex(digest)]
 
 
-async def test_key_rotation_is_picked_up_and_a_bad_file_keeps_the_old_keys(
+async def test_key_rotation_is_picked_up_and_a_bad_file_refuses_every_key(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "keys.yaml"
@@ -74,12 +74,16 @@ async def test_key_rotation_is_picked_up_and_a_bad_file_keeps_the_old_keys(
     path.write_text(f"{hash_key(new)}: {{school: s, namespaces: [a, b]}}\n")
     await store.reload()
     assert store.authenticate(old) is None and store.authenticate(new)
+    # Fail closed: the malformed file may have been meant to revoke ``new``.
     path.write_text("::: not yaml [")
     await store.reload()
-    assert store.authenticate(new)
+    assert not store.loaded and store.authenticate(new) is None and store.authenticate(old) is None
+    path.write_text(f"{hash_key(old)}: {{school: s, namespaces: [a]}}\n")
+    await store.reload()
+    assert store.loaded and store.authenticate(old) and store.authenticate(new) is None
     path.unlink()
     await store.reload()
-    assert store.authenticate(new)
+    assert not store.loaded and store.authenticate(old) is None
 
 
 async def test_a_missing_key_file_leaves_the_store_not_ready(tmp_path: Path) -> None:
@@ -165,6 +169,8 @@ def test_openapi_documents_every_route_and_the_bearer_scheme(tmp_path: Path) -> 
         "/v1/recognition-jobs/{job_id}/results",
         "/v1/recognition-jobs/{job_id}/events",
         "/v1/enrollments",
+        "/v1/classes/{class_code}/students/{student_id}",
+        "/v1/classes/{class_code}/gallery",
     }
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     post = doc["paths"]["/v1/recognition-jobs"]["post"]

@@ -6,19 +6,23 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from fastapi import FastAPI
 from kubernetes_asyncio import client, config
+from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
 from rollcall_api.auth import KeyStore
+from rollcall_api.erasure import Eraser
 from rollcall_api.errors import install_error_handlers
-from rollcall_api.kube import RecognitionJobs
+from rollcall_api.kube import KubeEvents, RecognitionJobs
+from rollcall_api.limits import RateLimiter, Slots
 from rollcall_api.middleware import BodyLimitMiddleware, Metrics, RequestContextMiddleware
-from rollcall_api.routes import enrollments, health, jobs
+from rollcall_api.routes import classes, enrollments, health, jobs
 from rollcall_api.settings import Settings, get_settings
 from rollcall_api.store import Store
+from rollcall_api.watches import WatchHub
 
 log = logging.getLogger("rollcall_api")
 
@@ -59,6 +63,29 @@ async def _probe_loop_lag(metrics: Metrics, every: float) -> None:
         metrics.loop_lag.observe(max(0.0, loop.time() - start - every))
 
 
+def _watch_gauges(metrics: Metrics) -> Callable[[WatchHub], None]:
+    def update(hub: WatchHub) -> None:
+        metrics.watches.set(hub.watches())
+        metrics.event_streams.set(hub.streams())
+
+    return update
+
+
+@contextlib.contextmanager
+def _metrics_server(metrics: Metrics, host: str, port: int) -> Iterator[None]:
+    """Prometheus metrics on their own port (a thread): kept off the public API port."""
+    if not port:
+        yield
+        return
+    httpd, thread = start_http_server(port, host, registry=metrics.registry)
+    try:
+        yield
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -71,8 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys = KeyStore(settings.keys_file)
         await keys.reload()
         app.state.jobs = RecognitionJobs(api_client, settings.kube_timeout_seconds)
+        app.state.kube_events = KubeEvents(api_client, settings.kube_timeout_seconds)
         app.state.store = Store(redis)
+        app.state.eraser = Eraser(redis)
         app.state.keys = keys
+        app.state.hub = hub = WatchHub(
+            app.state.jobs, settings.watch_linger_seconds, _watch_gauges(metrics)
+        )
         background = []
         if settings.keys_reload_seconds > 0:
             background.append(asyncio.create_task(_reload_keys(keys, settings.keys_reload_seconds)))
@@ -84,11 +116,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # them, so a gen-2 collection under load stays short (it showed as 150+ ms loop stalls).
         gc.freeze()
         try:
-            yield
+            with _metrics_server(metrics, settings.host, settings.metrics_port):
+                yield
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await hub.close()
             await api_client.close()
             await redis.aclose()
 
@@ -97,16 +131,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
-        redoc_url=None,
-        openapi_url="/openapi.json",
+        # Off by default: the schema maps the whole surface for anyone who can reach the port.
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.limiter = RateLimiter(settings.submissions_per_minute, settings.submissions_burst)
+    app.state.stream_slots = Slots(settings.streams_per_key)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(enrollments.router)
+    app.include_router(classes.router)
     # Outermost first: the request id exists before the body limit can refuse a request.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

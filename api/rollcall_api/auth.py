@@ -92,12 +92,18 @@ def parse_key_file(text: str) -> dict[bytes, Caller]:
 
 
 class KeyStore:
-    """The loaded keys; reloaded in a worker thread when the file changes (Secret rotation)."""
+    """The loaded keys; reloaded in a worker thread when the file changes (Secret rotation).
+
+    Fail closed: a file that is missing, unreadable or malformed empties the store (every key is
+    refused, ``loaded`` is False so ``/readyz`` fails) until a valid file is read. Keeping the
+    previous keys instead would keep a key valid that the new file meant to revoke.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._keys: dict[bytes, Caller] = {}
         self._stamp: tuple[int, int] | None = None
+        self._error: str | None = None
         self.loaded = False
 
     def __len__(self) -> int:
@@ -106,19 +112,30 @@ class KeyStore:
     def _load_sync(self) -> bool:
         st = self.path.stat()
         stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
+        if stamp == self._stamp and self.loaded:
             return False
+        self._stamp = stamp
         keys = parse_key_file(self.path.read_text(encoding="utf-8"))
-        self._keys, self._stamp, self.loaded = keys, stamp, True
+        self._keys, self.loaded = keys, True
         return True
 
+    def _refuse_all(self) -> None:
+        self._keys, self.loaded = {}, False
+
     async def reload(self) -> None:
-        """Re-read the file if it changed; a bad or missing file keeps the previous keys."""
+        """Re-read the file if it changed; a bad or missing file refuses every key until fixed."""
         try:
             if await anyio.to_thread.run_sync(self._load_sync):
+                self._error = None
                 log.info("api keys loaded", extra={"keys": len(self._keys), "path": str(self.path)})
         except (OSError, ValueError, yaml.YAMLError) as exc:
-            log.error("api key file not loaded", extra={"path": str(self.path), "error": str(exc)})
+            self._refuse_all()
+            if str(exc) != self._error:  # once per distinct failure, not on every reload tick
+                self._error = str(exc)
+                log.error(
+                    "api key file rejected: refusing every key until a valid file is loaded",
+                    extra={"path": str(self.path), "error": str(exc)},
+                )
 
     def authenticate(self, token: str) -> Caller | None:
         """Compare the token's digest with every stored digest in constant time."""

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rollcall_api.auth import Caller, KeyStore
+from rollcall_api.erasure import Eraser
 from rollcall_api.errors import ApiError
-from rollcall_api.kube import RecognitionJobs
+from rollcall_api.kube import KubeEvents, RecognitionJobs
+from rollcall_api.limits import RateLimiter, Slots
 from rollcall_api.middleware import Metrics
 from rollcall_api.settings import Settings
 from rollcall_api.store import Store
+from rollcall_api.watches import WatchHub
+
+T = TypeVar("T")
 
 _bearer = HTTPBearer(auto_error=False, description="A per-school API key.")
 
@@ -27,24 +33,27 @@ async def app_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_jobs(request: Request) -> RecognitionJobs:
-    jobs: RecognitionJobs = request.app.state.jobs
-    return jobs
+def _from_state(attr: str, kind: type[T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency returning ``app.state.<attr>`` (set up once by the app's lifespan)."""
+
+    async def get(request: Request) -> T:
+        value = getattr(request.app.state, attr)
+        assert isinstance(value, kind)
+        return value
+
+    get.__name__ = f"get_{attr}"
+    return get
 
 
-async def get_store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-async def get_keys(request: Request) -> KeyStore:
-    keys: KeyStore = request.app.state.keys
-    return keys
-
-
-async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+get_jobs = _from_state("jobs", RecognitionJobs)
+get_store = _from_state("store", Store)
+get_keys = _from_state("keys", KeyStore)
+get_metrics = _from_state("metrics", Metrics)
+get_hub = _from_state("hub", WatchHub)
+get_limiter = _from_state("limiter", RateLimiter)
+get_stream_slots = _from_state("stream_slots", Slots)
+get_eraser = _from_state("eraser", Eraser)
+get_kube_events = _from_state("kube_events", KubeEvents)
 
 
 async def current_caller(
@@ -52,10 +61,18 @@ async def current_caller(
     keys: Annotated[KeyStore, Depends(get_keys)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The school behind the bearer key; 401 (same answer) for a missing or unknown key."""
+    """The school behind the bearer key; 401 (same answer) for a missing or unknown key, 503
+    while the key file is unusable (every key is refused then: see ``KeyStore``)."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "missing API key (Authorization: Bearer <key>)", headers=challenge)
+    if not keys.loaded:
+        raise ApiError(
+            503,
+            "API keys are not loaded on this server; retry later",
+            code="keys_unavailable",
+            headers={"Retry-After": "10"},
+        )
     caller = keys.authenticate(credentials.credentials)
     if caller is None:
         raise ApiError(401, "unknown API key", headers=challenge)
@@ -69,3 +86,8 @@ StoreDep = Annotated[Store, Depends(get_store)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 CallerDep = Annotated[Caller, Depends(current_caller)]
+HubDep = Annotated[WatchHub, Depends(get_hub)]
+LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
+StreamSlotsDep = Annotated[Slots, Depends(get_stream_slots)]
+KubeEventsDep = Annotated[KubeEvents, Depends(get_kube_events)]
+EraserDep = Annotated[Eraser, Depends(get_eraser)]

@@ -1,26 +1,27 @@
-"""The server-sent event stream of one job: a watch on its RJ, plus the job's Redis progress.
+"""The server-sent event stream of one job: its namespace's shared watch, plus Redis progress.
 
 The operator folds progress into the RJ status at its own pace; between watch events the stream
-polls the job's progress hash so a watching teacher sees the bar move.
+polls the job's progress hash so a watching teacher sees the bar move. The watch is shared by every
+stream of the namespace (:mod:`rollcall_api.watches`), and each stream holds one of its key's
+stream slots (:class:`rollcall_api.limits.Slots`) until it ends, whichever way it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-
 from rollcall_api import service
 from rollcall_api.errors import ApiError
 from rollcall_api.kube import RecognitionJobs
+from rollcall_api.limits import Lease
 from rollcall_api.schemas import JobView, ProgressOut
 from rollcall_api.settings import Settings
 from rollcall_api.store import Store
+from rollcall_api.watches import RESYNC, WatchHub, is_newer
 from rollcall_contract.model import TERMINAL_PHASES, Phase
 
 log = logging.getLogger("rollcall_api.events")
@@ -39,44 +40,27 @@ def _dump(view: JobView) -> dict[str, Any]:
     return view.model_dump(by_alias=True, mode="json", exclude={"spec"})
 
 
-async def _watch_into(
-    jobs: RecognitionJobs,
-    namespace: str,
-    name: str,
-    rv: str,
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]],
-) -> None:
-    """Feed watch events into ``queue`` for as long as the stream lives; resumes after 410s."""
-    while True:
-        try:
-            async for etype, obj in jobs.watch(namespace, name, rv):
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                await queue.put((etype, obj))
-            continue  # the server ended the watch (its timeout): resume from rv
-        except ApiError as exc:
-            if exc.status != 410:
-                log.warning("job watch interrupted", extra={"job": name, "error": exc.message})
-                await asyncio.sleep(1)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("job watch interrupted", extra={"job": name, "error": repr(exc)})
-            await asyncio.sleep(1)
-        # Re-read the job: it may have changed (or gone) while nobody watched.
-        try:
-            fresh = await jobs.get(namespace, name)
-        except ApiError:
-            continue
-        if fresh is None:
-            await queue.put(("DELETED", {}))
-            return
-        rv = str(fresh["metadata"]["resourceVersion"])
-        await queue.put(("MODIFIED", fresh))
-
-
 async def job_events(
-    jobs: RecognitionJobs, store: Store, obj: dict[str, Any], settings: Settings
+    jobs: RecognitionJobs,
+    store: Store,
+    hub: WatchHub,
+    obj: dict[str, Any],
+    settings: Settings,
+    lease: Lease,
+) -> AsyncIterator[str]:
+    try:
+        async for chunk in _job_events(jobs, store, hub, obj, settings):
+            yield chunk
+    finally:
+        lease.release()
+
+
+async def _job_events(
+    jobs: RecognitionJobs, store: Store, hub: WatchHub, obj: dict[str, Any], settings: Settings
 ) -> AsyncIterator[str]:
     meta = obj.get("metadata") or {}
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta.get("uid", ""))
+    rv = str(meta.get("resourceVersion", ""))
     base = settings.public_url
     view = await service.view_with_progress(store, obj, base)
     seq = 1
@@ -85,13 +69,9 @@ async def job_events(
         yield sse("end", _dump(view), seq + 1)
         return
 
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-    watcher = asyncio.create_task(
-        _watch_into(jobs, namespace, name, str(meta.get("resourceVersion", "")), queue)
-    )
     loop = asyncio.get_running_loop()
     last_sent = loop.time()
-    try:
+    async with hub.subscribe(namespace, name) as queue:
         while True:
             try:
                 etype, new = await asyncio.wait_for(
@@ -109,10 +89,21 @@ async def job_events(
                     yield ": keep-alive\n\n"
                     last_sent = loop.time()
                 continue
+            if etype == RESYNC:  # joined, or the watch restarted: re-read what may have changed
+                try:
+                    fresh = await jobs.get(namespace, name)
+                except ApiError as exc:
+                    log.warning("job not re-read", extra={"job": name, "error": exc.message})
+                    continue
+                etype, new = ("DELETED", {}) if fresh is None else ("MODIFIED", fresh)
             if etype == "DELETED":
                 seq += 1
                 yield sse("deleted", {"id": name, "phase": str(Phase.CANCELLED)}, seq)
                 return
+            new_rv = str((new.get("metadata") or {}).get("resourceVersion", ""))
+            if not is_newer(new_rv, rv):
+                continue  # the re-read already showed this (or a later) version
+            rv = new_rv
             previous = view
             view = service.job_view(new, base)
             if view.progress.done < previous.progress.done and view.phase is Phase.RUNNING:
@@ -135,7 +126,3 @@ async def job_events(
                 seq += 1
                 yield sse("end", _dump(view), seq)
                 return
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher

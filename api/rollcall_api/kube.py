@@ -8,9 +8,11 @@ client can act on; the apiserver's own validation (CRD schema, CEL) surfaces as 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -193,21 +195,33 @@ class RecognitionJobs:
             ),
         )
 
+    async def current_version(self, namespace: str) -> str:
+        """The namespace's RecognitionJob collection resourceVersion now (a one-item list)."""
+        result = await self._call(
+            "recognition jobs",
+            self.objects.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, limit=1, _request_timeout=self.timeout
+            ),
+        )
+        return str((result.get("metadata") or {}).get("resourceVersion") or "")
+
     async def watch(
-        self, namespace: str, name: str, resource_version: str, timeout_seconds: int = 300
+        self, namespace: str, name: str | None, resource_version: str, timeout_seconds: int = 300
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """(type, object) events for one job after ``resource_version``; ends when the server does.
+        """(type, object) events after ``resource_version`` for one job, or every job of the
+        namespace when ``name`` is None; ends when the server does.
 
         A raw watch (not ``kubernetes_asyncio.watch.Watch``): the caller decides what 410 means.
         """
+        selector: dict[str, Any] = {"field_selector": f"metadata.name={name}"} if name else {}
         resp = await self._call(
-            f"recognition job {name}",
+            f"recognition job {name}" if name else "recognition jobs",
             self.objects.list_namespaced_custom_object(
                 GROUP,
                 VERSION,
                 namespace,
                 PLURAL,
-                field_selector=f"metadata.name={name}",
+                **selector,
                 resource_version=resource_version,
                 allow_watch_bookmarks=False,
                 timeout_seconds=timeout_seconds,
@@ -234,3 +248,43 @@ class RecognitionJobs:
                 yield etype, obj
         finally:
             resp.release()
+
+
+class KubeEvents:
+    """Kubernetes Events the API records in a school's namespace (RBAC: ``create`` on events).
+
+    The Event names the namespace itself as its object: an erase concerns the school's data in
+    Redis, which no Kubernetes object stands for.
+    """
+
+    def __init__(self, api_client: client.ApiClient, timeout: float) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.timeout = timeout
+
+    async def record(self, namespace: str, reason: str, message: str) -> bool:
+        """Create one Normal Event; False (logged) if the apiserver refused it."""
+        now = datetime.datetime.now(datetime.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name="rollcall-api-", namespace=namespace),
+            involved_object=client.V1ObjectReference(
+                api_version="v1", kind="Namespace", name=namespace, namespace=namespace
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Normal",
+            source=client.V1EventSource(component=labels.MANAGER_API),
+            reporting_component=labels.MANAGER_API,
+            reporting_instance=socket.gethostname()[:128],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            await self.core.create_namespaced_event(namespace, body, _request_timeout=self.timeout)
+        except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+            log.error(
+                "kubernetes event not recorded",
+                extra={"namespace": namespace, "reason": reason, "error": repr(exc)[:300]},
+            )
+            return False
+        return True

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -124,6 +124,22 @@ class Metrics:
         self.idempotent_replays = Counter(
             "rollcall_api_idempotent_replays",
             "POSTs answered with the job of an earlier POST.",
+            registry=self.registry,
+        )
+        self.limited = Counter(
+            "rollcall_api_limited",
+            "Requests refused with 429 by a per-school limit.",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.event_streams = Gauge(
+            "rollcall_api_event_streams",
+            "Open server-sent event streams.",
+            registry=self.registry,
+        )
+        self.watches = Gauge(
+            "rollcall_api_watches",
+            "Open apiserver watches (one per namespace with a stream, shared by its streams).",
             registry=self.registry,
         )
 

@@ -86,3 +86,15 @@ class JobResults(_Out):
 class Health(_Out):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class ErasureOut(_Out):
+    """What an erase removed: counts and model ids, never a template."""
+
+    namespace: str
+    class_code: str
+    student: str | None = Field(default=None, description="The erased student; null: the class.")
+    models: list[str] = Field(description="Model ids whose gallery held (and no longer holds) it.")
+    templates: int = Field(description="Gallery entries removed (one per student and model).")
+    results: int = Field(description="Stored job results deleted because they named the student.")
+    event_recorded: bool = Field(description="Whether the Kubernetes Event was recorded.")

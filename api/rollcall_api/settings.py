@@ -53,6 +53,31 @@ class Settings(BaseSettings):
         default=0.1, ge=0, description="Event-loop lag probe period (0 disables the probe)."
     )
     kube_timeout_seconds: float = Field(default=10.0, gt=0)
+    submissions_per_minute: float = Field(
+        default=60.0,
+        ge=0,
+        description="Job submissions a school may make per minute, per replica (0: unlimited).",
+    )
+    submissions_burst: int = Field(
+        default=20, ge=1, description="Submissions a school may make at once before the rate bites."
+    )
+    streams_per_key: int = Field(
+        default=10, ge=0, description="Open event streams per API key, per replica (0: unlimited)."
+    )
+    watch_linger_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a namespace's shared watch stays open after its last stream ends.",
+    )
+    docs_enabled: bool = Field(
+        default=False, description="Serve /docs, /redoc and /openapi.json (off: they are 404)."
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics on this separate port (0: no metrics endpoint).",
+    )
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "info"

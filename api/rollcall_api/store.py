@@ -37,7 +37,7 @@ class Claim:
     raw: str
 
 
-def _unavailable(exc: Exception) -> ApiError:
+def redis_unavailable(exc: Exception) -> ApiError:
     log.error("redis unavailable", extra={"error": repr(exc)})
     return ApiError(
         503, "the result store is unavailable, retry later", headers={"Retry-After": "1"}
@@ -52,7 +52,7 @@ class Store:
         try:
             await self.redis.ping()
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from None
+            raise redis_unavailable(exc) from None
 
     async def claim(self, namespace: str, key: str, name: str, fingerprint: str, ttl: int) -> Claim:
         """SET NX the key to (name, fingerprint): exactly one concurrent request wins."""
@@ -68,7 +68,7 @@ class Store:
                     data = json.loads(text)
                     return Claim(False, str(data["name"]), str(data["fingerprint"]), text)
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from None
+            raise redis_unavailable(exc) from None
         raise ApiError(503, "idempotency key is churning, retry later")
 
     async def holds(self, namespace: str, key: str, claim: Claim) -> bool:
@@ -76,7 +76,7 @@ class Store:
         try:
             value = await self.redis.get(keys.idempotency(namespace, key))
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from None
+            raise redis_unavailable(exc) from None
         return value is not None and _text(value) == claim.raw
 
     async def release(self, namespace: str, key: str, claim: Claim) -> None:
@@ -106,7 +106,7 @@ class Store:
         try:
             raw = await self.redis.hgetall(keys.job_results(namespace, uid))
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from None
+            raise redis_unavailable(exc) from None
         if not raw:
             return None
         return decode_results({_text(k): _text(v) for k, v in raw.items()})

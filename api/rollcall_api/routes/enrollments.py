@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from rollcall_api.deps import CallerDep, JobsDep, MetricsDep, SettingsDep, StoreDep
+from rollcall_api.deps import (
+    CallerDep,
+    JobsDep,
+    LimiterDep,
+    MetricsDep,
+    SettingsDep,
+    StoreDep,
+)
 from rollcall_api.errors import ERROR_RESPONSES
 from rollcall_api.routes.jobs import IdempotencyKey, accept
 from rollcall_api.schemas import EnrollmentRequest, JobView
@@ -26,7 +33,10 @@ async def create_enrollment(
     metrics: MetricsDep,
     caller: CallerDep,
     body: EnrollmentRequest,
+    limiter: LimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobView:
     """Equivalent to POST /v1/recognition-jobs with ``mode: enroll``; read it back there."""
-    return await accept(response, settings, jobs, store, metrics, caller, body, idempotency_key)
+    return await accept(
+        response, settings, jobs, store, metrics, caller, body, idempotency_key, limiter
+    )

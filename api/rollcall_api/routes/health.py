@@ -1,13 +1,14 @@
-"""Probes and metrics; unauthenticated, never touching job data."""
+"""Probes; unauthenticated, never touching job data. ``/healthz`` touches nothing shared (no
+apiserver, no Redis, no lock), so it answers while a school floods the API. Metrics are served on
+their own port (``metrics_port``), never here."""
 
 from __future__ import annotations
 
 import asyncio
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rollcall_api.deps import JobsDep, KeysDep, MetricsDep, StoreDep
+from rollcall_api.deps import JobsDep, KeysDep, StoreDep
 from rollcall_api.errors import ApiError
 from rollcall_api.schemas import Health
 
@@ -41,8 +42,3 @@ async def readyz(response: Response, jobs: JobsDep, store: StoreDep, keys: KeysD
     if not ok:
         response.status_code = 503
     return Health(status="ok" if ok else "unavailable", checks=checks)
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,9 +8,20 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from rollcall_api import events, service
-from rollcall_api.deps import CallerDep, JobsDep, MetricsDep, SettingsDep, StoreDep
+from rollcall_api.deps import (
+    CallerDep,
+    HubDep,
+    JobsDep,
+    LimiterDep,
+    MetricsDep,
+    SettingsDep,
+    StoreDep,
+    StreamSlotsDep,
+)
 from rollcall_api.errors import ERROR_RESPONSES, ApiError
 from rollcall_api.kube import LABEL_CLASS, LABEL_MODE
+from rollcall_api.limits import SlotsExhausted
+from rollcall_api.middleware import Metrics
 from rollcall_api.schemas import JobList, JobRequest, JobResults, JobView
 from rollcall_contract.model import IDENT, TERMINAL_PHASES, Mode, Phase
 
@@ -27,6 +38,12 @@ IdempotencyKey = Annotated[
 ]
 
 
+def _limited(metrics: Metrics, limit: str, message: str, retry_after: int) -> ApiError:
+    """A 429 (code ``rate_limited``) with ``Retry-After``, counted by which limit refused it."""
+    metrics.limited.labels(limit).inc()
+    return ApiError(429, message, code="rate_limited", headers={"Retry-After": str(retry_after)})
+
+
 async def accept(
     response: Response,
     settings: SettingsDep,
@@ -36,8 +53,11 @@ async def accept(
     caller: CallerDep,
     body: JobRequest,
     idempotency_key: str | None,
+    limiter: LimiterDep,
 ) -> JobView:
-    """Shared by POST /v1/recognition-jobs and POST /v1/enrollments."""
+    """Shared by POST /v1/recognition-jobs and POST /v1/enrollments; rate-limited per school."""
+    if wait := limiter.check(caller.school):
+        raise _limited(metrics, "submissions", f"too many submissions; retry in {wait} s", wait)
     obj, replayed = await service.submit(
         jobs, store, caller, body, idempotency_key, settings.idempotency_ttl_seconds
     )
@@ -66,10 +86,15 @@ async def create_job(
     metrics: MetricsDep,
     caller: CallerDep,
     body: JobRequest,
+    limiter: LimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobView:
-    """Record a RecognitionJob and return at once; follow ``links.self`` or ``links.events``."""
-    return await accept(response, settings, jobs, store, metrics, caller, body, idempotency_key)
+    """Record a RecognitionJob and return at once; follow ``links.self`` or ``links.events``.
+
+    429 with ``Retry-After`` when the school is over its submission rate."""
+    return await accept(
+        response, settings, jobs, store, metrics, caller, body, idempotency_key, limiter
+    )
 
 
 @router.get("", response_model=JobList, summary="List jobs, oldest first, a page at a time")
@@ -149,7 +174,9 @@ async def get_results(job_id: str, jobs: JobsDep, store: StoreDep, caller: Calle
         raise ApiError(
             409, f"job is {view.phase}; results exist once it has finished", code="not_finished"
         )
-    results = await store.results(view.namespace, view.uid) if view.phase is Phase.SUCCEEDED else None
+    results = (
+        await store.results(view.namespace, view.uid) if view.phase is Phase.SUCCEEDED else None
+    )
     if view.phase is Phase.SUCCEEDED and results is None:
         raise ApiError(404, "results have expired or were never written", code="results_gone")
     results = results or {}
@@ -177,10 +204,20 @@ async def job_events(
     jobs: JobsDep,
     store: StoreDep,
     caller: CallerDep,
+    hub: HubDep,
+    slots: StreamSlotsDep,
+    metrics: MetricsDep,
 ) -> StreamingResponse:
-    """Events: ``snapshot`` first, then ``progress`` / ``phase``, and ``end`` (or ``deleted``)."""
+    """Events: ``snapshot`` first, then ``progress`` / ``phase``, and ``end`` (or ``deleted``).
+
+    429 when the API key already holds ``streams_per_key`` open streams on this server."""
     obj = await _find(jobs, caller, job_id)
-    stream = events.job_events(jobs, store, obj, settings)
+    try:
+        lease = slots.acquire(caller.key_id)
+    except SlotsExhausted:
+        message = f"this API key already has {slots.limit} open event streams; close one first"
+        raise _limited(metrics, "streams", message, 5) from None
+    stream = events.job_events(jobs, store, hub, obj, settings, lease)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",

@@ -1,0 +1,202 @@
+"""Erase a student's templates (every model's gallery of a class) and the results naming them.
+
+Everything is inside the caller's tenant (``rollcall:<namespace>:``), so another school's class of
+the same name is never touched and looks like a class that does not exist.
+
+Galleries: per model, one WATCH/MULTI/EXEC removes the student's field from the gallery hash,
+deletes the packed copy and bumps meta's ``updated``. The job's loader trusts the packed copy only
+when its stamp equals ``updated`` and its size equals HLEN (``rollcall_job.gallery.unpack``); with
+no packed copy it reads the hash itself, so a job started after the erase cannot see the student.
+The next enrolment writes a fresh packed copy.
+
+Results: a results hash that names the student (as a string value, a key, or the first folder of
+a photo path) is deleted whole, each under WATCH. Why drop rather than rewrite: the documents'
+shape grows with the job (``uncertain`` is being added, enrolment reports key by student and
+name photos ``<student>/<file>``), and a rewrite that misses one new field would keep the id
+while reporting it erased; results are short-lived (TTL, 7 days by default) and already delivered
+(GET, webhook), so losing a whole result is the smaller harm. In-flight staging hashes are left
+alone: a job still running when the erase happens can publish a result naming the student (erase
+again after it ends).
+
+Redis commands used (the API's ACL user needs them on ``rollcall:<tenant>:*``): SCAN, WATCH,
+UNWATCH, MULTI, EXEC, HEXISTS, EXISTS, HLEN, HDEL, HSET, DEL, HGETALL. No scripts. Nothing here reads,
+logs or returns a template.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, WatchError
+
+from rollcall_api.errors import ApiError
+from rollcall_api.store import redis_unavailable
+from rollcall_contract import keys
+from rollcall_contract import results as results_codec
+
+log = logging.getLogger("rollcall_api.erasure")
+
+_RETRIES = 5
+_SCAN_COUNT = 1000
+
+
+@dataclass(frozen=True)
+class ClassKeys:
+    """The keys of one class's gallery for one model."""
+
+    model_id: str
+    gallery: str
+    meta: str
+    packed: str
+
+
+def class_keys(tenant: str, class_name: str, found: list[str]) -> dict[str, ClassKeys]:
+    """Model id -> keys, from SCAN results of :func:`class_pattern` (anything else is ignored)."""
+    head = keys.gallery(tenant, class_name, "m")[: -len("m}")]  # rollcall:<t>:gallery:{<class>:
+    out: dict[str, ClassKeys] = {}
+    for key in found:
+        if not key.startswith(head):
+            continue
+        model_id = key[len(head) :].split("}", 1)[0]
+        try:
+            gkey = keys.gallery(tenant, class_name, model_id)
+        except ValueError:
+            continue
+        if key not in (gkey, f"{gkey}:meta", f"{gkey}:packed"):
+            continue
+        out[model_id] = ClassKeys(
+            model_id,
+            gkey,
+            keys.gallery_meta(tenant, class_name, model_id),
+            keys.gallery_packed(tenant, class_name, model_id),
+        )
+    return dict(sorted(out.items()))
+
+
+def class_pattern(tenant: str, class_name: str) -> str:
+    """SCAN MATCH for every key (hash, meta, packed) of every model's gallery of one class."""
+    return keys.gallery_match(tenant, class_name) + "*"
+
+
+def results_pattern(tenant: str) -> str:
+    """SCAN MATCH for the published results of every job of the tenant (not staging hashes)."""
+    return f"{keys.glob_escape(keys.tenant_prefix(tenant))}job:*:results"
+
+
+def mentions(fields: Mapping[str, str], student: str) -> bool:
+    """Whether a results hash names ``student``; an undecodable one counts as naming them.
+
+    A student id is a plain token (no quote, no slash), so in the JSON text it appears as the
+    string ``"<id>"`` (a value or a key) or as a path starting ``"<id>/``.
+    """
+    try:
+        documents = results_codec.decode_results(fields)
+    except results_codec.IncompleteResults:
+        return True
+    text = json.dumps(documents)
+    quoted = json.dumps(student)
+    return quoted in text or f"{quoted[:-1]}/" in text
+
+
+@dataclass
+class Erasure:
+    """What an erase removed: counts and model ids only, never a template."""
+
+    models: list[str] = field(default_factory=list)
+    templates: int = 0
+    results: int = 0
+    class_found: bool = False
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+class Eraser:
+    """The Redis side of erasure, for one tenant at a time."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def _scan(self, pattern: str) -> list[str]:
+        return [_text(k) async for k in self.redis.scan_iter(match=pattern, count=_SCAN_COUNT)]
+
+    async def _class(self, tenant: str, class_name: str) -> dict[str, ClassKeys]:
+        return class_keys(tenant, class_name, await self._scan(class_pattern(tenant, class_name)))
+
+    async def erase_student(self, tenant: str, class_name: str, student: str) -> Erasure:
+        out = Erasure()
+        try:
+            galleries = await self._class(tenant, class_name)
+            out.class_found = bool(galleries)
+            for ck in galleries.values():
+                if await self._drop_template(ck, student):
+                    out.models.append(ck.model_id)
+                    out.templates += 1
+            if out.class_found:
+                for key in await self._scan(results_pattern(tenant)):
+                    out.results += await self._drop_results(key, student)
+        except RedisError as exc:
+            raise redis_unavailable(exc) from None
+        return out
+
+    async def _drop_template(self, ck: ClassKeys, student: str) -> bool:
+        """Remove the student from one model's gallery; True if they were in it."""
+        for _ in range(_RETRIES):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(ck.gallery, ck.meta)
+                    if not await pipe.hexists(ck.gallery, student):
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return False
+                    has_meta = bool(await pipe.exists(ck.meta))
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hdel(ck.gallery, student)
+                    pipe.delete(ck.packed)
+                    if has_meta:  # a new stamp: nothing stamped before the erase is trusted
+                        pipe.hset(ck.meta, "updated", f"{time.time():.6f}")
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        raise ApiError(409, "the class gallery is being changed, retry", code="erase_contended")
+
+    async def _drop_results(self, key: str, student: str) -> int:
+        """Delete one results hash if it names the student; 1 if deleted."""
+        for _ in range(_RETRIES):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hgetall(key)
+                    fields = {_text(k): _text(v) for k, v in raw.items()}
+                    if not fields or not mentions(fields, student):
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return 0
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.delete(key)
+                    await pipe.execute()
+                    return 1
+                except WatchError:
+                    continue
+        raise ApiError(409, "stored results are being changed, retry", code="erase_contended")
+
+    async def erase_class(self, tenant: str, class_name: str) -> Erasure:
+        """Delete every model's gallery of the class (hash, meta, packed: one DEL per model)."""
+        out = Erasure()
+        try:
+            for ck in (await self._class(tenant, class_name)).values():
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.hlen(ck.gallery)
+                pipe.delete(ck.gallery, ck.meta, ck.packed)
+                students, _ = await pipe.execute()
+                out.templates += int(students)
+                out.models.append(ck.model_id)
+        except RedisError as exc:
+            raise redis_unavailable(exc) from None
+        out.class_found = bool(out.models)
+        return out
