@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import cast
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from rollcall_job.faces import DetectedFace, FaceEngine, load_engine, read_image
+from rollcall_job.matcher import Metric, affinity, from_affinity
 from rollcall_job.models.assets import photo
 from rollcall_job.models.build import build_models
 
@@ -33,16 +35,20 @@ def _only_face(engine: FaceEngine, name: str) -> tuple[npt.NDArray[np.uint8], De
     return image, faces[0]
 
 
+def _distance(engine: FaceEngine, a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    """Distance in the embedder card's own metric (cosine for the default, Euclidean for dlib)."""
+    metric = cast(Metric, engine.embedder_card.metric)
+    return from_affinity(float(affinity(a[None], b[None], metric)[0, 0]), metric)
+
+
 def test_same_person_is_closer_than_any_different_person(engine: FaceEngine) -> None:
     vectors = {}
     for name in SAME + OTHERS:
         image, face = _only_face(engine, name)
         vectors[name] = engine.embed(image, [face])[0]
-    same = [
-        float(np.linalg.norm(vectors[a] - vectors[b])) for a, b in itertools.combinations(SAME, 2)
-    ]
+    same = [_distance(engine, vectors[a], vectors[b]) for a, b in itertools.combinations(SAME, 2)]
     different = [
-        float(np.linalg.norm(vectors[a] - vectors[b]))
+        _distance(engine, vectors[a], vectors[b])
         for a, b in itertools.combinations(SAME + OTHERS, 2)
         if not (a in SAME and b in SAME)
     ]
@@ -70,8 +76,10 @@ def test_group_photo_gives_one_face_per_person(engine: FaceEngine) -> None:
     assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
     # The six people are six identities for the embedder too.
     vectors = engine.embed(image, faces)
-    distances = np.linalg.norm(vectors[:, None] - vectors[None], axis=2)
-    assert distances[~np.eye(6, dtype=bool)].min() > 0.5
+    threshold = engine.embedder_card.threshold
+    assert threshold is not None
+    pairs = itertools.combinations(range(6), 2)
+    assert min(_distance(engine, vectors[i], vectors[j]) for i, j in pairs) > threshold
 
 
 def test_faces_below_the_minimum_size_are_dropped() -> None:
@@ -89,7 +97,7 @@ def test_faces_below_the_minimum_size_are_dropped() -> None:
 def test_no_faces_in_textures_or_blank_frames(engine: FaceEngine) -> None:
     assert engine.detect(read_image(photo("mask_white.jpg"))) == []
     assert engine.detect(np.zeros((480, 640, 3), dtype=np.uint8)) == []
-    assert engine.embed(np.zeros((480, 640, 3), dtype=np.uint8), []).shape == (0, 128)
+    assert engine.embed(np.zeros((480, 640, 3), dtype=np.uint8), []).shape == (0, 192)
 
 
 def test_batched_embedding_equals_one_by_one(engine: FaceEngine) -> None:
@@ -97,10 +105,21 @@ def test_batched_embedding_equals_one_by_one(engine: FaceEngine) -> None:
     crops = engine.align(image, engine.detect(image))
     together = engine.embed_aligned(crops)  # batch_size=4: two batches
     alone = np.concatenate([engine.embed_aligned([c]) for c in crops])
-    assert together.shape == (6, 128) and together.dtype == np.float32
+    assert together.shape == (6, 192) and together.dtype == np.float32
     np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_several_photos_embed_in_one_batch_like_one_by_one(engine: FaceEngine) -> None:
+    photos = []
+    for name in ("t1.jpg", "obama.jpg", "mask_white.jpg", "biden.jpg"):
+        image = read_image(photo(name))
+        photos.append((image, engine.detect(image)))
+    together = engine.embed_photos(photos)
+    assert [len(v) for v in together] == [6, 1, 0, 1]
+    for (image, faces), vectors in zip(photos, together, strict=True):
+        np.testing.assert_allclose(vectors, engine.embed(image, faces), atol=1e-4)
 
 
 def test_wrong_crop_size_is_refused(engine: FaceEngine) -> None:
     with pytest.raises(ValueError, match="crops must be"):
-        engine.embed_aligned([np.zeros((112, 112, 3), dtype=np.uint8)])
+        engine.embed_aligned([np.zeros((150, 150, 3), dtype=np.uint8)])  # dlib's size, not 112
