@@ -373,6 +373,19 @@ def test_a_photo_at_the_cap_takes_a_bounded_share_of_memory(tmp_path: Path, kind
     assert isinstance(growth, float) and growth < 10 * bgr_mib, doc  # AVIF, the worst, ~6-7x
 
 
+def test_a_heic_that_understates_its_size_is_refused_without_decoding(tmp_path: Path) -> None:
+    """Its ``ispe`` says 64x64 but it codes 3000x3000: libheif refuses it before the big decode."""
+    side = 3000
+    img = np.repeat(np.repeat(np.arange(150, dtype=np.uint8)[:, None, None], 20, 0), side, 1)
+    img = np.ascontiguousarray(np.broadcast_to(img, (side, side, 3)))
+    data = _patch_heif_ispe(_heic(img), 64, 64)
+    env = {**PYTHONPATH, "ROLLCALL_MAX_IMAGE_PIXELS": str(64 * 64)}
+    doc = _peak_rss_of_reading(tmp_path, data, READ_WITH_PHOTOS, env)
+    assert doc["result"] == "corrupt"
+    growth = doc["growth_mib"]
+    assert isinstance(growth, float) and growth < side * side * 3 / 2**20, doc  # < one BGR copy
+
+
 def test_opencv_gets_the_jobs_pixel_cap_when_the_package_is_imported() -> None:
     code = "import os, rollcall_job; print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])"
     for env, expected in [
