@@ -386,6 +386,13 @@ def test_a_heic_that_understates_its_size_is_refused_without_decoding(tmp_path: 
     assert isinstance(growth, float) and growth < side * side * 3 / 2**20, doc  # < one BGR copy
 
 
+def test_the_package_cap_is_the_job_settings_default() -> None:
+    """``rollcall_job/__init__`` keeps its own copy so importing it stays free of pydantic."""
+    from rollcall_contract.jobenv import JobSettings
+
+    assert JobSettings.model_fields["max_image_pixels"].default == DEFAULT_MAX_IMAGE_PIXELS
+
+
 def test_opencv_gets_the_jobs_pixel_cap_when_the_package_is_imported() -> None:
     code = "import os, rollcall_job; print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])"
     for env, expected in [

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 
-DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # the default of JobSettings.max_image_pixels
+# The default of JobSettings.max_image_pixels (a test keeps them equal), copied so that importing
+# this package does not pull in pydantic.
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 
 
 def _pixel_cap() -> int:
