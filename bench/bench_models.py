@@ -158,10 +158,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument(
+        "--models", type=Path, default=None, help="a model dir (default: the built default set)"
+    )
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    models = build_models()
+    models = args.models if args.models is not None else build_models()
     print(f"models: {models} (ready in {time.perf_counter() - t0:.2f} s); {load()}")
     families = (OLD, NEW, "centerface")
     engines = {f: load_engine(models, threads=args.threads, detector=f) for f in families}
