@@ -23,6 +23,7 @@ from rollcall_api.routes import classes, enrollments, health, jobs
 from rollcall_api.settings import Settings, get_settings
 from rollcall_api.store import Store
 from rollcall_api.watches import WatchHub
+from rollcall_contract import redistls
 
 log = logging.getLogger("rollcall_api")
 
@@ -94,7 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api_client = await kube_client(settings)
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        tls = redistls.client_options(settings.redis_url, settings.redis_ca_file)
+        redis = Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=3, **tls
+        )
         keys = KeyStore(settings.keys_file)
         await keys.reload()
         app.state.jobs = RecognitionJobs(api_client, settings.kube_timeout_seconds)

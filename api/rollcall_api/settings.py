@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     )
     kube_context: str | None = None
     redis_url: str = "redis://localhost:6379/0"
+    redis_ca_file: Path | None = Field(default=None, description="CA of a rediss:// redis_url.")
     max_body_bytes: int = Field(
         default=256 * 1024, ge=1024, description="Larger request bodies are refused with 413."
     )

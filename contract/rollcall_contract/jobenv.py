@@ -57,6 +57,7 @@ class JobEnv(BaseModel):
     output_dir: Path | None = None
     annotate: bool = False
     redis_url: str = "redis://localhost:6379/0"
+    redis_ca_file: Path | None = None  # CA of a rediss:// URL (redistls.client_options)
     result_ttl_seconds: int = 604800
     model_dir: Path | None = None
     # JSON list; empty = CUDA if present, else CPU

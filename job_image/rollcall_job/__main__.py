@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from pydantic import ValidationError
 
-from rollcall_contract import keys
+from rollcall_contract import keys, redistls
 from rollcall_contract.jobenv import TERMINATION_LOG, ExitCode, JobSettings
 from rollcall_job.enroll import enroll, student_photos
 from rollcall_job.gallery import GalleryError, GalleryStore
@@ -118,11 +118,15 @@ def _attempt() -> str:
     return f"{os.environ.get('HOSTNAME', 'local')}-{os.getpid()}"
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str, ca_file: Path | None = None) -> redis.Redis:
     """Bounded connect/read timeouts (a hung Redis becomes TRANSIENT, not a stuck Job); a 1 MiB
-    read buffer, because a class gallery arrives as one multi-megabyte reply."""
+    read buffer, because a class gallery arrives as one multi-megabyte reply; TLS with ``ca_file``."""
     return redis.Redis.from_url(
-        url, socket_connect_timeout=5, socket_timeout=60, socket_read_size=1 << 20
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=60,
+        socket_read_size=1 << 20,
+        **redistls.client_options(url, ca_file),
     )
 
 
@@ -145,7 +149,10 @@ def run(
     check_names(settings)
     if not settings.input_dir.is_dir():
         raise BadInput(f"input directory {settings.input_dir} does not exist")
-    client = redis_client(settings.redis_url)
+    try:
+        client = redis_client(settings.redis_url, settings.redis_ca_file)
+    except ValueError as e:  # a CA file with a plain redis:// URL: fix the settings
+        raise BadInput(str(e)) from None
     try:
         client.ping()  # fail fast (TRANSIENT) before seconds of model loading
         if settings.mode == "enroll":

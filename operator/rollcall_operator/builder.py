@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from rollcall_contract import keys, labels
+from rollcall_contract import keys, labels, redistls
 from rollcall_contract.jobenv import (
     INPUT_MOUNT,
     OUTPUT_MOUNT,
@@ -106,6 +106,7 @@ def _container(
 ) -> dict[str, Any]:
     meta = rj["metadata"]
     annotate = spec.output.annotate
+    ca_file = redistls.CA_MOUNT / redistls.CA_KEY if settings.job_redis_ca_configmap else None
     settings_for_job = JobEnv(
         job_namespace=meta["namespace"],
         job_name=name,
@@ -124,6 +125,7 @@ def _container(
         result_ttl_seconds=spec.output.ttl_seconds,
         annotate=annotate,
         output_dir=OUTPUT_MOUNT if annotate else None,
+        redis_ca_file=ca_file,
     )
     env = job_env(settings_for_job, extra=settings.extra_env)
     env.append(
@@ -144,6 +146,8 @@ def _container(
     if spec.images.sub_path:
         input_mount["subPath"] = spec.images.sub_path
     mounts = [input_mount, {"name": "tmp", "mountPath": "/tmp"}]
+    if settings.job_redis_ca_configmap:
+        mounts.append({"name": "redis-ca", "mountPath": str(redistls.CA_MOUNT), "readOnly": True})
     if spec.output.annotate:
         output_mount: dict[str, Any] = {"name": "output", "mountPath": OUTPUT_MOUNT}
         if spec.output.claim_name and spec.output.sub_path:
@@ -195,6 +199,14 @@ def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, An
         },
         {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
     ]
+    if settings.job_redis_ca_configmap:
+        items = [{"key": redistls.CA_KEY, "path": redistls.CA_KEY}]
+        volumes.append(
+            {
+                "name": "redis-ca",
+                "configMap": {"name": settings.job_redis_ca_configmap, "items": items},
+            }
+        )
     if spec.output.annotate and spec.output.claim_name:
         volumes.append(
             {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.claim_name}}

@@ -26,7 +26,7 @@ import aiohttp
 import kopf
 import redis.asyncio as aioredis
 
-from rollcall_contract import keys
+from rollcall_contract import keys, redistls
 from rollcall_contract.model import KIND, TERMINAL_PHASES, Phase
 from rollcall_operator import metrics, webhook
 from rollcall_operator.builder import (
@@ -103,7 +103,8 @@ class Runtime:
     @classmethod
     async def open(cls, settings: OperatorSettings) -> Runtime:
         kube = await Kube.open(settings)
-        redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        tls = redistls.client_options(settings.redis_url, settings.redis_ca_file)
+        redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, **tls)
         return cls(settings, kube, redis)
 
     def start(self) -> None:

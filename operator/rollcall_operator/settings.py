@@ -55,6 +55,10 @@ class OperatorSettings(BaseSettings):
         description="Secret, in the RJ's namespace, holding the Redis URL.",
     )
     redis_secret_key: str = "url"
+    job_redis_ca_configmap: str = Field(
+        default="",
+        description="ConfigMap (key ca.crt), in the RJ's namespace, with the CA of a rediss:// URL.",
+    )
     extra_env: dict[str, str] = Field(
         default_factory=dict,
         description="Extra ROLLCALL_* settings for the container, e.g. PROVIDERS.",
@@ -78,6 +82,7 @@ class OperatorSettings(BaseSettings):
     namespaces: list[str] = Field(default_factory=list, description="Empty: the whole cluster.")
     kubeconfig: Path | None = Field(default=None, description="Empty: in-cluster or $KUBECONFIG.")
     redis_url: str = Field(default="redis://localhost:6379/0", description="For progress reads.")
+    redis_ca_file: Path | None = Field(default=None, description="CA of a rediss:// redis_url.")
     peering_name: str | None = Field(
         default=None, description="kopf peering object for leader election; empty: standalone."
     )
