@@ -8,18 +8,24 @@ import cv2
 import numpy as np
 import pytest
 
-from rollcall_job.annotate import MATCHED, UNKNOWN, Label, draw, output_path, write
+from rollcall_job.annotate import MATCHED, REVIEW, UNKNOWN, Kind, Label, draw, output_path, write
 
 
-def test_draw_boxes_in_the_outcome_colour_and_leaves_the_original_alone() -> None:
-    img = np.full((200, 300, 3), 128, np.uint8)
+def test_draw_boxes_in_the_verdict_colour_and_leaves_the_original_alone() -> None:
+    img = np.full((200, 400, 3), 128, np.uint8)
     out = draw(
         img,
-        [Label((20, 60, 80, 140), "ann 0.31", True), Label((150, 60, 210, 140), "unknown", False)],
+        [
+            Label((20, 60, 80, 140), "ann 0.31", Kind.MATCHED),
+            Label((150, 60, 210, 140), "unknown", Kind.UNKNOWN),
+            Label((280, 60, 340, 140), "? bob/cy", Kind.REVIEW),
+        ],
     )
     assert (img == 128).all()
     assert tuple(out[100, 20]) == MATCHED  # left edge of the first box
     assert tuple(out[100, 150]) == UNKNOWN
+    assert tuple(out[100, 280]) == REVIEW  # needs review: amber, unlike both others
+    assert len({MATCHED, UNKNOWN, REVIEW}) == 3
     assert (out[100, 100] == 128).all()  # between the boxes: untouched
     assert (out[30:60, 20:80] != 128).any()  # a caption above the first box
 
@@ -35,7 +41,7 @@ def test_write_keeps_the_relative_path_as_jpeg(tmp_path: Path) -> None:
         tmp_path,
         "period2/IMG_1.png",
         np.zeros((50, 60, 3), np.uint8),
-        [Label((5, 5, 40, 40), "bob", True)],
+        [Label((5, 5, 40, 40), "bob", Kind.MATCHED)],
     )
     assert path == tmp_path / "annotated" / "period2" / "IMG_1.jpg"
     img = cv2.imread(str(path))

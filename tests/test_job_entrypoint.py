@@ -156,7 +156,7 @@ def test_enroll_then_identify(
     ("setup", "reason"),
     [
         ("no_photos", "no photos"),
-        ("no_gallery", "no gallery"),
+        ("no_gallery", "class '6B' has no gallery '6b' for model 'toy-v1'"),
         ("all_corrupt", "no photo could be read"),
         ("bad_mode", "unknown mode"),
         ("missing_input", "does not exist"),

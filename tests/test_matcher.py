@@ -1,4 +1,8 @@
-"""Matching maths: metrics, per-student reduction, one-to-one assignment, top-k, attendance."""
+"""Matching maths: metrics, per-student reduction, top-k, the decision rule, attendance.
+
+The rule's cases are tables of faces x students *distances* (threshold 0.5, margin 0.1 unless a
+row says otherwise), so each row reads as the situation it tests.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollcall_job.matcher import (
-    UNKNOWN,
+    AMBIGUOUS,
+    BELOW_THRESHOLD,
+    CONTESTED,
+    MATCHED,
+    Candidate,
+    Decision,
     Match,
     Metric,
+    Verdict,
     affinity,
     assign_greedy,
     attendance,
+    decide,
     from_affinity,
     match_faces,
     per_student,
@@ -108,6 +119,147 @@ def test_top_k_orders_best_first() -> None:
     assert one_idx.tolist() == [[3]] and one_val.tolist() == [[pytest.approx(0.9)]]
 
 
+M: Verdict = "matched"
+R: Verdict = "needs_review"
+U: Verdict = "unknown"
+
+
+@pytest.mark.parametrize(
+    ("dist", "quality", "want", "margin"),
+    [
+        # one face, clearly its own student
+        ([[0.2, 0.8]], None, [Decision(M, MATCHED, 0)], 0.1),
+        # nearest student beyond the threshold: unknown, whoever it is
+        ([[0.55, 0.9]], None, [Decision(U, BELOW_THRESHOLD)], 0.1),
+        # exactly at the threshold still matches (distance <= threshold)
+        ([[0.5, 0.9]], None, [Decision(M, MATCHED, 0)], 0.1),
+        # second student within the margin: needs review, pointing at both, nearest first
+        ([[0.30, 0.35]], None, [Decision(R, AMBIGUOUS, points_at=(0, 1))], 0.1),
+        ([[0.35, 0.30, 0.9]], None, [Decision(R, AMBIGUOUS, points_at=(1, 0))], 0.1),
+        # second student within the margin but beyond the threshold: points only at the first
+        ([[0.45, 0.52]], None, [Decision(R, AMBIGUOUS, points_at=(0,))], 0.1),
+        # a gap of exactly the margin is decisive
+        ([[0.2, 0.3]], None, [Decision(M, MATCHED, 0)], 0.1),
+        # two faces claim one student within the margin: both need review, neither is named
+        ([[0.20, 0.9], [0.25, 0.9]], None, [Decision(R, CONTESTED, points_at=(0,))] * 2, 0.1),
+        # an identical twin: a tie always contests
+        ([[0.2, 0.9], [0.2, 0.9]], None, [Decision(R, CONTESTED, points_at=(0,))] * 2, 0.1),
+        # a far weaker claim does not stop the strong one; the weak face is not moved elsewhere
+        (
+            [[0.10, 0.9], [0.40, 0.9]],
+            None,
+            [Decision(M, MATCHED, 0), Decision(R, CONTESTED, points_at=(0,))],
+            0.1,
+        ),
+        # the issue's masks (its distances less 0.1, for this threshold): a stranger (face 0)
+        # nearer student 0 than student 0's own masked face (face 1, second choice student 1).
+        # Greedy named face 0 student 0 and moved face 1 onto student 1; the rule names nobody.
+        (
+            [[0.381, 0.95], [0.408, 0.46]],
+            None,
+            [Decision(R, CONTESTED, points_at=(0,)), Decision(R, AMBIGUOUS, points_at=(0, 1))],
+            0.1,
+        ),
+        # never move a student onto a weaker face: face 0 is ambiguous between 0 and 1, so
+        # student 1's best face is taken by an ambiguity and face 1 (student 1 at 0.30) must not
+        # get it either, although nothing else claims it
+        (
+            [[0.20, 0.25, 0.9], [0.9, 0.30, 0.9]],
+            None,
+            [Decision(R, AMBIGUOUS, points_at=(0, 1)), Decision(R, CONTESTED, points_at=(1,))],
+            0.1,
+        ),
+        # a face decisively someone else does not contest, even when near
+        (
+            [[0.20, 0.25], [0.05, 0.26]],
+            None,
+            [Decision(R, AMBIGUOUS, points_at=(0, 1)), Decision(M, MATCHED, 0)],
+            0.1,
+        ),
+        # a face just beyond the threshold still contests a claim within the margin of it
+        (
+            [[0.48, 0.9], [0.53, 0.9]],
+            None,
+            [Decision(R, CONTESTED, points_at=(0,)), Decision(U, BELOW_THRESHOLD)],
+            0.1,
+        ),
+        # quality failures: never a name, whatever the distance; points at what is in reach
+        ([[0.05, 0.9]], ["blur"], [Decision(R, "low_quality:blur", points_at=(0,))], 0.1),
+        (
+            [[0.9, 0.9]],
+            ["occluded_lower_face"],
+            [Decision(R, "low_quality:occluded_lower_face")],
+            0.1,
+        ),
+        # a low-quality face near a student contests a good face's claim on that student
+        (
+            [[0.20, 0.9], [0.22, 0.9]],
+            [None, "pose"],
+            [
+                Decision(R, CONTESTED, points_at=(0,)),
+                Decision(R, "low_quality:pose", points_at=(0,)),
+            ],
+            0.1,
+        ),
+        # margin 0: the rule keeps only the one-face-per-student part
+        (
+            [[0.2, 0.21], [0.3, 0.9]],
+            None,
+            [Decision(M, MATCHED, 0), Decision(R, CONTESTED, points_at=(0,))],
+            0.0,
+        ),
+        # no students enrolled: unknown, or review for a poor face
+        (
+            [[], []],
+            [None, "small"],
+            [Decision(U, BELOW_THRESHOLD), Decision(R, "low_quality:small")],
+            0.1,
+        ),
+    ],
+)
+def test_decide(
+    dist: list[list[float]],
+    quality: list[str | None] | None,
+    want: list[Decision],
+    margin: float,
+) -> None:
+    arr = np.array(dist, dtype=np.float64).reshape(len(dist), -1)
+    assert decide(arr, threshold=0.5, margin=margin, quality=quality) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 6),
+    st.integers(0, 6),
+    st.integers(0, 10_000),
+    st.sampled_from([0.0, 0.05, 0.2]),
+)
+def test_the_rule_names_at_most_one_face_per_student_and_only_decisively(
+    nf: int, ns: int, seed: int, margin: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    dist = rng.uniform(0, 1, size=(nf, ns)).round(2)  # rounding makes ties happen
+    bad = rng.uniform(size=nf) < 0.2
+    quality = ["blur" if b else None for b in bad]
+    got = decide(dist, threshold=0.5, margin=margin, quality=quality)
+    named = [(f, d.student) for f, d in enumerate(got) if d.verdict == "matched"]
+    assert len({s for _, s in named}) == len(named)  # one face per student
+    for f, s in named:
+        assert s is not None and not bad[f]
+        assert dist[f, s] <= 0.5 and dist[f, s] == dist[f].min()  # its own nearest, never moved
+        others = np.delete(dist[f], s)
+        assert (others - dist[f, s] >= margin - 1e-9).all()  # decisive against the others
+        for g in range(nf):
+            near = dist[g, s] - dist[f, s] < margin - 1e-9 or dist[g, s] <= dist[f, s]
+            if g != f and near:  # a near rival face must be decisively someone else
+                t = int(dist[g].argmin())
+                assert not bad[g] and t != s and dist[g, t] <= 0.5
+                assert (np.delete(dist[g], t) - dist[g, t] >= margin - 1e-9).all()
+    for f, d in enumerate(got):
+        if d.verdict == "unknown":
+            assert not bad[f] and (ns == 0 or dist[f].min() > 0.5)
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_match_faces_finds_noisy_copies_and_reports_strangers(metric: Metric) -> None:
     gal = _rng_unit(5, 64, 3)
@@ -115,14 +267,22 @@ def test_match_faces_finds_noisy_copies_and_reports_strangers(metric: Metric) ->
     probes = np.vstack([gal[3] + 0.05 * _rng_unit(1, 64, 4), gal[1], _rng_unit(1, 64, 9)])
     threshold = 0.2 if metric == "cosine" else 0.6  # both distances
     got = match_faces(
-        probes, gal, np.arange(5, dtype=np.intp), ids, metric=metric, threshold=threshold, k=2
+        probes,
+        gal,
+        np.arange(5, dtype=np.intp),
+        ids,
+        metric=metric,
+        threshold=threshold,
+        margin=0.05,
     )
-    assert [m.student_id for m in got] == ["s3", "s1", UNKNOWN]
-    assert got[0].candidates[0].student_id == "s3" and len(got[0].candidates) == 2
-    assert got[2].score is None
+    assert [m.student_id for m in got] == ["s3", "s1", None]
+    assert [m.verdict for m in got] == ["matched", "matched", "unknown"]
+    assert got[0].candidates[0].student_id == "s3" and len(got[0].candidates) == 3
+    assert got[2].rule == BELOW_THRESHOLD and got[2].score is not None and got[2].score > threshold
     # scores are distances (not affinities) in both metrics: an exact copy is at 0
     assert got[1].score == pytest.approx(0.0, abs=1e-3)
     assert got[0].score is not None and 0 < got[0].score < threshold
+    assert [c.score for c in got[0].candidates] == sorted(c.score for c in got[0].candidates)
 
 
 def test_match_faces_with_empty_gallery_marks_everyone_unknown() -> None:
@@ -134,21 +294,37 @@ def test_match_faces_with_empty_gallery_marks_everyone_unknown() -> None:
         metric="cosine",
         threshold=0.5,
     )
-    assert [m.student_id for m in got] == [UNKNOWN, UNKNOWN]
+    assert [(m.student_id, m.verdict, m.candidates) for m in got] == [(None, "unknown", ())] * 2
+
+
+def _m(verdict: Verdict, student: str | None, score: float, *points: str) -> Match:
+    return Match(
+        student,
+        score,
+        tuple(Candidate(s, score) for s in points),
+        verdict,
+        "r",
+        points,
+    )
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_attendance_keeps_each_students_best_sighting(metric: str) -> None:
-    good, bad = 0.2, 0.5  # distances in either metric
+def test_attendance_across_photos(metric: str) -> None:
+    good, bad = 0.2, 0.4  # distances in either metric
     photos = [
-        ("a.jpg", [Match("ann", bad, ()), Match(UNKNOWN, None, ())]),
-        ("b.jpg", [Match("bob", bad, ()), Match("ann", good, ())]),
+        # ann named weakly, dee only pointed at by a face needing review, a stranger
+        ("a.jpg", [_m(M, "ann", bad), _m(R, None, 0.3, "dee", "eve"), _m(U, None, 0.9)]),
+        # ann named better here; bob named; a review face points at bob too (bob stays present)
+        ("b.jpg", [_m(M, "bob", bad), _m(M, "ann", good), _m(R, None, 0.35, "bob")]),
         ("c.jpg", []),
     ]
-    att = attendance(["ann", "bob", "cy"], photos, metric)  # type: ignore[arg-type]
+    att = attendance(["ann", "bob", "cy", "dee", "eve"], photos, metric)  # type: ignore[arg-type]
     assert set(att.present) == {"ann", "bob"}
     assert (att.present["ann"].photo, att.present["ann"].face) == ("b.jpg", 1)
     assert att.present["ann"].score == good
+    assert sorted(att.uncertain) == ["dee", "eve"]
+    assert [(v.photo, v.face) for v in att.uncertain["dee"]] == [("a.jpg", 1)]
     assert att.absent == ["cy"]
-    assert att.unknown == [("a.jpg", 1)]
+    assert att.unknown == [("a.jpg", 2)]
+    assert att.review == [("a.jpg", 1, "r"), ("b.jpg", 2, "r")]
     assert att.not_on_roster == []

@@ -157,6 +157,7 @@ def test_group_photo_enrolled_from_a_transformed_copy_is_fully_identified(
         gallery,
         roster=ROSTER,
         threshold=spec.threshold,
+        margin=spec.margin,
         top_k=3,
         max_bytes=1 << 24,
         annotate_dir=tmp_path / "out",

@@ -1,17 +1,22 @@
-"""Identify and enroll end to end on a generated engine: attendance, rejections, bad photos."""
+"""Identify and enroll end to end on a generated engine: attendance, the decision rule and the
+quality gate as they reach the result documents and annotated copies, rejections, bad photos."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 import redis
 
+from rollcall_job.annotate import MATCHED, REVIEW, UNKNOWN
 from rollcall_job.enroll import average, enroll
 from rollcall_job.gallery import Gallery, GalleryMeta, GalleryStore, encode
 from rollcall_job.photos import list_photos
-from rollcall_job.pipeline import BadInput, embedder_spec, identify
+from rollcall_job.pipeline import BadInput, embedder_spec, identify, no_gallery
+from rollcall_job.quality import QualityGate
 from toyfaces import ToyCard, ToyEngine, photo, save
 
 META = GalleryMeta("toy-v1", 3, "cosine")
@@ -49,6 +54,8 @@ def test_identify_marks_present_absent_unknown(class_photos: Path, tmp_path: Pat
         gallery,
         roster=roster,
         threshold=0.05,
+        margin=0.02,
+        gate=QualityGate(),
         top_k=2,
         max_bytes=1 << 20,
         annotate_dir=tmp_path / "out",
@@ -56,19 +63,27 @@ def test_identify_marks_present_absent_unknown(class_photos: Path, tmp_path: Pat
     docs = out.documents
     att = docs["attendance"]
     assert [p["student"] for p in att["present"]] == ["ann", "bob", "cy"]
-    assert att["absent"] == ["dee"]
+    assert att["absent"] == ["dee"] and att["uncertain"] == [] and att["needs_review"] == []
     assert att["not_enrolled"] == ["eve"]  # cannot be recognised, so not claimed absent
     assert att["unknown"] == [{"photo": "01_front.png", "face": 2}]
     s = docs["summary"]
     assert (s["images"], s["errors"], s["faces"], s["matched"], s["unknown"]) == (4, 1, 5, 4, 1)
-    assert (s["present"], s["absent"], s["not_enrolled"]) == (3, 1, 1)
+    assert (s["present"], s["uncertain"], s["absent"], s["not_enrolled"]) == (3, 0, 1, 1)
+    assert (s["needs_review"], s["margin"]) == (0, 0.02)
     assert s["failed"] == [{"photo": "04_corrupt.jpg", "reason": "corrupt"}]
     by_photo = {p["photo"]: p for p in docs["photos"]}
     assert by_photo["03_empty.png"]["faces"] == []
     front = by_photo["01_front.png"]["faces"]
-    assert [f["student"] for f in front] == ["ann", "bob", "unknown"]
-    assert len(front[0]["candidates"]) == 2 and front[0]["candidates"][0]["student"] == "ann"
-    assert front[2]["score"] is None and front[0]["score"] <= 0.05  # distances
+    assert [f["student"] for f in front] == ["ann", "bob", None]
+    assert [(f["decision"], f["rule"]) for f in front] == [
+        ("matched", "matched"),
+        ("matched", "matched"),
+        ("unknown", "below_threshold"),
+    ]
+    # three candidates explain each face, whatever top_k asked for; scores are distances
+    assert front[0]["candidates"][0]["student"] == "ann"
+    assert len(front[0]["candidates"]) == 3
+    assert front[0]["score"] <= 0.05 < front[2]["score"] == front[2]["candidates"][0]["score"]
     annotated = sorted(
         p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg")
     )
@@ -79,8 +94,9 @@ def test_identify_marks_present_absent_unknown(class_photos: Path, tmp_path: Pat
     ]
 
 
-def test_a_student_is_one_face_per_photo(tmp_path: Path) -> None:
-    # two ann-coloured faces in one photo: one is ann, the other cannot also be ann
+def test_two_faces_claiming_one_student_leave_the_student_uncertain(tmp_path: Path) -> None:
+    # two ann-coloured faces in one photo: the old greedy rule named one ann and left the other;
+    # neither is decisively ann, so both need review and ann is uncertain, never present
     save(tmp_path / "twins.png", photo([("ann", 10, 10, 40), ("ann", 100, 10, 40)]))
     engine = ToyEngine()
     out = identify(
@@ -89,11 +105,78 @@ def test_a_student_is_one_face_per_photo(tmp_path: Path) -> None:
         _gallery(["ann", "bob"], engine),
         roster=[],
         threshold=0.05,
+        margin=0.02,
+        gate=QualityGate(),
         max_bytes=1 << 20,
+        annotate_dir=tmp_path / "out",
     )
     faces = out.documents["photos"][0]["faces"]
-    assert sorted(f["student"] for f in faces) == ["ann", "unknown"]
-    assert out.documents["attendance"]["absent"] == ["bob"]  # empty roster = whole gallery
+    assert [(f["decision"], f["rule"], f["pointsAt"]) for f in faces] == [
+        ("needs_review", "contested_by_other_face", ["ann"])
+    ] * 2
+    att = out.documents["attendance"]
+    assert att["present"] == [] and att["absent"] == ["bob"]  # empty roster = whole gallery
+    assert [u["student"] for u in att["uncertain"]] == ["ann"]
+    assert [(f["face"], f["rule"]) for f in att["uncertain"][0]["faces"]] == [
+        (0, "contested_by_other_face"),
+        (1, "contested_by_other_face"),
+    ]
+    s = out.documents["summary"]
+    assert (s["matched"], s["needs_review"], s["present"], s["uncertain"]) == (0, 2, 0, 1)
+    # the annotated copy draws both boxes amber, not green
+    img = cv2.imread(str(tmp_path / "out" / "annotated" / "twins.jpg"))
+    assert img is not None
+    assert _drawn(img, REVIEW) > 100 and _drawn(img, MATCHED) == _drawn(img, UNKNOWN) == 0
+
+
+def _drawn(img: npt.NDArray[np.generic], colour: tuple[int, int, int]) -> int:
+    """How many pixels of an annotated JPEG are (about) this box colour: captions are filled."""
+    return int((np.abs(img.astype(int) - np.array(colour)).max(axis=2) < 40).sum())
+
+
+def test_a_masked_face_needs_review_and_a_good_face_elsewhere_still_counts(
+    tmp_path: Path,
+) -> None:
+    engine = ToyEngine()
+    gallery = _gallery(["ann", "bob"], engine)
+    masked = photo([("ann", 10, 10, 60), ("bob", 120, 10, 60)])
+    masked[10 + 36 : 10 + 60, 10 : 10 + 60] = 245  # a white mask over ann's lower face
+    save(tmp_path / "1.png", masked)
+    out = identify(
+        engine,
+        list_photos(tmp_path),
+        gallery,
+        roster=["ann", "bob"],
+        threshold=0.5,  # so loose that the masked face is within it: only the gate stops it
+        margin=0.02,
+        gate=QualityGate(),
+        max_bytes=1 << 20,
+        annotate_dir=tmp_path / "out",
+    )
+    faces = out.documents["photos"][0]["faces"]
+    assert [(f["decision"], f["rule"], f["student"]) for f in faces] == [
+        ("needs_review", "low_quality:occluded_lower_face", None),
+        ("matched", "matched", "bob"),
+    ]
+    assert faces[0]["candidates"][0] == {"student": "ann", "score": faces[0]["score"]}
+    att = out.documents["attendance"]
+    assert [p["student"] for p in att["present"]] == ["bob"]
+    assert [u["student"] for u in att["uncertain"]] == ["ann"]
+    assert att["needs_review"] == [
+        {"photo": "1.png", "face": 0, "rule": "low_quality:occluded_lower_face"}
+    ]
+    img = cv2.imread(str(tmp_path / "out" / "annotated" / "1.jpg"))
+    assert img is not None
+    assert _drawn(img, REVIEW) > 100 and _drawn(img, MATCHED) > 100 and _drawn(img, UNKNOWN) == 0
+
+
+def test_no_gallery_for_the_model_says_what_to_run() -> None:
+    err = no_gallery("grade7-b", "grade7-b", "mobilefacenet-sirius-v1")
+    text = str(err)
+    assert isinstance(err, BadInput)
+    assert "'grade7-b'" in text and "'mobilefacenet-sirius-v1'" in text
+    assert "rollcall enroll --class grade7-b --claim" in text and "mode: enroll" in text
+    assert "--gallery 7b" in str(no_gallery("grade7-b", "7b", "m"))
 
 
 def test_euclidean_card_threshold_is_a_distance(class_photos: Path) -> None:
@@ -110,6 +193,7 @@ def test_euclidean_card_threshold_is_a_distance(class_photos: Path) -> None:
         gallery,
         roster=["ann", "cy"],
         threshold=spec.threshold,
+        margin=spec.margin,
         max_bytes=1 << 20,
     )
     present = {p["student"]: p for p in out.documents["attendance"]["present"]}
@@ -124,6 +208,15 @@ def test_embedder_spec_needs_metric_and_threshold() -> None:
     with pytest.raises(BadInput):
         embedder_spec(ToyCard(threshold=None))
     assert embedder_spec(ToyCard(threshold=None), 0.5).threshold == 0.5
+
+
+@pytest.mark.parametrize(
+    ("card_margin", "given", "want"), [(0.06, None, 0.06), (0.06, 0.1, 0.1), (0.06, 0.0, 0.0)]
+)
+def test_the_rj_margin_overrides_the_cards(
+    card_margin: float, given: float | None, want: float
+) -> None:
+    assert embedder_spec(ToyCard(margin=card_margin), None, given).margin == want
 
 
 def test_enroll_averages_and_reports_rejected_photos(

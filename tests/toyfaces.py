@@ -26,11 +26,20 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 
+# Where the five landmarks sit in a face square, as fractions: a frontal face whose aligned crop
+# (``quality.canonical_crop``) lies inside the square, so a toy face passes the quality gate.
+TOY_LANDMARKS = ((0.35, 0.3), (0.65, 0.3), (0.5, 0.47), (0.376, 0.65), (0.626, 0.65))
+# A fine +-TEXTURE checker on every face: real faces have texture, and a flat square would be
+# "blurred" to the quality gate. Zero-mean, so the embedding (the mean colour) barely moves.
+TEXTURE = 24
+
+
 @dataclass(frozen=True)
 class ToyCard:
     id: str = "toy-v1"
     metric: str | None = "cosine"
     threshold: float | None = 0.05  # cosine distance (1 - similarity)
+    margin: float = 0.0
     embedding_dim: int | None = 3
 
 
@@ -56,10 +65,7 @@ class ToyEngine:
             if min(w, h) < self.min_face_px:
                 continue
             lm = np.array(
-                [
-                    [x + w * fx, y + h * fy]
-                    for fx, fy in ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))
-                ],
+                [[x + w * fx, y + h * fy] for fx, fy in TOY_LANDMARKS],
                 np.float32,
             )
             faces.append(ToyFace((float(x), float(y), float(x + w), float(y + h)), 0.99, lm))
@@ -83,7 +89,8 @@ def photo(
     img = np.full((*size, 3), BACKGROUND, np.uint8)
     for sid, x, y, side in faces:
         colour = np.clip(np.array(COLOURS[sid], np.float32) * gain, 0, 255)
-        img[y : y + side, x : x + side] = colour.astype(np.uint8)
+        checker = (np.indices((side, side)).sum(axis=0) % 2 * 2 - 1)[..., None] * TEXTURE
+        img[y : y + side, x : x + side] = np.clip(colour + checker, 0, 255).astype(np.uint8)
     return img
 
 

@@ -51,6 +51,7 @@ class JobEnv(BaseModel):
     gallery: str
     roster: list[str] = Field(default_factory=list)  # JSON list in the environment
     threshold: float | None = None
+    margin: float | None = None  # None: the model card's
     top_k: int = 1
     model: str = "default"
     input_dir: Path = Path(INPUT_MOUNT)

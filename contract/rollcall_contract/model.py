@@ -102,6 +102,14 @@ class Matching(_Model):
         description="Match threshold in the model's metric (distance for euclidean, 1-cosine for "
         "cosine); empty uses the model card's default.",
     )
+    margin: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=4.0,
+        description="Ambiguity margin in the threshold's units: a face names its nearest student "
+        "only if the second-nearest student, and any other face's claim on that student, is at "
+        "least this much farther; otherwise it needs review. Empty uses the model card's default.",
+    )
     top_k: int = Field(default=1, ge=1, le=10, description="Candidates reported per face.")
 
 
@@ -273,7 +281,11 @@ class Summary(_Model):
     matched: int = 0
     unknown: int = 0
     present: int = 0
+    uncertain: int = Field(
+        default=0, description="Students only faces needing review point at: a person decides."
+    )
     absent: int = 0
+    needs_review: int = Field(default=0, description="Faces the rule would not name.")
     errors: int = 0
     enrolled: int = 0
     rejected: int = 0

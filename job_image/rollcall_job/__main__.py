@@ -26,11 +26,12 @@ from pydantic import ValidationError
 from rollcall_contract import keys, redistls
 from rollcall_contract.jobenv import TERMINATION_LOG, ExitCode, JobSettings
 from rollcall_job.enroll import enroll, student_photos
-from rollcall_job.gallery import GalleryError, GalleryStore
+from rollcall_job.gallery import GalleryError, GalleryNotFound, GalleryStore
 from rollcall_job.photos import list_photos
-from rollcall_job.pipeline import BadInput, embedder_spec, identify
+from rollcall_job.pipeline import BadInput, embedder_spec, identify, no_gallery
 from rollcall_job.progress import Progress, log_sink, redis_sink
 from rollcall_job.protocols import Engine, ImageBGR
+from rollcall_job.quality import QualityGate
 from rollcall_job.results import write_results
 from rollcall_job.termination import error_message, summary_message
 
@@ -176,10 +177,13 @@ def _identify(
     if not photos:
         raise BadInput(f"no photos in {settings.input_dir}")
     engine = engine_loader(settings, settings.min_face_px)
-    spec = embedder_spec(engine.embedder_card, settings.threshold)
-    gallery = GalleryStore(client, settings.job_namespace).load(
-        settings.gallery, spec.meta, settings.roster or None
-    )
+    spec = embedder_spec(engine.embedder_card, settings.threshold, settings.margin)
+    try:
+        gallery = GalleryStore(client, settings.job_namespace).load(
+            settings.gallery, spec.meta, settings.roster or None
+        )
+    except GalleryNotFound as e:  # e.g. a new default model: the class must be enrolled again
+        raise no_gallery(settings.class_code, settings.gallery, spec.meta.model_id) from e
     if len(gallery) == 0:
         raise BadInput(f"gallery {settings.gallery!r} has none of the roster enrolled")
     if settings.annotate and settings.output_dir is None:
@@ -191,6 +195,8 @@ def _identify(
         gallery,
         roster=settings.roster,
         threshold=spec.threshold,
+        margin=spec.margin,
+        gate=QualityGate(min_face_px=settings.min_face_px),
         top_k=settings.top_k,
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,

@@ -1,9 +1,14 @@
-"""Annotated copies of photos (boxes, student ids, scores) for a person to check the job's work."""
+"""Annotated copies of photos (boxes, student ids, scores) for a person to check the job's work.
+
+Three colours, one per verdict of the decision rule: green for a named student, amber for a face
+a person should review (the caption says who it might be), red for a face that matched nobody.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import cv2
@@ -11,14 +16,23 @@ import numpy as np
 import numpy.typing as npt
 
 MATCHED = (60, 180, 60)  # BGR green
+REVIEW = (0, 165, 255)  # BGR amber
 UNKNOWN = (40, 40, 220)  # BGR red
+
+
+class Kind(Enum):
+    """A face's verdict, drawn in its colour (BGR)."""
+
+    MATCHED = MATCHED
+    REVIEW = REVIEW
+    UNKNOWN = UNKNOWN
 
 
 @dataclass(frozen=True)
 class Label:
     box: tuple[float, float, float, float]
     text: str
-    matched: bool
+    kind: Kind
 
 
 def draw(image_bgr: npt.NDArray[np.uint8], labels: Sequence[Label]) -> npt.NDArray[np.uint8]:
@@ -28,7 +42,7 @@ def draw(image_bgr: npt.NDArray[np.uint8], labels: Sequence[Label]) -> npt.NDArr
     scale = 0.4 * thick
     for lab in labels:
         x1, y1, x2, y2 = (round(v) for v in lab.box)
-        colour = MATCHED if lab.matched else UNKNOWN
+        colour = lab.kind.value
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
         (tw, th), base = cv2.getTextSize(lab.text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y1 - 4 if y1 - th - base - 4 >= 0 else y2 + th + 4

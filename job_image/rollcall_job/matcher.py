@@ -1,32 +1,52 @@
-"""Matching maths: score faces against a gallery, assign faces to students, fold into attendance.
+"""Matching maths: score faces against a gallery, decide each face, fold into attendance.
 
-Pure numpy, no I/O. Thresholds and the scores that leave this module (``Match.score``) are
-*distances* in the card's metric, the convention the model cards and the RecognitionJob spec share:
-Euclidean distance, or cosine distance (1 - similarity); same person when distance <= threshold.
-Internally they are *affinities* (higher is better): cosine similarity, or the negated squared
-Euclidean distance, so one code path serves both metrics.
+Pure numpy, no I/O. Thresholds and the scores that leave this module are *distances* in the card's
+metric, the convention the model cards and the RecognitionJob spec share: Euclidean distance, or
+cosine distance (1 - similarity); same person when distance <= threshold. Internally they are
+*affinities* (higher is better): cosine similarity, or the negated squared Euclidean distance, so
+one code path serves both metrics.
 
-Assignment within one photo is greedy on the affinity matrix: take the best remaining (face,
-student) pair above the threshold, retire both, repeat. Why greedy rather than the Hungarian
-algorithm: the optimum of a *sum* of scores can trade a near-certain match for two mediocre ones,
-while attendance wants each confident match kept; with a threshold in force and well-separated
-embeddings the two agree anyway, and greedy is O(P log P) with no SciPy. A face never claims two
-students and a student is never two faces in one photo. Across photos a student is marked once, with
-their best score.
+The decision rule (``decide``) prefers "not sure" to a wrong name, because the worst outcome of a
+roll call is an absent student marked present. A face names a student only when all of these hold:
+
+1. ``below_threshold``: its nearest student is within ``threshold``;
+2. ``ambiguous_second_student``: the second-nearest *student* is at least ``margin`` farther;
+3. ``contested_by_other_face``: no other face of the photo is within ``margin`` of that student,
+   unless that other face is decisively someone else (rule 2 holds for it, and it passed 4);
+4. ``low_quality:<why>``: the face passed the quality gate (``quality.py``).
+
+A face failing 1 is ``unknown``; failing 2-4 it ``needs_review`` and "points at" the students it
+could be. There is no assignment step: a face only ever names its *own* nearest student, so a
+student is never moved onto a weaker face because a stronger face took its first choice (the
+one-to-one greedy assignment this replaces did exactly that, and put real people onto other
+students). Rule 3 with any margin >= 0 also keeps a student to one face per photo.
+
+Across photos (``attendance``) a student is present if any face named them, uncertain if only
+faces needing review point at them, absent otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 Metric = Literal["cosine", "euclidean"]
+Verdict = Literal["matched", "needs_review", "unknown"]
 FloatArray = npt.NDArray[np.float32]
 UNKNOWN = "unknown"
+
+# The rule that decided a face, as reported per face in the results.
+MATCHED = "matched"
+BELOW_THRESHOLD = "below_threshold"
+AMBIGUOUS = "ambiguous_second_student"
+CONTESTED = "contested_by_other_face"
+LOW_QUALITY = "low_quality"  # reported as "low_quality:<why>"
+CANDIDATES = 3  # nearest students reported per face, whatever ``top_k`` asks, to explain it
+_EPS = 1e-9  # a gap of exactly the margin is decisive, whatever the float rounding of a - b
 
 
 def l2_normalise(x: FloatArray) -> FloatArray:
@@ -68,6 +88,12 @@ def from_affinity(aff: float, metric: Metric) -> float:
     return 1.0 - aff if metric == "cosine" else float(np.sqrt(max(-aff, 0.0)))
 
 
+def distances(aff: FloatArray, metric: Metric) -> npt.NDArray[np.float64]:
+    """A whole affinity matrix as distances in the card's metric (float64, for the rule)."""
+    a = np.asarray(aff, dtype=np.float64)
+    return 1.0 - a if metric == "cosine" else np.sqrt(np.maximum(-a, 0.0))
+
+
 def per_student(aff: FloatArray, offsets: npt.NDArray[np.intp]) -> FloatArray:
     """Best affinity per student when the gallery holds several rows per student.
 
@@ -82,7 +108,11 @@ def per_student(aff: FloatArray, offsets: npt.NDArray[np.intp]) -> FloatArray:
 
 
 def assign_greedy(aff: FloatArray, min_affinity: float) -> list[int]:
-    """Per face (row), the student column assigned to it or -1; one-to-one, best pairs first."""
+    """Per face (row), the student column assigned to it or -1; one-to-one, best pairs first.
+
+    The rule before ``decide``, kept for the evaluation harness to compare against: it moves a
+    student whose nearest face is taken onto the next face in reach, which ``decide`` never does.
+    """
     n_faces, n_students = aff.shape
     result = [-1] * n_faces
     if n_faces == 0 or n_students == 0:
@@ -114,6 +144,77 @@ def top_k(aff: FloatArray, k: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """One face under the rule: the verdict, the rule that decided it, the student column it
+    names (matched only), and the columns it could be (``needs_review`` only), nearest first."""
+
+    verdict: Verdict
+    rule: str
+    student: int | None = None
+    points_at: tuple[int, ...] = ()
+
+
+def decide(
+    dist: npt.ArrayLike,
+    *,
+    threshold: float,
+    margin: float,
+    quality: Sequence[str | None] | None = None,
+) -> list[Decision]:
+    """The rule of the module docstring over one photo's faces x students distance matrix.
+
+    ``quality[f]`` is why face ``f`` failed the quality gate, or None when it passed.
+    """
+    d = np.asarray(dist, dtype=np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"need a faces x students matrix, got shape {d.shape}")
+    n_faces, n_students = d.shape
+    why = list(quality) if quality is not None else [None] * n_faces
+    if len(why) != n_faces:
+        raise ValueError("one quality entry per face expected")
+    if n_students == 0:
+        return [
+            Decision("needs_review", f"{LOW_QUALITY}:{q}")
+            if q
+            else Decision("unknown", BELOW_THRESHOLD)
+            for q in why
+        ]
+    order = np.argsort(d, axis=1, kind="stable")
+    best = order[:, 0]
+    d1 = d[np.arange(n_faces), best]
+    d2 = d[np.arange(n_faces), order[:, 1]] if n_students > 1 else np.full(n_faces, np.inf)
+    clear = (d1 <= threshold) & (d2 - d1 >= margin - _EPS)  # rules 1 and 2
+    passed = np.array([q is None for q in why], dtype=bool)
+
+    def near(f: int) -> tuple[int, ...]:
+        """The students face ``f`` could be: within the threshold and the margin of its best."""
+        return tuple(
+            int(s) for s in order[f] if d[f, s] <= threshold and d[f, s] - d1[f] < margin - _EPS
+        )
+
+    out: list[Decision] = []
+    for f in range(n_faces):
+        s = int(best[f])
+        if not passed[f]:
+            out.append(Decision("needs_review", f"{LOW_QUALITY}:{why[f]}", points_at=near(f)))
+        elif d1[f] > threshold:
+            out.append(Decision("unknown", BELOW_THRESHOLD))
+        elif not clear[f]:
+            out.append(Decision("needs_review", AMBIGUOUS, points_at=near(f)))
+        else:
+            # Another face decisively someone else does not contest; any other face does when
+            # it is as near to s, or within the margin of it (a tie always contests).
+            elsewhere = passed & clear & (best != s)
+            rivals = (d[:, s] - d1[f] < margin - _EPS) | (d[:, s] <= d1[f])
+            rivals[f] = False
+            if np.any(rivals & ~elsewhere):
+                out.append(Decision("needs_review", CONTESTED, points_at=(s,)))
+            else:
+                out.append(Decision("matched", MATCHED, student=s))
+    return out
+
+
+@dataclass(frozen=True)
 class Candidate:
     student_id: str
     score: float
@@ -121,11 +222,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Match:
-    """One face's outcome: the student it was assigned (or ``unknown``) and its top-k candidates."""
+    """One face's outcome: the student it names (matched only), the distance to its nearest
+    student, the rule that decided, its nearest candidates and who it could be (review only)."""
 
-    student_id: str
+    student_id: str | None
     score: float | None
     candidates: tuple[Candidate, ...]
+    verdict: Verdict = "unknown"
+    rule: str = BELOW_THRESHOLD
+    points_at: tuple[str, ...] = ()
 
 
 def match_faces(
@@ -136,64 +241,80 @@ def match_faces(
     *,
     metric: Metric,
     threshold: float,
-    k: int = 1,
+    margin: float = 0.0,
+    quality: Sequence[str | None] | None = None,
+    k: int = CANDIDATES,
 ) -> list[Match]:
-    """Match one photo's faces against a gallery (rows grouped by student, see ``per_student``)."""
+    """Decide one photo's faces against a gallery (rows grouped by student, see ``per_student``)."""
     if len(student_ids) != len(offsets):
         raise ValueError("one offset per student expected")
     if len(probes) == 0:
         return []
-    if len(student_ids) == 0:
-        return [Match(UNKNOWN, None, ()) for _ in range(len(probes))]
     aff = per_student(affinity(probes, gallery, metric), offsets)
-    chosen = assign_greedy(aff, to_affinity(threshold, metric))
-    idx, vals = top_k(aff, k)
+    dist = distances(aff, metric)
+    decisions = decide(dist, threshold=threshold, margin=margin, quality=quality)
+    idx, _ = top_k(aff, max(k, 1))
     out = []
-    for f, s in enumerate(chosen):
-        cands = tuple(
-            Candidate(student_ids[int(j)], from_affinity(float(v), metric))
-            for j, v in zip(idx[f], vals[f], strict=True)
+    for f, dec in enumerate(decisions):
+        cands = tuple(Candidate(student_ids[int(j)], float(dist[f, j])) for j in idx[f])
+        out.append(
+            Match(
+                None if dec.student is None else student_ids[dec.student],
+                cands[0].score if cands else None,
+                cands,
+                dec.verdict,
+                dec.rule,
+                tuple(student_ids[j] for j in dec.points_at),
+            )
         )
-        if s < 0:
-            out.append(Match(UNKNOWN, None, cands))
-        else:
-            out.append(Match(student_ids[s], from_affinity(float(aff[f, s]), metric), cands))
     return out
 
 
 @dataclass(frozen=True)
 class Sighting:
-    """Where a student was seen best: photo, face index in that photo, score."""
+    """A face that names or points at a student: photo, face index in it, distance, rule."""
 
     photo: str
     face: int
     score: float
+    rule: str = MATCHED
 
 
 @dataclass(frozen=True)
 class Attendance:
-    present: dict[str, Sighting]
+    present: dict[str, Sighting]  # best decisive sighting per student
+    uncertain: dict[str, list[Sighting]]  # not present; faces needing review that point at them
     absent: list[str]
     unknown: list[tuple[str, int]]  # (photo, face index) of faces that matched nobody
-    not_on_roster: list[str]  # matched students outside the roster (only if the gallery had them)
+    review: list[tuple[str, int, str]]  # (photo, face index, rule) of faces needing review
+    not_on_roster: list[str] = field(default_factory=list)  # named students outside the roster
 
 
 def attendance(
     roster: Sequence[str], photos: Sequence[tuple[str, Sequence[Match]]], metric: Metric
 ) -> Attendance:
-    """Fold per-photo matches into one mark per student: present (best sighting) or absent."""
+    """Fold per-photo decisions into one mark per student: present, uncertain or absent."""
     best: dict[str, Sighting] = {}
+    pointed: dict[str, list[Sighting]] = {}
     unknown: list[tuple[str, int]] = []
+    review: list[tuple[str, int, str]] = []
     for photo, matches in photos:
         for i, m in enumerate(matches):
-            if m.student_id == UNKNOWN or m.score is None:
+            if m.verdict == "matched" and m.student_id is not None and m.score is not None:
+                prev = best.get(m.student_id)
+                if prev is None or to_affinity(m.score, metric) > to_affinity(prev.score, metric):
+                    best[m.student_id] = Sighting(photo, i, m.score)
+            elif m.verdict == "needs_review":
+                review.append((photo, i, m.rule))
+                scores = {c.student_id: c.score for c in m.candidates}
+                for sid in m.points_at:
+                    score = scores.get(sid, m.score if m.score is not None else float("nan"))
+                    pointed.setdefault(sid, []).append(Sighting(photo, i, score, m.rule))
+            else:
                 unknown.append((photo, i))
-                continue
-            prev = best.get(m.student_id)
-            if prev is None or to_affinity(m.score, metric) > to_affinity(prev.score, metric):
-                best[m.student_id] = Sighting(photo, i, m.score)
     on_roster = set(roster)
     present = {s: best[s] for s in roster if s in best}
-    absent = [s for s in roster if s not in best]
+    uncertain = {s: pointed[s] for s in roster if s not in best and s in pointed}
+    absent = [s for s in roster if s not in best and s not in pointed]
     extra = sorted(s for s in best if s not in on_roster)
-    return Attendance(present, absent, unknown, extra)
+    return Attendance(present, uncertain, absent, unknown, review, extra)

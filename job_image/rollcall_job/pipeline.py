@@ -1,10 +1,12 @@
-"""Identify mode: photos -> detect -> align/embed -> match against the class gallery -> documents.
+"""Identify mode: photos -> detect -> align/embed -> quality gate -> decide against the gallery.
 
 This module turns photos into the three result documents (``summary``, ``attendance``, ``photos``;
 every ``score`` in them is a distance in the card's metric: lower is closer, a match is <=
-``threshold``);
-it does no Redis I/O itself (the gallery arrives loaded, results leave as plain dicts), so it is
-tested with a small generated engine as well as the real one.
+``threshold``). Each face is explained: its nearest students with their distances and the rule
+that decided it (``matcher.decide``); students are present, uncertain (only faces needing a
+person's review point at them), absent or not enrolled. It does no Redis I/O itself (the gallery
+arrives loaded, results leave as plain dicts), so it is tested with a small generated engine as
+well as the real one.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from rollcall_job import annotate
+from rollcall_job import annotate, quality
 from rollcall_job.gallery import Gallery, GalleryMeta
-from rollcall_job.matcher import Match, Metric, attendance, match_faces
+from rollcall_job.matcher import CANDIDATES, Match, Metric, attendance, match_faces
 from rollcall_job.photos import DEFAULT_MAX_PIXELS, Photo, PhotoError, iter_read
 from rollcall_job.protocols import Card, Engine, F, ImageBGR
 
@@ -33,22 +35,44 @@ class BadInput(Exception):
     """The job's input cannot produce a meaningful result; retrying will not help."""
 
 
+def no_gallery(class_code: str, gallery: str, model_id: str) -> BadInput:
+    """The error of an identify job whose class has no gallery for its model, saying what to run.
+
+    Galleries are kept per model (embeddings of two models are not comparable), so a new default
+    model finds none until the class is enrolled again with it.
+    """
+    flag = "" if gallery == class_code else f" --gallery {gallery}"
+    return BadInput(
+        f"class {class_code!r} has no gallery {gallery!r} for model {model_id!r}: enrol the "
+        f"class with this model first (`rollcall enroll --class {class_code}{flag} --claim <pvc> "
+        "--sub-path <folder with one sub-folder of photos per student>`, or an RJ with mode: "
+        "enroll over the enrolment photos), then run this job again"
+    )
+
+
 @dataclass(frozen=True)
 class EmbedderSpec:
     """What the embedder's card says about comparing its embeddings."""
 
     meta: GalleryMeta
     threshold: float
+    margin: float = 0.0
 
 
-def embedder_spec(card: Card, threshold: float | None = None) -> EmbedderSpec:
+def embedder_spec(
+    card: Card, threshold: float | None = None, margin: float | None = None
+) -> EmbedderSpec:
+    """The card's metric, threshold and margin; a threshold or margin given by the RJ wins."""
     if card.metric not in ("cosine", "euclidean") or card.embedding_dim is None:
         raise BadInput(f"embedder card {card.id!r} lacks a metric or an embedding dimension")
     chosen = threshold if threshold is not None else card.threshold
     if chosen is None:
         raise BadInput(f"embedder card {card.id!r} has no threshold and none was given")
+    gap = margin if margin is not None else card.margin
     return EmbedderSpec(
-        GalleryMeta(card.id, card.embedding_dim, cast(Metric, card.metric)), float(chosen)
+        GalleryMeta(card.id, card.embedding_dim, cast(Metric, card.metric)),
+        float(chosen),
+        float(gap or 0.0),
     )
 
 
@@ -62,6 +86,7 @@ class PhotoFaces:
     det_scores: list[float]
     embeddings: npt.NDArray[np.float32]
     error: PhotoError | None = None
+    quality: list[str | None] = field(default_factory=list)  # per face: why it failed, or None
 
 
 def _round_box(box: Sequence[float]) -> list[float]:
@@ -75,8 +100,12 @@ def detect_and_embed(
     max_bytes: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_photo: Callable[[], None] | None = None,
+    gate: quality.QualityGate | None = None,
 ) -> Iterator[PhotoFaces]:
-    """Read each photo and run the engine on it; unreadable photos yield an error record."""
+    """Read each photo and run the engine on it; unreadable photos yield an error record.
+
+    With a ``gate``, each face's quality verdict comes along (None: passed; else why not).
+    """
     dim = engine.embedder_card.embedding_dim or 0
     empty = np.zeros((0, dim), np.float32)
     for photo, img in iter_read(list(photos), max_bytes=max_bytes, max_pixels=max_pixels):
@@ -87,14 +116,22 @@ def detect_and_embed(
             try:
                 faces = engine.detect(img)
                 emb = engine.embed(img, faces) if faces else empty
+                verdicts = [
+                    None if gate is None else quality.check(img, f.box, f.score, f.landmarks, gate)
+                    for f in faces
+                ]
             except (cv2.error, ValueError) as e:  # a photo the engine cannot digest
                 err = PhotoError("engine_failed", type(e).__name__)
                 yield PhotoFaces(photo, None, [], [], empty, err)
                 continue
-            yield PhotoFaces(photo, img, [f.box for f in faces], [f.score for f in faces], emb)
+            boxes, scores = [f.box for f in faces], [f.score for f in faces]
+            yield PhotoFaces(photo, img, boxes, scores, emb, quality=verdicts)
         finally:
             if on_photo is not None:
                 on_photo()
+
+
+_GATE = quality.QualityGate()
 
 
 @dataclass
@@ -106,6 +143,30 @@ class IdentifyOutcome:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _face_doc(box: Sequence[float], det: float, m: Match) -> dict[str, Any]:
+    """One face in the results: where, the verdict, the rule that decided, nearest students."""
+    return {
+        "box": _round_box(box),
+        "detection": round(det, 4),
+        "decision": m.verdict,
+        "rule": m.rule,
+        "student": m.student_id,  # None unless matched
+        "score": None if m.score is None else round(m.score, 4),  # distance to the nearest
+        "candidates": [{"student": c.student_id, "score": round(c.score, 4)} for c in m.candidates],
+        **({"pointsAt": list(m.points_at)} if m.verdict == "needs_review" else {}),
+    }
+
+
+def _label(box: tuple[float, float, float, float], m: Match) -> annotate.Label:
+    """The annotated copy's caption: the name and distance, '?' and who it might be, or unknown."""
+    if m.verdict == "matched" and m.score is not None:
+        return annotate.Label(box, f"{m.student_id} {m.score:.2f}", annotate.Kind.MATCHED)
+    if m.verdict == "needs_review":
+        who = "/".join(m.points_at[:2])
+        return annotate.Label(box, f"? {who}".rstrip(), annotate.Kind.REVIEW)
+    return annotate.Label(box, "unknown", annotate.Kind.UNKNOWN)
+
+
 def identify(
     engine: Engine[F],
     photos: Sequence[Photo],
@@ -113,17 +174,20 @@ def identify(
     *,
     roster: Sequence[str],
     threshold: float,
+    margin: float,
+    gate: quality.QualityGate | None = _GATE,
     top_k: int = 1,
     max_bytes: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     annotate_dir: Path | None = None,
     on_photo: Callable[[], None] | None = None,
 ) -> IdentifyOutcome:
-    """Match every face in ``photos`` against ``gallery`` and fold the matches into attendance.
+    """Decide every face in ``photos`` against ``gallery`` and fold the decisions into attendance.
 
     ``roster`` empty means "everyone in the gallery". Students on the roster with no enrolment are
     listed under ``not_enrolled``, not ``absent``: they could not have been recognised, so calling
-    them absent would be a claim the job cannot back.
+    them absent would be a claim the job cannot back. ``gate`` None skips the quality gate;
+    ``top_k`` beyond ``matcher.CANDIDATES`` reports more candidates.
     """
     started = time.monotonic()
     metric = gallery.meta.metric
@@ -132,7 +196,7 @@ def identify(
     per_photo: list[tuple[str, list[Match]]] = []
     out = IdentifyOutcome(documents={})
     for pf in detect_and_embed(
-        engine, photos, max_bytes=max_bytes, max_pixels=max_pixels, on_photo=on_photo
+        engine, photos, max_bytes=max_bytes, max_pixels=max_pixels, on_photo=on_photo, gate=gate
     ):
         if pf.error is not None:
             out.photos_failed += 1
@@ -148,38 +212,19 @@ def identify(
             gallery.student_ids,
             metric=metric,
             threshold=threshold,
-            k=top_k,
+            margin=margin,
+            quality=pf.quality or None,
+            k=max(top_k, CANDIDATES),
         )
         out.photos_ok += 1
         out.faces += len(matches)
         per_photo.append((pf.photo.name, matches))
+        faces = zip(pf.boxes, pf.det_scores, matches, strict=True)
         photo_docs.append(
-            {
-                "photo": pf.photo.name,
-                "faces": [
-                    {
-                        "box": _round_box(box),
-                        "detection": round(ds, 4),
-                        "student": m.student_id,
-                        "score": None if m.score is None else round(m.score, 4),
-                        "candidates": [
-                            {"student": c.student_id, "score": round(c.score, 4)}
-                            for c in m.candidates
-                        ],
-                    }
-                    for box, ds, m in zip(pf.boxes, pf.det_scores, matches, strict=True)
-                ],
-            }
+            {"photo": pf.photo.name, "faces": [_face_doc(b, d, m) for b, d, m in faces]}
         )
         if annotate_dir is not None and pf.image is not None:
-            labels = [
-                annotate.Label(
-                    box,
-                    m.student_id if m.score is None else f"{m.student_id} {m.score:.2f}",
-                    m.score is not None,
-                )
-                for box, m in zip(pf.boxes, matches, strict=True)
-            ]
+            labels = [_label(b, m) for b, m in zip(pf.boxes, matches, strict=True)]
             annotate.write(annotate_dir, pf.photo.name, pf.image, labels)
     att = attendance(roster_ids, per_photo, metric)
     enrolled = set(gallery.student_ids)
@@ -190,23 +235,36 @@ def identify(
             {"student": s, "photo": v.photo, "face": v.face, "score": round(v.score, 4)}
             for s, v in att.present.items()
         ],
+        "uncertain": [
+            {
+                "student": s,
+                "faces": [
+                    {"photo": v.photo, "face": v.face, "score": round(v.score, 4), "rule": v.rule}
+                    for v in seen
+                ],
+            }
+            for s, seen in att.uncertain.items()
+        ],
         "absent": absent,
         "unknown": [{"photo": p, "face": i} for p, i in att.unknown],
+        "needs_review": [{"photo": p, "face": i, "rule": r} for p, i, r in att.review],
         "not_enrolled": not_enrolled,
     }
-    matched = out.faces - len(att.unknown)
     summary = {
         "mode": "identify",
         "model": gallery.meta.model_id,
         "metric": metric,
         "threshold": threshold,
+        "margin": margin,
         "images": len(photos),
         "errors": out.photos_failed,
         "faces": out.faces,
-        "matched": matched,
+        "matched": out.faces - len(att.unknown) - len(att.review),
+        "needs_review": len(att.review),
         "unknown": len(att.unknown),
         "roster": len(roster_ids),
         "present": len(att.present),
+        "uncertain": len(att.uncertain),
         "absent": len(absent),
         "not_enrolled": len(not_enrolled),
         "seconds": round(time.monotonic() - started, 3),
@@ -214,11 +272,14 @@ def identify(
     }
     out.documents = {"summary": summary, "attendance": attendance_doc, "photos": photo_docs}
     log.info(
-        "identified %d faces in %d photos: %d present, %d absent, %d unknown",
+        "identified %d faces in %d photos: %d present, %d uncertain, %d absent, %d faces to review,"
+        " %d unknown",
         out.faces,
         out.photos_ok,
         len(att.present),
+        len(att.uncertain),
         len(absent),
+        len(att.review),
         len(att.unknown),
     )
     return out

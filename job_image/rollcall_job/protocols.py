@@ -26,6 +26,8 @@ class Card(Protocol):
     @property
     def threshold(self) -> float | None: ...  # same person when distance <= / similarity >= it
     @property
+    def margin(self) -> float: ...  # ambiguity margin, a distance (``matcher.decide``)
+    @property
     def embedding_dim(self) -> int | None: ...
 
 

@@ -116,6 +116,7 @@ def _container(
         gallery=spec.gallery_name,
         roster=list(spec.roster),
         threshold=spec.matching.threshold,
+        margin=spec.matching.margin,
         top_k=spec.matching.top_k,
         model=spec.model,
         input_dir=INPUT_MOUNT,

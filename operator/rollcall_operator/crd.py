@@ -134,6 +134,7 @@ _PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.text"},
     {"name": "Present", "type": "integer", "jsonPath": ".status.summary.present"},
+    {"name": "Uncertain", "type": "integer", "jsonPath": ".status.summary.uncertain"},
     {"name": "Absent", "type": "integer", "jsonPath": ".status.summary.absent", "priority": 1},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
