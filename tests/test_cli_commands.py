@@ -154,11 +154,20 @@ def test_watch_follows_progress_then_prints_attendance(
     job = json.loads(cli(*SUBMIT, "--json").stdout)
     name, uid = job["id"], job["uid"]
     documents = {
-        "summary": {"images": 3, "faces": 3, "matched": 2, "present": 2, "absent": 1},
+        "summary": {"images": 3, "faces": 4, "matched": 2, "present": 2, "absent": 1},
         "attendance": {
             "present": [
                 {"student": "s-001", "photo": "a.jpg", "face": 0, "score": 0.31},
                 {"student": "s-002", "photo": "b.jpg", "face": 1, "score": 0.42},
+            ],
+            "uncertain": [
+                {
+                    "student": "s-004",
+                    "faces": [
+                        {"photo": "c.jpg", "face": 0, "score": 0.37, "rule": "low_quality:blur"},
+                        {"photo": "b.jpg", "face": 2, "score": 0.33, "rule": "contested"},
+                    ],
+                }
             ],
             "absent": ["s-003"],
             "unknown": [],
@@ -181,6 +190,9 @@ def test_watch_follows_progress_then_prints_attendance(
     assert res.exit_code == 0, res.output
     for text in ("s-001", "s-002", "present", "s-003", "absent"):
         assert text in res.stdout
+    # an uncertain student is its own row, with the nearest face needing review
+    (row,) = [line for line in res.stdout.splitlines() if "s-004" in line]
+    assert "uncertain" in row and "b.jpg (+1)" in row and "0.33" in row
 
 
 def test_watch_exit_codes_for_failed_and_cancelled_jobs(

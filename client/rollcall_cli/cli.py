@@ -211,6 +211,14 @@ def _print_jobs(jobs: list[dict[str, Any]]) -> None:
     _rows_out(None, ["ID", "NAMESPACE", "MODE", "CLASS", "PHASE", "PROGRESS", "CREATED"], rows)
 
 
+def _uncertain_row(r: dict[str, Any]) -> list[str]:
+    """A student only faces needing review point at: the nearest such face, for a person."""
+    faces = [f for f in r.get("faces") or [] if isinstance(f, dict)]
+    best = min(faces, key=lambda f: float(f.get("score") or 0.0), default={})
+    where = str(best.get("photo", "")) + (f" (+{len(faces) - 1})" if len(faces) > 1 else "")
+    return [str(r.get("student")), "uncertain", where, str(best.get("score", ""))]
+
+
 def _print_attendance(results: dict[str, Any]) -> None:
     att = results.get("attendance")
     if not isinstance(att, dict):
@@ -220,6 +228,7 @@ def _print_attendance(results: dict[str, Any]) -> None:
         for r in att.get("present") or []
         if isinstance(r, dict)
     ]
+    rows += [_uncertain_row(r) for r in att.get("uncertain") or [] if isinstance(r, dict)]
     rows += [[str(s), "absent", "", ""] for s in att.get("absent") or []]
     rows += [[str(s), "not-enrolled", "", ""] for s in att.get("not_enrolled") or []]
     _rows_out("Attendance", ["STUDENT", "STATUS", "PHOTO", "SCORE"], rows)
@@ -300,6 +309,7 @@ def submit(
     roster: Annotated[str | None, typer.Option(help="Comma-separated student ids.")] = None,
     roster_file: Annotated[Path | None, typer.Option(help="One student id per line.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Match threshold.")] = None,
+    margin: Annotated[float | None, typer.Option(help="Ambiguity margin.")] = None,
     top_k: Annotated[int | None, typer.Option(help="Candidates per face.")] = None,
     namespace: NamespaceOpt = None,
     gallery: GalleryOpt = None,
@@ -314,10 +324,12 @@ def submit(
     ids = _roster(roster, roster_file)
     if ids:
         body["roster"] = ids
-    if threshold is not None or top_k is not None:
+    if threshold is not None or margin is not None or top_k is not None:
         matching = body.setdefault("matching", {})
         if threshold is not None:
             matching["threshold"] = threshold
+        if margin is not None:
+            matching["margin"] = margin
         if top_k is not None:
             matching["topK"] = top_k
     _submit(ctx, "/v1/recognition-jobs", body, idempotency_key, as_json, watch)
@@ -401,7 +413,18 @@ def _show_results(data: dict[str, Any], as_json: bool) -> None:
         return
     _print_attendance(data)
     summary = data.get("summary") or {}
-    keys = ("images", "faces", "matched", "unknown", "present", "absent", "enrolled", "errors")
+    keys = (
+        "images",
+        "faces",
+        "matched",
+        "needs_review",
+        "unknown",
+        "present",
+        "uncertain",
+        "absent",
+        "enrolled",
+        "errors",
+    )
     out.print(" ".join(f"{k}={summary[k]}" for k in keys if k in summary), highlight=False)
 
 
