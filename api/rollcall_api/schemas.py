@@ -79,8 +79,19 @@ class JobResults(_Out):
     id: str
     phase: Phase
     summary: dict[str, Any] | None = None
-    attendance: Any = Field(default=None, description="Per-student present/absent, from the job.")
-    photos: Any = Field(default=None, description="Per-photo faces and matches, from the job.")
+    attendance: Any = Field(
+        default=None,
+        description="From the job: present (best face), uncertain (only faces needing a "
+        "person's review point at them, listed with the rule), absent, not_enrolled; and the "
+        "unknown and needs_review faces.",
+    )
+    photos: Any = Field(
+        default=None,
+        description="From the job, per photo and face: box, decision (matched | needs_review | "
+        "unknown), the rule that decided (matched | below_threshold | ambiguous_second_student "
+        "| contested_by_other_face | low_quality:<why>), student, and the nearest candidates "
+        "with their distances.",
+    )
 
 
 class Health(_Out):
