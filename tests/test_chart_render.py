@@ -412,7 +412,7 @@ def test_api_values_reach_the_api_settings_and_its_key_file(
     assert settings.public_url == "https://rc.example.org"
     assert settings.port == 9000 == container["ports"][0]["containerPort"]
     assert env["ROLLCALL_API_REDIS_URL"] == {
-        "secretKeyRef": {"name": f"{FULL}-redis-url", "key": "url"}
+        "secretKeyRef": {"name": f"{FULL}-redis-api", "key": "url"}
     }
 
     # The key file the API reads is the Secret mounted at settings.keys_file.
@@ -545,25 +545,27 @@ def test_operator_rules_are_what_its_code_calls(tools_bin: Path, tmp_path: Path)
 # --- Secrets, Redis, NetworkPolicies ---------------------------------------------------------------
 
 
-def test_redis_url_secret_is_in_every_namespace_and_matches_the_bundled_redis(
+def test_each_school_gets_its_own_redis_user_url_of_the_bundled_redis(
     tools_bin: Path, tmp_path: Path
 ) -> None:
+    """Per-user URLs (tests/test_chart_redis.py runs them against redis-server with the ACL)."""
     docs = render(tools_bin, tmp_path, {"namespaces": ["school-a", "school-b"]})
     urls = {
         s["metadata"]["namespace"]: s["stringData"]["url"]
         for s in find(docs, "Secret", f"{FULL}-redis-url")
     }
-    assert set(urls) == {"school-a", "school-b", NS}
-    assert len(set(urls.values())) == 1
+    assert set(urls) == {"school-a", "school-b"}
+    assert len(set(urls.values())) == 2
     password = one(docs, "Secret", f"{FULL}-redis")["stringData"]["password"]
     assert len(password) == 32
-    assert urls[NS] == f"redis://:{password}@{FULL}-redis.{NS}.svc:6379/0"
+    for ns, url in urls.items():
+        assert re.fullmatch(
+            rf"redis://rollcall-job-{ns}:[0-9a-f]{{64}}@{FULL}-redis\.{NS}\.svc:6379/0", url
+        )
     statefulset = one(docs, "StatefulSet", f"{FULL}-redis")
     redis = statefulset["spec"]["template"]["spec"]["containers"][0]
-    assert password not in json.dumps(redis)  # from the Secret, never inline
-    assert env_of(redis)["REDIS_PASSWORD"] == {
-        "secretKeyRef": {"name": f"{FULL}-redis", "key": "password"}
-    }
+    assert password not in json.dumps(redis)  # from the mounted Secret, never inline
+    assert "env" not in redis
     webhook = {
         s["metadata"]["namespace"]: s["stringData"]["secret"]
         for s in find(docs, "Secret", f"{FULL}-webhook")
@@ -621,12 +623,18 @@ def test_job_pods_reach_only_dns_and_redis(tools_bin: Path, tmp_path: Path) -> N
         assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NS}
         assert peer["podSelector"]["matchLabels"].items() <= redis_labels.items()
 
-    # Redis accepts rollcall's own pods and job pods from any namespace, on 6379 only.
+    # Redis accepts the operator, the API and the schools' job pods, on 6379 only.
     redis_policy = one(docs, "NetworkPolicy", f"{FULL}-redis")["spec"]
     (rule,) = redis_policy["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
-    job_peer = rule["from"][1]
+    operator_peer, api_peer, job_peer = rule["from"]
+    assert operator_peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert api_peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
     assert job_peer["podSelector"]["matchLabels"].items() <= job_pod_labels.items()
+    # job pods of the configured school namespaces only, not of any namespace
+    assert job_peer["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["school-a", "school-b"]}
+    ]
     api_policy = one(docs, "NetworkPolicy", f"{FULL}-api")["spec"]
     assert api_policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
 

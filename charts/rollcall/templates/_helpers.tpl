@@ -103,15 +103,6 @@ The school namespaces as a list (empty value: the release namespace).
 {{- end }}
 
 {{/*
-Namespaces that need the Redis URL Secret: the school namespaces plus the release namespace
-(where the API and the operator read it).
-*/}}
-{{- define "rollcall.redisSecretNamespaces" -}}
-{{- $ns := include "rollcall.namespaces" . | fromJsonArray }}
-{{- toJson (uniq (append $ns .Release.Namespace)) }}
-{{- end }}
-
-{{/*
 Redis: the Secret holding the URL, its key, the bundled Service name.
 */}}
 {{- define "rollcall.redis.fullname" -}}
@@ -154,12 +145,74 @@ Generated once: later upgrades read it back with `lookup` so clients keep workin
 {{- end }}
 {{- end }}
 
-{{- define "rollcall.redis.url" -}}
-{{- if .Values.redis.enabled }}
-{{- printf "redis://:%s@%s.%s.svc:6379/0" (include "rollcall.redis.password" . | urlquery) (include "rollcall.redis.fullname" .) .Release.Namespace }}
-{{- else }}
-{{- .Values.redis.external.url }}
+{{/*
+Redis ACL users (rules: files/redis-acl-rules.json, written by contract/rollcall_contract/acl.py):
+rollcall-job-<namespace> per school, rollcall-api, rollcall-operator, and rollcall-admin for people
+(migrations, backups). Each password is derived from the master password above, sha256 of
+"<master>/<user>": one stored secret, no user's password reveals another's, and the ACL file holds
+only SHA-256 hashes of them. Call with (dict "ctx" $ "user" NAME).
+*/}}
+{{- define "rollcall.redis.userPassword" -}}
+{{- printf "%s/%s" (include "rollcall.redis.password" .ctx) .user | sha256sum }}
 {{- end }}
+
+{{- define "rollcall.redis.userUrl" -}}
+{{- if .ctx.Values.redis.enabled }}
+{{- printf "redis://%s:%s@%s.%s.svc:6379/0" .user (include "rollcall.redis.userPassword" .) (include "rollcall.redis.fullname" .ctx) .ctx.Release.Namespace }}
+{{- else }}
+{{- .ctx.Values.redis.external.url }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret (key `url`) with a component's Redis URL in the release namespace: api or operator.
+*/}}
+{{- define "rollcall.redis.componentSecretName" -}}
+{{- if and (not .ctx.Values.redis.enabled) .ctx.Values.redis.external.existingSecret }}
+{{- .ctx.Values.redis.external.existingSecret }}
+{{- else }}
+{{- printf "%s-redis-%s" (include "rollcall.fullname" .ctx) .component }}
+{{- end }}
+{{- end }}
+
+{{/*
+What every component's Redis URL derives from: pods roll when it changes.
+*/}}
+{{- define "rollcall.redis.url" -}}
+{{- include "rollcall.redis.userUrl" (dict "ctx" . "user" "rollcall-api") }}
+{{- end }}
+
+{{- define "rollcall.redis.aclLine" -}}
+user {{ .user }} reset on #{{ include "rollcall.redis.userPassword" . | sha256sum }} {{ .rules }}
+{{- end }}
+
+{{/*
+The bundled Redis's ACL file: the default user off, then one line per user (acl.acl_file's format).
+*/}}
+{{- define "rollcall.redis.aclFile" -}}
+{{- $rules := .Files.Get "files/redis-acl-rules.json" | fromJson -}}
+user default off resetkeys resetchannels -@all
+{{ include "rollcall.redis.aclLine" (dict "ctx" . "user" "rollcall-admin" "rules" $rules.admin) }}
+{{ include "rollcall.redis.aclLine" (dict "ctx" . "user" "rollcall-api" "rules" $rules.api) }}
+{{ include "rollcall.redis.aclLine" (dict "ctx" . "user" "rollcall-operator" "rules" $rules.operator) }}
+{{- range $ns := include "rollcall.namespaces" . | fromJsonArray }}
+{{ include "rollcall.redis.aclLine" (dict "ctx" $ "user" (printf "rollcall-job-%s" $ns) "rules" (replace "{tenant}" $ns $rules.job)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The bundled Redis's configuration: no password on any command line, memory bounded without ever
+evicting a gallery (writes fail loudly instead: noeviction).
+*/}}
+{{- define "rollcall.redis.conf" -}}
+port 6379
+dir /data
+appendonly yes
+save ""
+protected-mode no
+aclfile /etc/redis/users.acl
+maxmemory {{ .Values.redis.maxmemory }}
+maxmemory-policy noeviction
 {{- end }}
 
 {{/*
