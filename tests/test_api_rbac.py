@@ -1,7 +1,8 @@
-"""The API runs with a ServiceAccount that may only create/get/list/watch/delete RecognitionJobs.
+"""The API runs with exactly the Role the chart renders for it, through the real RBAC authorizer.
 
-That is the whole of what the chart must grant it: the flow below (submit, read, list, follow
-the event stream, cancel) works with exactly these verbs, through the real RBAC authorizer.
+That Role grants create/get/list/watch/delete on RecognitionJobs and create on Events: the flow
+below (submit, read, list, follow the event stream, cancel, erase a student with its Event) works
+with it, and the same identity can neither read the Events back nor touch Jobs, Pods or Secrets.
 """
 
 from __future__ import annotations
@@ -13,21 +14,33 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from apirig import write_key_file
+from helmchart import one, render
 from localk8s import ControlPlane
 from rollcall_api.app import create_app
 from rollcall_api.settings import Settings
+from rollcall_contract import keys
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 
 API_VERBS = ["create", "get", "list", "watch", "delete"]
+FULL = "rc-rollcall"
 BODY = {"classCode": "5C", "images": {"claimName": "photos"}, "roster": ["s-1"]}
 
 
+def chart_api_rules(tools_bin: Path, tmp: Path, ns: str) -> list[dict[str, Any]]:
+    """The rules of the API's Role as the chart renders it for namespace ``ns``."""
+    rules: list[dict[str, Any]] = one(
+        render(tools_bin, tmp, {"namespaces": [ns]}), "Role", f"{FULL}-api", ns
+    )["rules"]
+    return rules
+
+
 def service_account_kubeconfig(
-    cp: ControlPlane, api: client.ApiClient, ns: str, path: Path
+    cp: ControlPlane, api: client.ApiClient, ns: str, path: Path, rules: list[dict[str, Any]]
 ) -> Path:
     # Plain dicts for bodies, as the YAML reads; the typed client wants its model classes.
     core: Any = client.CoreV1Api(api)
@@ -37,7 +50,7 @@ def service_account_kubeconfig(
         ns,
         {
             "metadata": {"name": "rollcall-api"},
-            "rules": [{"apiGroups": [GROUP], "resources": [PLURAL], "verbs": API_VERBS}],
+            "rules": rules,
         },
     )
     rbac.create_namespaced_role_binding(
@@ -58,15 +71,22 @@ def service_account_kubeconfig(
     return cp.kubeconfig_for("rollcall-api", str(token), path)
 
 
-async def test_the_api_works_with_only_its_five_verbs_on_recognitionjobs(
+async def test_the_api_works_with_only_the_role_the_chart_grants_it(
     control_plane: ControlPlane,
     k8s_api: client.ApiClient,
     crds: list[str],
     namespace: str,
     redis_url: str,
+    redis_client: redis.Redis,
+    tools_bin: Path,
     tmp_path: Path,
 ) -> None:
-    kubeconfig = service_account_kubeconfig(control_plane, k8s_api, namespace, tmp_path / "kc")
+    rules = chart_api_rules(tools_bin, tmp_path, namespace)
+    jobs_rule = next(r for r in rules if PLURAL in r["resources"])
+    assert jobs_rule["apiGroups"] == [GROUP] and sorted(jobs_rule["verbs"]) == sorted(API_VERBS)
+    kubeconfig = service_account_kubeconfig(
+        control_plane, k8s_api, namespace, tmp_path / "kc", rules
+    )
     key = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})["north"]
     app = create_app(
         Settings(
@@ -117,6 +137,13 @@ async def test_the_api_works_with_only_its_five_verbs_on_recognitionjobs(
         gone: Any = await http.get(url, headers=auth)
         assert gone.status_code == 404
 
+        # An erase, recorded as an Event by the API's own identity.
+        gallery = keys.gallery(namespace, "5C", "toy-v1")
+        redis_client.hset(gallery, "s-1", b"\0" * 12)
+        erased = await http.delete("/v1/classes/5C/students/s-1", headers=auth)
+        assert erased.status_code == 200 and erased.json()["eventRecorded"] is True, erased.text
+        assert not redis_client.hexists(gallery, "s-1")
+
     # And nothing more: the same identity may not touch Jobs, Pods or Secrets.
     as_api: Any = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     try:
@@ -124,6 +151,7 @@ async def test_the_api_works_with_only_its_five_verbs_on_recognitionjobs(
             lambda: client.BatchV1Api(as_api).list_namespaced_job(namespace),
             lambda: client.CoreV1Api(as_api).list_namespaced_pod(namespace),
             lambda: client.CoreV1Api(as_api).list_namespaced_secret(namespace),
+            lambda: client.CoreV1Api(as_api).list_namespaced_event(namespace),
         ):
             with pytest.raises(ApiException) as denied:
                 call()
