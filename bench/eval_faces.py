@@ -8,8 +8,8 @@ the models are built from theirs (``build.py``). Faces are found once with the d
 each card then aligns and embeds the same faces, so the cards differ only by the embedder.
 
 Per card: TAR at FAR 1e-3 and the EER over genuine pairs (real: one person in two photos;
-augmented: a face against a mirrored, darkened or shrunk copy — a weaker proxy; masked: a
-synthetic mask over the lower face) and impostor pairs (two faces of one group photo, and known
+augmented: a face against a mirrored, darkened, shrunk copy or all three — a weaker proxy;
+masked: a synthetic mask over the lower face) and impostor pairs (two faces of one group photo, and known
 different people across photos); then the roll call of issue #10 (``evaluation.py``) under the
 card's own threshold and margin, under today's greedy rule without a margin, and at the operating
 point chosen on this set (no false present, fewest misses). The chosen point is fitted on the
@@ -67,7 +67,7 @@ PHOTOS: tuple[tuple[str, str | None, str], ...] = (
     ("t1.jpg", None, "insightface@2.1 (PyPI sdist)"),
     *((f"face-api-sample{i}.jpg", None, "@vladmandic/face-api@1.7.15 (npm)") for i in range(1, 7)),
 )
-VIEWS = ("flip", "dark", "small")  # augmented genuine views; "mask" is reported apart
+VIEWS = ("flip", "dark", "small", "far")  # augmented genuine views; "mask" is reported apart
 ENROL_VIEWS = ("flip", "dark")  # a student's gallery rows: two other views of their face
 MAX_TRIALS_PER_PHOTO = 6
 # What a card shipped with before this evaluation (issue #10): reported as the "before" row.
@@ -149,6 +149,8 @@ def view_embeddings(engine: FaceEngine, photos: Sequence[PhotoFaces]) -> dict[st
             for name, fn in (("flip", ev.flip), ("dark", ev.darken), ("small", ev.shrink)):
                 img, pts = fn(p.image, lm)
                 views[name].append((img, [_with_landmarks(f.face, pts)]))
+            img, pts = ev.darken(*ev.shrink(*ev.flip(p.image, lm)))  # far back, dim, mirrored
+            views["far"].append((img, [_with_landmarks(f.face, pts)]))
     return {v: np.concatenate(engine.embed_photos(items)) for v, items in views.items()}
 
 
@@ -238,8 +240,8 @@ def trials(
                 probes = engine.embed(image, [f.face for f in others])
                 dist = ev.distance_matrix(probes, gallery, offsets, metric)
                 out["absent"].append(ev.Trial(f"{kind} {tag}", dist, (-1,) * k))
-            # Enrolled from full-size views, seen far back in the class photo (shrunk faces).
-            probes = emb["small"][[index[(p.name, i)] for i in range(n)]]
+            # Enrolled from full-size views, seen far back in a dim class photo.
+            probes = emb["far"][[index[(p.name, i)] for i in range(n)]]
             dist = ev.distance_matrix(probes, gallery, offsets, metric)
             out["present"].append(ev.Trial(f"present {tag}", dist, tuple(combo)))
             probes = emb["mask"][[index[(p.name, i)] for i in range(n)]]
@@ -359,12 +361,15 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     """The markdown table (one row per card and rule)."""
     head = (
         "| card | rule | threshold | margin | absent marked present | present missed "
-        "| wrong face | masked missed | TAR@FAR1e-3 real / aug / masked | EER |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| wrong face | masked missed | TAR@FAR1e-3 real / aug / masked | EER "
+        "| farthest real / closest impostor |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
         tar = f"{_pct(r['tar_real'])} / {_pct(r['tar_augmented'])} / {_pct(r['tar_masked'])}"
+        real = "-" if r["farthest_real"] is None else f"{r['farthest_real']:.3f}"
+        gap = f"{real} / {r['closest_impostor']:.3f}"
         lines = [
             ("card's", r["card_threshold"], r["card_margin"], r["rates_card"]),
             ("greedy, no margin", r["card_threshold"], "-", r["rates_card_greedy"]),
@@ -378,7 +383,8 @@ def table(results: Sequence[dict[str, Any]]) -> str:
             lines.append(("chosen, no margin", c["threshold"], "-", r["chosen_greedy"]))
         for rule, thr, m, rr in lines:
             rows.append(
-                f"| {r['card']} | {rule} | {thr} | {m} | {_roll(rr)} | {tar} | {_pct(r['eer'])} |"
+                f"| {r['card']} | {rule} | {thr} | {m} | {_roll(rr)} | {tar} | {_pct(r['eer'])} "
+                f"| {gap} |"
             )
     return head + "\n".join(rows)
 
@@ -404,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     r0 = results[0]["pairs"]
     print(
         f"\nPairs: {r0['real']} real genuine, {r0['augmented']} augmented genuine "
-        f"(flip, dark, small), {r0['masked']} masked genuine, {r0['impostor']} impostor "
+        f"(flip, dark, small, far = all three), {r0['masked']} masked genuine, {r0['impostor']} impostor "
         f"(FAR 1e-3 with fewer than 1000 impostors means none accepted).\n"
         "Roll call columns count students: absent marked present = false present / absent; "
         "present missed = missed / present (untouched photo and real cross-photo trials); "

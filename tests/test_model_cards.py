@@ -193,3 +193,24 @@ def test_a_schools_own_embedder_runs_from_its_card(tmp_path: Path) -> None:
     expected = ((rgb - 127.5) / 127.5).mean(axis=(0, 1)) @ weights
     assert got.shape == (1, 4)
     np.testing.assert_allclose(got[0], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.models
+def test_every_builtin_embedder_is_selectable_by_its_id() -> None:
+    """``spec.model: <card id>`` picks a sub-folder; the default's points at the top-level model,
+    so a job that names today's default keeps it (and its gallery) when the default moves on."""
+    built = build_models()
+    image = read_image(photo("astronaut.png"))
+    top = load_engine(built, threads=1)
+    faces = top.detect(image)
+    assert len(faces) == 1
+    for card_id in (DEFAULT_EMBEDDER, *SELECTABLE_EMBEDDERS):
+        engine = load_engine(built / card_id, threads=1)
+        assert engine.embedder_card.id == card_id
+        assert engine.detector_card == top.detector_card.model_copy(
+            update={"files": engine.detector_card.files}
+        )
+        vector = engine.embed(image, faces)
+        assert vector.shape == (1, engine.embedding_dim)
+        if card_id == DEFAULT_EMBEDDER:
+            np.testing.assert_array_equal(vector, top.embed(image, faces))

@@ -119,10 +119,20 @@ def link_detectors(folder: Path, sub: Path) -> None:
 
 
 def _build_selectable_embedders(folder: Path, scratch: Path) -> None:
-    """Each selectable non-default embedder in a sub-folder named by its id, with detectors."""
+    """Each selectable embedder in a sub-folder named by its id, with the detectors.
+
+    The default gets one too (its card pointing at the top-level model), so a job that names
+    today's default by id keeps its embedder, and its gallery, when the default changes.
+    """
     for card_id in SELECTABLE_EMBEDDERS:
         write_embedder(card_id, folder / card_id, scratch)
         link_detectors(folder, folder / card_id)
+    sub = folder / DEFAULT_EMBEDDER
+    sub.mkdir()
+    card = load_card(folder / EMBEDDER_CARD)
+    files = {role: f"../{name}" for role, name in card.files.items()}
+    write_card(card.model_copy(update={"files": files}), sub / EMBEDDER_CARD)
+    link_detectors(folder, sub)
 
 
 def _build_into(folder: Path, scratch: Path) -> None:

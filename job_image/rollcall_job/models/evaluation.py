@@ -32,6 +32,8 @@ from rollcall_job.matcher import (
     Metric,
     affinity,
     assign_greedy,
+    decide,
+    distances,
     per_student,
     to_affinity,
 )
@@ -41,12 +43,6 @@ Image = npt.NDArray[np.uint8]
 Landmarks = npt.NDArray[np.float32]
 
 # --- verification ----------------------------------------------------------------------------
-
-
-def distances(aff: FloatArray, metric: Metric) -> npt.NDArray[np.float64]:
-    """Affinities (``matcher.affinity``) as the card's distances, elementwise."""
-    a = np.asarray(aff, dtype=np.float64)
-    return 1.0 - a if metric == "cosine" else np.sqrt(np.maximum(-a, 0.0))
 
 
 def pair_distances(a: FloatArray, b: FloatArray, metric: Metric) -> npt.NDArray[np.float64]:
@@ -195,38 +191,20 @@ UNKNOWN, UNCERTAIN = -1, -2
 def decide_with_margin(
     dist: npt.NDArray[np.float64], threshold: float, margin: float
 ) -> list[Decision]:
-    """Per face (row of a faces x students distance matrix): the rule issue #10 asks for.
+    """Per face (row of a faces x students distance matrix): the job's own rule
+    (``matcher.decide``, without the quality gate, so that cards differ only by their embedder).
 
-    A face names its nearest student when that distance is within ``threshold`` and the
-    second-nearest student is at least ``margin`` farther; otherwise it is uncertain (or unknown
-    when nothing is within the threshold). When several faces name one student, the nearest
-    keeps it only if it beats the next by ``margin``, and the others become uncertain: a student
-    is never moved onto a weaker face. With ``margin`` 0 only the conflict rule remains.
+    A face names its nearest student when within ``threshold``, the second-nearest student is at
+    least ``margin`` farther and no other face contests that student; otherwise it needs review
+    (uncertain here), or is unknown when nothing is within the threshold.
     """
-    n_faces, n_students = dist.shape
-    out = [Decision(UNKNOWN, None) for _ in range(n_faces)]
-    if n_students == 0:
-        return out
-    claims: dict[int, list[tuple[float, int]]] = {}
-    for f in range(n_faces):
-        order = np.argsort(dist[f], kind="stable")
-        best = int(order[0])
-        d1 = float(dist[f, best])
-        if d1 > threshold:
-            continue
-        d2 = float(dist[f, order[1]]) if n_students > 1 else np.inf
-        if d2 - d1 < margin:
-            out[f] = Decision(UNCERTAIN, d1)
-            continue
-        claims.setdefault(best, []).append((d1, f))
-    for student, faces in claims.items():
-        faces.sort()
-        d1, f1 = faces[0]
-        ok = len(faces) == 1 or faces[1][0] - d1 >= max(margin, 1e-12)
-        out[f1] = Decision(student if ok else UNCERTAIN, d1)
-        for d, f in faces[1:]:
-            out[f] = Decision(UNCERTAIN, d)
-    return out
+    verdicts = decide(dist, threshold=threshold, margin=margin)
+    return [
+        Decision(d.student, float(dist[f].min()))
+        if d.verdict == "matched" and d.student is not None
+        else Decision(UNCERTAIN if d.verdict == "needs_review" else UNKNOWN, None)
+        for f, d in enumerate(verdicts)
+    ]
 
 
 def decide_greedy(
