@@ -227,6 +227,9 @@ def test_enroll_averages_and_reports_rejected_photos(
     save(root / "ann" / "a2.png", photo([("ann", 50, 50, 60)], gain=0.7))
     save(root / "bob" / "group.png", photo([("bob", 10, 10, 60), ("cy", 100, 10, 60)]))
     save(root / "bob" / "b1.png", photo([("bob", 10, 10, 60)]))
+    masked = photo([("bob", 10, 10, 60)])
+    masked[10 + 36 : 10 + 60, 10:70] = 40  # a black mask over the lower face
+    save(root / "bob" / "masked.png", masked)
     save(root / "cy" / "tiny.png", photo([("cy", 10, 10, 25)]))
     save(root / "dee" / "blank.png", photo([]))
     (root / "eve").mkdir()
@@ -245,12 +248,13 @@ def test_enroll_averages_and_reports_rejected_photos(
     reasons = {d["photo"]: d.get("reason") for d in out.documents["photos"] if not d["used"]}
     assert reasons == {
         "bob/group.png": "several_faces",
+        "bob/masked.png": "low_quality:occluded_lower_face",
         "cy/tiny.png": "too_small",
         "dee/blank.png": "no_face",
         "eve/broken.jpg": "empty",
     }
     s = out.documents["summary"]
-    assert (s["students"], s["enrolled"], s["images"], s["used"], s["rejected"]) == (5, 2, 7, 3, 4)
+    assert (s["students"], s["enrolled"], s["images"], s["used"], s["rejected"]) == (5, 2, 8, 3, 5)
     assert s["not_enrolled"] == ["cy", "dee", "eve"]
     assert out.documents["students"]["ann"]["used"] == 2
     # cosine enrolment is unit length and points at ann's colour

@@ -1,7 +1,10 @@
 """Enroll mode: one sub-folder of photos per student id -> one averaged embedding per student.
 
 A photo is used only when it holds exactly one face of at least ``min_face_px``: a second face could
-be anyone, and a tiny face embeds to noise (every embedder collapses below ~40 px). Only when no
+be anyone, and a tiny face embeds to noise (every embedder collapses below ~40 px). That face must
+also pass the quality gate (``quality.py``: blur, pose, a mask...), or it is rejected as
+``low_quality:<why>``: a template made from a masked or blurred photo would pull the wrong faces
+near that student in every later roll call. Only when no
 face is found is a second, finer detector (``small_faces``) asked, so a face that is there but too
 small is reported as ``too_small`` rather than ``no_face``; it is not used for the main pass
 because a finer pyramid also finds more false faces, which would reject good portraits. Averaging several photos per student smooths pose and light;
@@ -21,7 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from rollcall_job.matcher import Metric, l2_normalise
+from rollcall_job import quality
+from rollcall_job.matcher import LOW_QUALITY, Metric, l2_normalise
 from rollcall_job.photos import DEFAULT_MAX_PIXELS, Photo, list_photos
 from rollcall_job.pipeline import BadInput, detect_and_embed
 from rollcall_job.protocols import Engine, F, ImageBGR
@@ -48,6 +52,9 @@ def average(embeddings: FloatArray, metric: Metric) -> FloatArray:
     return out
 
 
+_GATE = quality.QualityGate()
+
+
 @dataclass
 class EnrollOutcome:
     students: dict[str, FloatArray]
@@ -67,6 +74,7 @@ def enroll(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     small_faces: Callable[[ImageBGR], int] | None = None,
     on_photo: Callable[[], None] | None = None,
+    gate: quality.QualityGate | None = _GATE,
 ) -> EnrollOutcome:
     """Embed each student's usable photos and average them; report every photo not used and why."""
     started = time.monotonic()
@@ -81,13 +89,20 @@ def enroll(
         used: list[FloatArray] = []
         rejected: list[dict[str, str]] = []
         for pf in detect_and_embed(
-            engine, photos, max_bytes=max_bytes, max_pixels=max_pixels, on_photo=on_photo
+            engine,
+            photos,
+            max_bytes=max_bytes,
+            max_pixels=max_pixels,
+            on_photo=on_photo,
+            gate=gate,
         ):
             sizes = [min(b[2] - b[0], b[3] - b[1]) for b in pf.boxes]
             big = [i for i, s in enumerate(sizes) if s >= min_face_px]
             if pf.error is not None:
                 reason = pf.error.reason
                 unreadable += 1
+            elif len(big) == 1 and pf.quality and pf.quality[big[0]] is not None:
+                reason = f"{LOW_QUALITY}:{pf.quality[big[0]]}"
             elif len(big) == 1:
                 used.append(pf.embeddings[big[0]])
                 photo_docs.append(
