@@ -299,3 +299,28 @@ def test_watch_reconnects_across_an_api_restart(
     finally:
         for server in second:
             server.__exit__(None, None, None)
+
+
+def test_erase_student_and_class_need_yes_and_report_what_went(
+    cli: Cli, redis_client: redis.Redis
+) -> None:
+    for model in ("m-a", "m-b"):
+        redis_client.hset(
+            keys.gallery(cli.ns, "7B", model), mapping={"s-001": b"\0" * 8, "s-002": b"\0" * 8}
+        )
+    refused = cli("erase", "student", "--class", "7B", "s-001")  # no --yes, no terminal
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    assert redis_client.hexists(keys.gallery(cli.ns, "7B", "m-a"), "s-001")
+    assert cli("erase", "student", "--class", "7B", "../gallery", "--yes").exit_code == 2
+
+    res = cli("erase", "student", "--class", "7B", "s-001", "--yes")
+    assert res.exit_code == 0, res.output
+    assert "templates=2" in res.stdout and "models=m-a,m-b" in res.stdout
+    for model in ("m-a", "m-b"):
+        assert redis_client.hkeys(keys.gallery(cli.ns, "7B", model)) == [b"s-002"]
+    assert cli("erase", "student", "--class", "7B", "s-001", "--yes").exit_code == 4
+
+    res = cli("erase", "class", "7B", "-y")
+    assert res.exit_code == 0 and "templates=2" in res.stdout, res.output
+    assert not redis_client.exists(keys.gallery(cli.ns, "7B", "m-a"))
+    assert cli("erase", "class", "7B", "--yes").exit_code == 4

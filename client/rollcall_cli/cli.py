@@ -10,6 +10,7 @@ Exit codes (stable, for scripts):
   0 success (``watch``: the job Succeeded)   1 unexpected error      2 usage error
   3 missing/unknown API key (401)           4 not found (404)        5 conflict (409)
   6 request refused as invalid (400/413/422) 7 API unreachable or failing (5xx)
+  8 over a per-school limit (429): retry later
   10 the job Failed                          11 the job was Cancelled (or deleted)
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import tomllib
@@ -45,6 +47,7 @@ class Exit(IntEnum):
     CONFLICT = 5
     INVALID = 6
     UNAVAILABLE = 7
+    RATE_LIMITED = 8
     JOB_FAILED = 10
     JOB_CANCELLED = 11
 
@@ -56,6 +59,7 @@ _BY_STATUS = {
     400: Exit.INVALID,
     413: Exit.INVALID,
     422: Exit.INVALID,
+    429: Exit.RATE_LIMITED,
 }
 
 app = typer.Typer(
@@ -64,7 +68,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     epilog="Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 bad or missing key, 4 not found, "
-    "5 conflict, 6 invalid request, 7 API unavailable, 10 job failed, 11 job cancelled.",
+    "5 conflict, 6 invalid request, 7 API unavailable, 8 rate limited, 10 job failed, "
+    "11 job cancelled.",
 )
 out = Console()
 err = Console(stderr=True)
@@ -433,6 +438,72 @@ def cancel(ctx: typer.Context, job_id: str) -> None:
     """Cancel a job (its RecognitionJob, Job and pods are deleted)."""
     job = _call(_conn(ctx), "DELETE", f"/v1/recognition-jobs/{job_id}")
     out.print(f"{job['id']}\tcancelled", highlight=False)
+
+
+erase_app = typer.Typer(
+    help="Erase biometric data: a student's templates (and results naming them), or a class "
+    "gallery. Irreversible; recorded as a Kubernetes Event and an audit log line.",
+    no_args_is_help=True,
+)
+app.add_typer(erase_app, name="erase")
+
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Erase without asking for confirmation.")]
+Namespace = Annotated[
+    str | None, typer.Option(help="School namespace (keys with several); default: the key's first.")
+]
+
+
+# Class codes and student ids as the API takes them: no "/", "..", "?" that could move the path.
+_IDENT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+
+
+def _erase(
+    ctx: typer.Context, names: list[str], path: str, what: str, yes: bool, namespace: str | None
+) -> None:
+    """Confirm (``--yes``, or an answer on a terminal), then DELETE and print what went."""
+    for name in names:
+        if len(name) > 64 or not _IDENT.match(name):
+            fail(Exit.USAGE, f"{name!r} is not a class code or student id")
+    conn = _conn(ctx)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(Exit.USAGE, f"refusing to erase {what} without --yes")
+        if not typer.confirm(f"Erase {what}? This cannot be undone", default=False):
+            fail(Exit.USAGE, "not erased")
+    params = {"namespace": namespace} if namespace else None
+    done = _call(conn, "DELETE", path, params=params)
+    models = ",".join(done.get("models") or []) or "-"
+    out.print(
+        f"erased {what} in {done['namespace']}: templates={done['templates']} "
+        f"models={models} results={done['results']}",
+        highlight=False,
+    )
+
+
+@erase_app.command("student")
+def erase_student(
+    ctx: typer.Context,
+    student_id: Annotated[str, typer.Argument(help="The student id, as enrolled.")],
+    class_code: Annotated[str, typer.Option("--class", help="The class (gallery) code.")],
+    yes: Yes = False,
+    namespace: Namespace = None,
+) -> None:
+    """Erase one student's templates in every model's gallery of a class, and results naming them."""
+    path = f"/v1/classes/{class_code}/students/{student_id}"
+    what = f"student {student_id} of class {class_code}"
+    _erase(ctx, [class_code, student_id], path, what, yes, namespace)
+
+
+@erase_app.command("class")
+def erase_class(
+    ctx: typer.Context,
+    class_code: Annotated[str, typer.Argument(help="The class (gallery) code.")],
+    yes: Yes = False,
+    namespace: Namespace = None,
+) -> None:
+    """Erase a whole class gallery (every student, every model)."""
+    path, what = f"/v1/classes/{class_code}/gallery", f"the gallery of class {class_code}"
+    _erase(ctx, [class_code], path, what, yes, namespace)
 
 
 RECONNECT_FOR = 60.0  # seconds a broken event stream is retried before giving up (exit 7)
