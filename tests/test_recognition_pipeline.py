@@ -17,6 +17,8 @@ from rollcall_job.gallery import Gallery, GalleryMeta, GalleryStore, encode
 from rollcall_job.photos import list_photos
 from rollcall_job.pipeline import BadInput, embedder_spec, identify, no_gallery
 from rollcall_job.quality import QualityGate
+from rollcall_job.termination import summary_message
+from rollcall_operator.status import parse_termination_message
 from toyfaces import ToyCard, ToyEngine, photo, save
 
 META = GalleryMeta("toy-v1", 3, "cosine")
@@ -123,6 +125,11 @@ def test_two_faces_claiming_one_student_leave_the_student_uncertain(tmp_path: Pa
     ]
     s = out.documents["summary"]
     assert (s["matched"], s["needs_review"], s["present"], s["uncertain"]) == (0, 2, 0, 1)
+    # the counts reach the RJ's status.summary through the termination message
+    status, error = parse_termination_message(summary_message(s, result_key=None))
+    assert error is None and status is not None
+    assert (status.present, status.uncertain, status.needs_review) == (0, 1, 2)
+    assert status.model_dump(by_alias=True)["needsReview"] == 2
     # the annotated copy draws both boxes amber, not green
     img = cv2.imread(str(tmp_path / "out" / "annotated" / "twins.jpg"))
     assert img is not None
