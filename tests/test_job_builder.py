@@ -300,7 +300,7 @@ CASES: list[tuple[str, dict[str, Any], OperatorSettings, Any]] = [
     ),
     (
         "env contract",
-        {"matching": {"threshold": 0.55, "topK": 3}},
+        {"matching": {"threshold": 0.55, "margin": 0.12, "topK": 3}},
         S,
         lambda j: (
             env(j)["ROLLCALL_JOB_UID"] == UID
@@ -309,6 +309,7 @@ CASES: list[tuple[str, dict[str, Any], OperatorSettings, Any]] = [
             and env(j)["ROLLCALL_GALLERY"] == "MATH-7B"
             and json.loads(env(j)["ROLLCALL_ROSTER"]) == ["s1", "s2"]
             and env(j)["ROLLCALL_THRESHOLD"] == "0.55"
+            and env(j)["ROLLCALL_MARGIN"] == "0.12"
             and env(j)["ROLLCALL_TOP_K"] == "3"
         ),
     ),
