@@ -74,7 +74,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("class code with spaces", {"classCode": "math 7b"}, "classCode"),
     ("too many GPUs", {"resources": {"gpus": 64}}, "gpus"),
     ("deadline too short", {"runPolicy": {"activeDeadlineSeconds": 1}}, "activeDeadlineSeconds"),
-    ("callback without secret", {"callback": {"url": "https://x.example/hook"}}, "secretRef"),
+    ("callback to metadata IP", {"callback": {"url": "https://169.254.169.254/x"}}, "public host"),
+    ("callback with userinfo", {"callback": {"url": "https://u:p@x.example/"}}, "callback.url"),
     (
         "output claim without annotate",
         {"output": {"claimName": "reviews"}},

@@ -18,8 +18,9 @@ def e(
     capped: bool = True,
     suspended: bool = False,
     timeout: int | None = None,
+    gpus: int = 1,
 ) -> Entry:
-    return Entry(uid, ns, uid, priority, created, capped, suspended, timeout, {})
+    return Entry(uid, ns, uid, priority, created, capped, suspended, timeout, {}, gpus)
 
 
 def uids(entries: list[Entry]) -> list[str]:
@@ -65,13 +66,83 @@ def test_namespace_cap_does_not_block_other_namespaces() -> None:
     assert reason == "WaitingForNamespaceCapacity" and "namespace a" in message
 
 
-@pytest.mark.parametrize("kind", ["cpu-only", "kueue"])
-def test_uncapped_entries_bypass_the_cap(kind: str) -> None:
-    q = AdmissionQueue(max_running=1)
+def test_trusted_kueue_entries_bypass_the_cap() -> None:
+    q = AdmissionQueue(max_running=1, max_gpus=1)
     q.hold("busy", "a")
-    q.submit(e(kind, capped=False))
-    assert uids(q.admissible()) == [kind]
-    assert "busy" in q.running and kind not in q.running
+    q.submit(e("kueue", capped=False))
+    assert uids(q.admissible()) == ["kueue"]
+    assert "busy" in q.running and "kueue" not in q.running
+
+
+@pytest.mark.parametrize(
+    ("body_spec", "trust", "capped", "gpus"),
+    [
+        ({"resources": {"gpus": 0}}, False, True, 0),  # CPU jobs still take a Job slot
+        ({"queue": "lq"}, False, True, 1),  # naming a queue is not enough ...
+        ({"queue": "lq"}, True, False, 1),  # ... unless the operator trusts Kueue's quotas
+        ({"resources": {"gpus": 4}}, True, True, 4),
+        ({}, False, True, 1),
+    ],
+)
+def test_what_counts_against_the_caps(
+    body_spec: dict[str, Any], trust: bool, capped: bool, gpus: int
+) -> None:
+    body = {"metadata": {"uid": "u", "namespace": "n", "name": "r"}, "spec": body_spec}
+    got = entry_for(body, trust_kueue=trust)
+    assert (got.capped, got.gpus) == (capped, gpus)
+
+
+def test_gpu_cap_counts_gpus_not_jobs() -> None:
+    q = AdmissionQueue(max_gpus=4)
+    q.submit(e("big", gpus=3, created=1))
+    q.submit(e("two", gpus=2, created=2))
+    q.submit(e("cpu", gpus=0, created=3))
+    assert uids(q.admissible()) == ["big"]  # 3 + 2 > 4, and nobody jumps the queue
+    reason, message = q.why_waiting(q.waiting["two"])
+    assert reason == "WaitingForCapacity" and "3/4 GPUs" in message
+    q.release("big")
+    assert uids(q.admissible()) == ["two", "cpu"]
+
+
+def test_gpus_zero_takes_a_job_slot() -> None:
+    q = AdmissionQueue(max_running_per_namespace=1)
+    q.submit(e("cpu1", gpus=0, created=1))
+    q.submit(e("cpu2", gpus=0, created=2))
+    assert uids(q.admissible()) == ["cpu1"]
+    assert q.why_waiting(q.waiting["cpu2"])[0] == "WaitingForNamespaceCapacity"
+
+
+def test_namespace_gpu_cap() -> None:
+    q = AdmissionQueue(max_gpus_per_namespace=2)
+    q.hold("running", "a", gpus=2)
+    q.submit(e("a1", ns="a", gpus=1, created=1))
+    q.submit(e("b1", ns="b", gpus=2, created=2))
+    assert uids(q.admissible()) == ["b1"]
+    reason, message = q.why_waiting(q.waiting["a1"])
+    assert reason == "WaitingForNamespaceCapacity" and "2/2 GPUs" in message and "a" in message
+
+
+def test_priority_cannot_jump_another_school() -> None:
+    q = AdmissionQueue(max_gpus=1)
+    q.submit(e("b-old", ns="b", created=1))
+    q.submit(e("a-urgent", ns="a", priority=1000, created=2))
+    q.submit(e("a-low", ns="a", priority=-5, created=0))
+    assert uids(q.admissible()) == ["b-old"]  # a's 1000 only reorders a's own RJs
+    q.release("b-old")
+    assert uids(q.admissible()) == ["a-urgent"]
+    q.release("a-urgent")
+    assert uids(q.admissible()) == ["a-low"]
+
+
+def test_schools_are_served_round_robin_not_by_burst() -> None:
+    q = AdmissionQueue(max_gpus=4)
+    for i in range(6):
+        q.submit(e(f"a{i}", ns="a", created=float(i)))  # school a submits a burst first
+    q.submit(e("b0", ns="b", created=10.0))
+    q.submit(e("c0", ns="c", created=11.0))
+    got = uids(q.admissible())
+    assert sorted(got) == ["a0", "a1", "b0", "c0"]
+    assert got.index("b0") < got.index("a1") and got.index("c0") < got.index("a1")
 
 
 def test_suspended_waits_and_resumes() -> None:
@@ -116,5 +187,6 @@ def test_entry_for_reads_the_body() -> None:
         },
     }
     got = entry_for(body)
-    assert (got.priority, got.capped, got.suspended, got.timeout) == (3, False, True, 60)
+    assert (got.priority, got.capped, got.suspended, got.timeout) == (3, True, True, 60)
+    assert not entry_for(body, trust_kueue=True).capped
     assert got.created == 1795773600.0

@@ -7,8 +7,11 @@ wire (as Kubernetes users expect) and snake_case in Python.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -145,16 +148,68 @@ class RunPolicy(_Model):
     suspend: bool = Field(default=False, description="Suspend (or keep from starting) the Job.")
 
 
-class SecretKeyRef(_Model):
-    name: DnsSubdomain
-    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+# Address ranges no school's webhook receiver lives in (private, loopback, link-local incl. cloud
+# metadata, CGNAT, documentation, multicast, reserved). The CRD refuses them as literal callback
+# hosts; the operator's egress rules refuse them after DNS too (one list for both).
+NON_PUBLIC_CIDRS = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "::/96", "100::/64", "2001:db8::/32", "fc00::/7", "fe80::/10",
+    "fec0::/10", "ff00::/8",
+)  # fmt: skip
+# CEL: a literal IP host must be public. `[x].all(h, ...)` binds the host once (CEL in CRDs has no
+# let); evaluating url() inside the CIDR loop would blow the CRD's cost budget.
+_CALLBACK_RULE = (
+    "isURL(self.url) && [url(self.url).getHostname()].all(h, "
+    "!(h.contains(':') || h.matches('^[0-9.]+$')) "
+    "|| (isIP(h) && ip(h).isGlobalUnicast() && !["
+    + ", ".join(f"'{c}'" for c in NON_PUBLIC_CIDRS)
+    + "].exists(c, cidr(c).containsIP(h))))"
+)
 
 
 class Callback(_Model):
-    """A completion webhook: POSTed once the RJ reaches a terminal phase, HMAC-SHA256 signed."""
+    """A completion webhook: POSTed once the RJ reaches a terminal phase, HMAC-SHA256 signed.
 
-    url: str = Field(max_length=2048, pattern=r"^https?://[^\s]+$")
-    secret_ref: SecretKeyRef = Field(description="Secret key holding the HMAC signing secret.")
+    The signing key is the namespace's own Secret, named by the operator's settings, never the RJ.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": _CALLBACK_RULE,
+                    "message": "callback.url must name a public host: private, loopback, "
+                    "link-local and other non-public addresses are refused",
+                    "fieldPath": ".url",
+                },
+            ]
+        }
+    )
+
+    url: str = Field(
+        max_length=2048,
+        # https (or http where the operator allows it); no user:password@ before the host
+        pattern=r"^https?://[^\s/?#@]+([/?#][^\s]*)?$",
+        description="https URL of the receiver; the operator refuses non-public destinations.",
+    )
+
+    @model_validator(mode="after")
+    def _public_literal_host(self) -> Callback:
+        host = urlsplit(self.url).hostname or ""
+        if ":" in host or re.fullmatch(r"[0-9.]+", host):
+            try:
+                addr = ipaddress.ip_address(host)
+            except ValueError as e:
+                raise ValueError("callback.url host is not a valid IP address") from e
+            mapped = isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None
+            if mapped or any(
+                addr in ipaddress.ip_network(c) for c in NON_PUBLIC_CIDRS
+                if ipaddress.ip_network(c).version == addr.version
+            ):  # fmt: skip
+                raise ValueError("callback.url must name a public host")
+        return self
 
 
 class Output(_Model):
@@ -305,6 +360,7 @@ class WebhookDelivery(_Model):
     last_status: int | None = None
     last_error: str | None = None
     last_attempt_time: str | None = None
+    final: bool = Field(default=False, description="No further attempt will be made.")
 
 
 class RecognitionJobStatus(_Model):

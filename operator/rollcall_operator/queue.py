@@ -1,15 +1,22 @@
-"""Admission of RJs onto GPUs: a cap on unfinished GPU Jobs, globally and per namespace.
+"""Admission of RJs onto GPUs: caps on unfinished Jobs and on the GPUs they ask for, per namespace.
 
 Pure bookkeeping, no I/O: the handlers tell it what exists (``hold``/``release``) and what waits
-(``submit``/``withdraw``); one admission task asks it what may start now. Waiting RJs start in
-priority order, then FIFO by creation time (kept in the apiserver, so the order survives an
-operator restart). An RJ blocked only by its namespace's cap does not block other namespaces.
-RJs for Kueue (``spec.queue``) or without GPUs bypass the cap: Kueue or nobody limits them.
+(``submit``/``withdraw``); one admission task asks it what may start now.
+
+Fairness between schools (one namespace each): ``spec.priority`` and creation order (kept in the
+apiserver, so the order survives an operator restart) rank RJs only *within* their namespace; across
+namespaces the least-served one (fewest GPUs, then Jobs, held) goes next, so a school cannot jump
+another with a high priority or a burst of submissions. A namespace whose own cap is full does not
+block the others; when the cluster-wide cap is full nobody jumps the queue.
+
+Every RJ counts: ``gpus: 0`` takes a Job slot (CPU is not free), a Kueue ``spec.queue`` still counts
+unless the operator is configured to trust Kueue's own quotas (``trust_kueue``), since the submitter,
+not the operator, chose to name a queue.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -23,14 +30,16 @@ class Entry:
     name: str
     priority: int
     created: float  # unix seconds of metadata.creationTimestamp
-    capped: bool  # counts against the caps (GPU Job not managed by Kueue)
+    capped: bool  # counts against the caps (all but Kueue-managed RJs of a Kueue-trusting setup)
     suspended: bool
     timeout: int | None  # spec.runPolicy.queueTimeoutSeconds
     body: Mapping[str, Any] = field(compare=False, repr=False)
+    gpus: int = 1
 
     @property
-    def order(self) -> tuple[int, float, str, str]:
-        return (-self.priority, self.created, self.namespace, self.name)
+    def order(self) -> tuple[int, float, str]:
+        """Rank inside the entry's namespace (never across namespaces)."""
+        return (-self.priority, self.created, self.name)
 
 
 def parse_time(stamp: str | None) -> float:
@@ -39,7 +48,7 @@ def parse_time(stamp: str | None) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def entry_for(body: Mapping[str, Any]) -> Entry:
+def entry_for(body: Mapping[str, Any], trust_kueue: bool = False) -> Entry:
     """The queue entry of an RJ body (spec already validated by the CRD schema)."""
     meta, spec = body["metadata"], body.get("spec") or {}
     policy = spec.get("runPolicy") or {}
@@ -50,27 +59,42 @@ def entry_for(body: Mapping[str, Any]) -> Entry:
         name=meta["name"],
         priority=int(spec.get("priority", 0)),
         created=parse_time(meta.get("creationTimestamp")),
-        capped=gpus > 0 and not spec.get("queue"),
+        capped=not (trust_kueue and spec.get("queue")),
         suspended=bool(policy.get("suspend", False)),
         timeout=policy.get("queueTimeoutSeconds"),
         body=body,
+        gpus=gpus,
     )
+
+
+@dataclass(frozen=True)
+class Slot:
+    namespace: str
+    gpus: int
 
 
 @dataclass
 class AdmissionQueue:
-    max_running: int = 0  # 0: no cap
+    max_running: int = 0  # unfinished Jobs cluster-wide; 0: no cap
     max_running_per_namespace: int = 0
-    running: dict[str, str] = field(default_factory=dict)  # uid -> namespace, capped Jobs only
+    max_gpus: int = 0  # GPUs of unfinished Jobs cluster-wide; 0: no cap
+    max_gpus_per_namespace: int = 0
+    running: dict[str, Slot] = field(default_factory=dict)  # uid -> slot, capped Jobs only
     waiting: dict[str, Entry] = field(default_factory=dict)
 
-    def _per_namespace(self) -> Counter[str]:
-        return Counter(self.running.values())
+    def _usage(self) -> tuple[Counter[str], Counter[str]]:
+        """(Jobs, GPUs) held per namespace."""
+        jobs: Counter[str] = Counter()
+        gpus: Counter[str] = Counter()
+        for slot in self.running.values():
+            jobs[slot.namespace] += 1
+            gpus[slot.namespace] += slot.gpus
+        return jobs, gpus
 
-    def hold(self, uid: str, namespace: str) -> None:
+    def hold(self, uid: str, namespace: str, gpus: int = 1) -> None:
         """An unfinished capped Job exists for ``uid`` (seen at startup, or just admitted)."""
         self.waiting.pop(uid, None)
-        self.running[uid] = namespace
+        self.running[uid] = Slot(namespace, gpus)
 
     def release(self, uid: str) -> bool:
         """The Job finished or went away; True when that freed a slot."""
@@ -87,21 +111,45 @@ class AdmissionQueue:
         if (entry := self.waiting.get(uid)) is not None:
             self.waiting[uid] = replace(entry, suspended=suspended)
 
+    def _global_full(self, gpus: int, extra_jobs: int = 1) -> str | None:
+        total_gpus = sum(s.gpus for s in self.running.values())
+        if self.max_running and len(self.running) + extra_jobs > self.max_running:
+            return f"{len(self.running)}/{self.max_running} jobs are running cluster-wide"
+        if self.max_gpus and total_gpus + gpus > self.max_gpus:
+            return f"{total_gpus}/{self.max_gpus} GPUs are in use cluster-wide"
+        return None
+
+    def _namespace_full(self, entry: Entry, jobs: Counter[str], gpus: Counter[str]) -> str | None:
+        ns, cap, gcap = entry.namespace, self.max_running_per_namespace, self.max_gpus_per_namespace
+        if cap and jobs[ns] + 1 > cap:
+            return f"{jobs[ns]}/{cap} jobs are running in namespace {ns}"
+        if gcap and gpus[ns] + entry.gpus > gcap:
+            return f"{gpus[ns]}/{gcap} GPUs are in use in namespace {ns}"
+        return None
+
     def admissible(self) -> list[Entry]:
-        """Entries that may start now, best first; they leave ``waiting`` and hold their slots."""
-        per_ns = self._per_namespace()
-        admitted: list[Entry] = []
-        for entry in sorted(self.waiting.values(), key=lambda e: e.order):
-            if entry.suspended:
-                continue
-            if entry.capped:
-                if self.max_running and len(self.running) >= self.max_running:
-                    break  # the global cap is full: nobody further down may jump the queue
-                cap = self.max_running_per_namespace
-                if cap and per_ns[entry.namespace] >= cap:
-                    continue
-                self.running[entry.uid] = entry.namespace
-                per_ns[entry.namespace] += 1
+        """Entries that may start now, fairly across namespaces; they leave ``waiting``."""
+        admitted = [e for e in self.waiting.values() if not e.capped and not e.suspended]
+        lines: dict[str, list[Entry]] = defaultdict(list)
+        for entry in self.waiting.values():
+            if entry.capped and not entry.suspended:
+                lines[entry.namespace].append(entry)
+        for line in lines.values():
+            line.sort(key=lambda e: e.order, reverse=True)  # best last: pop() takes it
+        jobs, gpus = self._usage()
+        while True:
+            ready = [ns for ns, line in lines.items() if line
+                     and self._namespace_full(line[-1], jobs, gpus) is None]  # fmt: skip
+            if not ready:
+                break
+            ns = min(ready, key=lambda n: (gpus[n], jobs[n], lines[n][-1].created, n))
+            entry = lines[ns][-1]
+            if self._global_full(entry.gpus) is not None:
+                break  # the cluster-wide cap is full: nobody further down may jump the queue
+            lines[ns].pop()
+            self.running[entry.uid] = Slot(ns, entry.gpus)
+            jobs[ns] += 1
+            gpus[ns] += entry.gpus
             admitted.append(entry)
         for entry in admitted:
             del self.waiting[entry.uid]
@@ -122,17 +170,9 @@ class AdmissionQueue:
         """(reason, message) for status while ``entry`` waits."""
         if entry.suspended:
             return "Suspended", "runPolicy.suspend is true; the Job is created once it is false"
-        per_ns = self._per_namespace()
-        if self.max_running and len(self.running) >= self.max_running:
-            return (
-                "WaitingForCapacity",
-                f"{len(self.running)}/{self.max_running} GPU jobs are running cluster-wide",
-            )
-        cap = self.max_running_per_namespace
-        if cap and per_ns[entry.namespace] >= cap:
-            return (
-                "WaitingForNamespaceCapacity",
-                f"{per_ns[entry.namespace]}/{cap} GPU jobs are running in namespace "
-                f"{entry.namespace}",
-            )
+        jobs, gpus = self._usage()
+        if (why := self._namespace_full(entry, jobs, gpus)) is not None:
+            return "WaitingForNamespaceCapacity", why
+        if (why := self._global_full(entry.gpus)) is not None:
+            return "WaitingForCapacity", why
         return "WaitingForTurn", "jobs ahead of this one start first"

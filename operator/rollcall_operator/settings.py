@@ -7,6 +7,7 @@ Complex values (lists, dicts) are JSON in the environment.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rollcall_contract.jobenv import env_name
+from rollcall_operator.egress import Allowlist
+from rollcall_operator.quantities import JobBounds, parse_quantity
 
 ENV_PREFIX = "ROLLCALL_OPERATOR_"
 
@@ -86,14 +89,42 @@ class OperatorSettings(BaseSettings):
     peering_name: str | None = Field(
         default=None, description="kopf peering object for leader election; empty: standalone."
     )
-    priority: int = 0
+    priority: int | None = Field(
+        default=None,
+        description="kopf peering priority; empty: a random one per process, so replicas differ.",
+    )
+    peering_lifetime_seconds: int = Field(
+        default=20, ge=5, description="How long a silent peer counts as alive (takeover delay)."
+    )
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables /metrics.")
 
     # --- queueing ------------------------------------------------------------------------------
-    max_running: int = Field(default=0, ge=0, description="Cap on unfinished GPU Jobs; 0: no cap.")
+    max_running: int = Field(default=0, ge=0, description="Cap on unfinished Jobs; 0: no cap.")
     max_running_per_namespace: int = Field(default=0, ge=0, description="Per namespace; 0: no cap.")
+    max_gpus: int = Field(default=0, ge=0, description="GPUs of unfinished Jobs; 0: no cap.")
+    max_gpus_per_namespace: int = Field(default=0, ge=0, description="Per namespace; 0: no cap.")
+    max_gpus_per_job: int = Field(default=0, ge=0, description="Bigger RJs fail; 0: schema's 8.")
+    max_cpu_per_job: str = Field(default="", description="Quantity, e.g. 8; empty: unbounded.")
+    max_memory_per_job: str = Field(
+        default="", description="Quantity, e.g. 32Gi; empty: unbounded."
+    )
+    trust_kueue: bool = Field(
+        default=False,
+        description="RJs naming a Kueue queue skip rollcall's caps (Kueue's quotas admit them).",
+    )
     admission_concurrency: int = Field(default=32, ge=1, description="Job creations in flight.")
+    quota_retry_seconds: float = Field(
+        default=5.0, gt=0, description="First wait after a ResourceQuota refused a Job; doubles."
+    )
+    quota_retry_max_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("max_cpu_per_job", "max_memory_per_job")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if value:
+            parse_quantity(value)
+        return value
 
     # --- progress and webhooks -----------------------------------------------------------------
     progress_interval_seconds: float = Field(default=2.0, gt=0)
@@ -101,6 +132,44 @@ class OperatorSettings(BaseSettings):
     webhook_backoff_seconds: float = Field(default=1.0, gt=0)
     webhook_backoff_max_seconds: float = Field(default=300.0, gt=0)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_secret_name: str = Field(
+        default="rollcall-webhook",
+        description="The signing Secret, one per school namespace; RJs cannot name another.",
+    )
+    webhook_secret_key: str = "secret"
+    webhook_allow_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Networks a callback may reach although private/loopback/link-local/cluster.",
+    )
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (exact or *.suffix) a callback may reach whatever they resolve to.",
+    )
+    webhook_deny_cidrs: list[str] = Field(
+        default_factory=list, description="Extra ranges to refuse: public pod/service CIDRs."
+    )
+    webhook_allow_http: bool = Field(default=False, description="Allow plain-http callbacks.")
+    webhook_max_response_bytes: int = Field(default=4096, ge=0, le=1 << 20)
+
+    @field_validator("webhook_allow_cidrs", "webhook_deny_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    def egress_allowlist(self) -> Allowlist:
+        return Allowlist.parse(
+            self.webhook_allow_cidrs,
+            self.webhook_allow_hosts,
+            self.webhook_deny_cidrs,
+            self.webhook_allow_http,
+        )
+
+    def job_bounds(self) -> JobBounds:
+        """Per-RJ bounds; no RJ may ask for more GPUs than a cap could ever grant."""
+        caps = [c for c in (self.max_gpus_per_job, self.max_gpus, self.max_gpus_per_namespace) if c]
+        return JobBounds(min(caps, default=0), self.max_cpu_per_job, self.max_memory_per_job)
 
 
 @lru_cache(maxsize=1)

@@ -7,7 +7,9 @@ signing scheme is unit-tested and a receiver can re-implement it from this docst
     X-Rollcall-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>
     X-Rollcall-Delivery:  <RJ uid>   (the same on every retry: receivers de-duplicate on it)
 
-Signing the timestamp with the body lets receivers reject replays older than a few minutes.
+Signing the timestamp with the body lets receivers reject replays older than a few minutes. Each
+school namespace has its own signing Secret (name fixed by the operator's settings, never by the RJ),
+so one school cannot forge another's callbacks. Where a POST may go is ``egress``'s business.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from rollcall_contract.model import API_VERSION, KIND
+from rollcall_operator import egress
+
+log = logging.getLogger("rollcall.operator.webhook")
 
 SIGNATURE_HEADER = "X-Rollcall-Signature"
 TIMESTAMP_HEADER = "X-Rollcall-Timestamp"
@@ -69,17 +76,50 @@ def retryable(status: int | None) -> bool:
     return status is None or status >= 500 or status in _RETRYABLE_4XX
 
 
+# A receiver acknowledges with its status line; its body is never used, so at most this much of it
+# is read (a huge or endless body must not grow the operator's memory: it serves every school).
+MAX_RESPONSE_BYTES = 4096
+DENIED = "the callback destination is not allowed"
+UNREACHABLE = "delivery failed: no HTTP answer (connection refused, reset or timed out)"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one POST went. ``error`` is shown to the RJ's owner: it never says which internal
+    address or port answered (a refused destination is refused before any connection)."""
+
+    status: int | None
+    error: str | None
+    retry: bool
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+
+def session(allow: egress.Allowlist) -> aiohttp.ClientSession:
+    """The operator's webhook client: vetted DNS answers only, no proxies from the environment."""
+    connector = aiohttp.TCPConnector(resolver=egress.VettingResolver(allow), use_dns_cache=False)
+    return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+
 async def post(
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     url: str,
     body: bytes,
     *,
+    allow: egress.Allowlist,
     secret: bytes,
     delivery: str,
     timestamp: str,
     timeout: float,
-) -> tuple[int | None, str | None]:
-    """One attempt: (HTTP status, error text). A status of 2xx means delivered."""
+    max_response_bytes: int = MAX_RESPONSE_BYTES,
+) -> Attempt:
+    """One attempt through ``http`` (made by ``session``, whose resolver vets host names)."""
+    try:
+        egress.vet_url(url, allow)  # scheme, userinfo, cluster names, literal addresses
+    except egress.EgressDenied as e:
+        return Attempt(None, str(e), retry=False)
     headers = {
         "Content-Type": "application/json",
         SIGNATURE_HEADER: sign(secret, timestamp, body),
@@ -88,14 +128,21 @@ async def post(
         "User-Agent": "rollcall-operator",
     }
     try:
-        async with session.post(
+        async with http.post(
             url,
             data=body,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
         ) as resp:
-            await resp.read()
-            return resp.status, None if resp.status < 300 else f"HTTP {resp.status}"
-    except (aiohttp.ClientError, TimeoutError) as e:
-        return None, f"{type(e).__name__}: {e}"[:300]
+            await resp.content.read(max_response_bytes)
+            resp.close()  # drop the connection rather than drain whatever else is coming
+            status = resp.status
+    except egress.EgressDenied:
+        return Attempt(None, DENIED, retry=False)
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        log.info("webhook %s: %s", delivery, type(e).__name__)
+        return Attempt(None, UNREACHABLE, retry=True)
+    if status < 300:
+        return Attempt(status, None, retry=False)
+    return Attempt(status, f"HTTP {status}", retry=retryable(status))
