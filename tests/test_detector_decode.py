@@ -11,7 +11,14 @@ import pytest
 
 from rollcall_job.models.cards import CenterFaceSettings, PyramidSettings, RetinaFaceSettings
 from rollcall_job.models.centerface import decode as centerface_decode
-from rollcall_job.models.detection import Detections, padded_input, pyramid_scales, suppress
+from rollcall_job.models.detection import (
+    Detections,
+    Span,
+    padded_input,
+    pyramid_scales,
+    spans,
+    suppress,
+)
 from rollcall_job.models.detector_build import bytes_literal
 from rollcall_job.models.retinaface import decode, decode_boxes, decode_landmarks, priors
 from rollcall_job.models.sdists import FetchError
@@ -193,6 +200,47 @@ def test_padded_input(
     sw, sh = round(shape[1] * scale), round(shape[0] * scale)
     assert out[:sh, :sw].min() == 200 and out[sh:].max(initial=0) == 0
     assert out[:, sw:].max(initial=0) == 0
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap", "expected"),
+    [
+        (2400, 2560, 352, [Span(0, 2400, -INF, INF)]),  # fits: one tile, owns everything
+        # 3000 = two equal 1696 tiles (a multiple of 32) overlapping by 392; cut mid-overlap
+        (3000, 2560, 352, [Span(0, 1696, -INF, 1500), Span(1304, 3000, 1500, INF)]),
+        (1600, 1024, 352, [Span(0, 992, -INF, 800), Span(608, 1600, 800, INF)]),
+        # three 928 px tiles overlapping by 368
+        (
+            2048,
+            1024,
+            352,
+            [
+                Span(0, 928, -INF, 744),
+                Span(560, 1488, 744, 1304),
+                Span(1120, 2048, 1304, INF),
+            ],
+        ),
+    ],
+)
+def test_spans(length: int, tile: int, overlap: int, expected: list[Span]) -> None:
+    assert spans(length, tile, overlap) == expected
+
+
+@pytest.mark.parametrize("length", [1056, 2400, 4000, 5600, 9248])
+def test_every_face_up_to_the_overlap_is_whole_in_exactly_one_owning_tile(length: int) -> None:
+    tile, overlap = 1024, 352
+    parts = spans(length, tile, overlap)
+    assert parts[0].start == 0 and parts[-1].end == length
+    assert all(p.end - p.start <= tile and (p.end - p.start) % 32 == 0 for p in parts)
+    assert all(a.end - b.start >= overlap for a, b in itertools.pairwise(parts))
+    for centre in np.arange(0.5, length, 7.0):
+        owners = [p for p in parts if p.lo <= centre < p.hi]
+        assert len(owners) == 1
+        face = min(overlap, 2 * centre, 2 * (length - centre))  # the widest that fits the photo
+        assert owners[0].start <= centre - face / 2 and centre + face / 2 <= owners[0].end
 
 
 def test_detections_scale_back_to_the_photo() -> None:

@@ -4,6 +4,7 @@ no faces in textures, small faces of a large class photo found, the minimum size
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,7 +14,15 @@ import pytest
 from rollcall_job.faces import DetectedFace, FaceEngine, load_engine, read_image
 from rollcall_job.models.assets import photo
 from rollcall_job.models.build import build_models
-from rollcall_job.models.cards import DETECTOR_FAMILIES
+from rollcall_job.models.cards import (
+    DETECTOR_CARD,
+    DETECTOR_FAMILIES,
+    EMBEDDER_CARD,
+    PyramidSettings,
+    detector_card_name,
+    load_card,
+    write_card,
+)
 from rollcall_job.models.classphoto import CLASS_LAYOUT, tile_photo
 from rollcall_job.runtime import CUDA
 
@@ -131,6 +140,35 @@ def test_large_class_photo_small_faces_found(
     assert len(faces) == len(truth), "a face found where there is none, or twice"
     for face in faces:
         assert_face_shape(face, "class photo")
+
+
+@pytest.mark.parametrize("family", ["retinaface", "centerface"])
+def test_tiled_levels_find_the_same_faces_once(
+    family: str,
+    tmp_path: Path,
+    class_photo: tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]],
+) -> None:
+    """With 1024 px tiles the class photo's large level runs in 12 overlapping tiles: every
+    face is still found, none twice, at the same place as without tiles."""
+    built = build_models()
+    card = load_card(built / detector_card_name(family))
+    settings = getattr(card, family)
+    tiled = settings.model_copy(
+        update={"pyramid": PyramidSettings(**{**settings.pyramid.model_dump(), "tile_px": 1024})}
+    )
+    files = {role: str(card.path(role, built)) for role in card.files}
+    write_card(card.model_copy(update={family: tiled, "files": files}), tmp_path / DETECTOR_CARD)
+    embedder = load_card(built / EMBEDDER_CARD)
+    files = {role: str(embedder.path(role, built)) for role in embedder.files}
+    write_card(embedder.model_copy(update={"files": files}), tmp_path / EMBEDDER_CARD)
+
+    canvas, truth = class_photo
+    whole = load_engine(built, threads=2, detector=family).detect(canvas)
+    in_tiles = load_engine(tmp_path, threads=2).detect(canvas)
+    assert len(in_tiles) == len(whole) == len(truth)
+    a = centres(np.array([f.box for f in whole], np.float32))
+    b = centres(np.array([f.box for f in in_tiles], np.float32))
+    assert np.linalg.norm(a[:, None] - b[None], axis=2).min(axis=1).max() < 3.0
 
 
 def test_faces_below_the_minimum_size_are_dropped(engine: FaceEngine) -> None:

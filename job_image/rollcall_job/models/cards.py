@@ -54,7 +54,8 @@ class PyramidSettings(BaseModel):
 
     The engine runs it at the scales that bring every face from the minimum size up to the
     photo's short side into that band (``detection.pyramid_scales``): one pass for a 640x480
-    frame, a large pass plus a small one for a 4000 px class photo.
+    frame, a large pass plus a small one for a 4000 px class photo. A level larger than
+    ``tile_px`` square runs in overlapping tiles, so memory stays bounded whatever the photo.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -64,12 +65,20 @@ class PyramidSettings(BaseModel):
     max_upscale: float = Field(1.0, gt=0)  # never enlarge a photo past this
     overlap: float = Field(2.0, ge=1.0)  # next level's band overlaps this one by this factor
     multiple: int = Field(32, gt=0)  # input sides padded to a multiple of the deepest stride
+    tile_px: int = Field(2560, gt=0)  # largest network input side; bigger levels are tiled
 
     @model_validator(mode="after")
     def _band(self) -> PyramidSettings:
         if self.largest_px <= self.smallest_px * self.overlap:
             raise ValueError("largest_px must exceed smallest_px * overlap")
+        if self.tile_px % self.multiple or self.tile_px < 2 * self.tile_overlap:
+            raise ValueError("tile_px must be a multiple of `multiple` and twice the overlap")
         return self
+
+    @property
+    def tile_overlap(self) -> int:
+        """Tiles overlap by the band's largest face, so each face lies whole in some tile."""
+        return -(-int(self.largest_px) // self.multiple) * self.multiple + self.multiple
 
 
 class RetinaFaceSettings(BaseModel):

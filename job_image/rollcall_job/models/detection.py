@@ -6,11 +6,13 @@ nose, left and right mouth corner, as seen in the image). MTCNN is a cascade wit
 pyramid; RetinaFace and CenterFace are single-shot networks with a dynamic input, so one pass
 covers a band of face sizes and a short pyramid (``pyramid_scales``) covers the rest: a 4000 px
 class photo with 40 px faces is read at the scale where those faces fill the network's best band,
-plus a small level for close-ups, never cut into tiles with seams through faces.
+plus a small level for close-ups. Only a level larger than the card's ``tile_px`` is cut into
+tiles (``spans``), overlapping by the band's largest face so no face is lost at a seam.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +44,19 @@ class Detections:
 
     def take(self, rows: npt.NDArray[np.intp]) -> Detections:
         return Detections(self.boxes[rows], self.scores[rows], self.landmarks[rows])
+
+    def shifted(self, dx: float, dy: float) -> Detections:
+        """Coordinates moved by (dx, dy) (a tile back to its level)."""
+        box = self.boxes + np.array([dx, dy, dx, dy], np.float32)
+        marks = self.landmarks + np.array([dx, dy], np.float32)
+        return Detections(box.astype(np.float32), self.scores, marks.astype(np.float32))
+
+    def centred_in(self, x0: float, y0: float, x1: float, y1: float) -> Detections:
+        """The faces whose box centre lies in [x0, x1) x [y0, y1)."""
+        cx = (self.boxes[:, 0] + self.boxes[:, 2]) / 2
+        cy = (self.boxes[:, 1] + self.boxes[:, 3]) / 2
+        inside = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+        return self.take(np.nonzero(inside)[0])
 
     def scaled(self, fx: float, fy: float) -> Detections:
         """Coordinates multiplied per axis (a pyramid level back to the photo)."""
@@ -116,6 +131,31 @@ def padded_input(
     return resized, w / sw, h / sh
 
 
+@dataclass(frozen=True)
+class Span:
+    """One tile along an axis: the input ``[start, end)`` and the part it owns ``[lo, hi)``."""
+
+    start: int
+    end: int
+    lo: float
+    hi: float
+
+
+def spans(length: int, tile: int, overlap: int, multiple: int = 32) -> list[Span]:
+    """The fewest equal tiles (sides a multiple of ``multiple``, at most ``tile``) covering
+    ``[0, length)`` with neighbours overlapping by at least ``overlap``. Each owns up to the
+    middle of its overlaps, so a face whose centre it owns and that is at most ``overlap`` wide
+    lies whole inside it, and no face is owned twice. Equal tiles waste the least work."""
+    if length <= tile:
+        return [Span(0, length, -np.inf, np.inf)]
+    n = -(-(length - overlap) // (tile - overlap))
+    size = min(tile, -(-(length + (n - 1) * overlap) // (n * multiple)) * multiple)
+    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
+    cuts = [(a + size + b) / 2 for a, b in itertools.pairwise(starts)]  # mid-overlap
+    bounds = [-np.inf, *cuts, np.inf]
+    return [Span(a, a + size, bounds[i], bounds[i + 1]) for i, a in enumerate(starts)]
+
+
 class SingleShot:
     """A one-network detector with a dynamic input, run once per pyramid level; subclasses
     decode the network's outputs for one level (``_decode``)."""
@@ -147,8 +187,14 @@ class SingleShot:
             image = np.asarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB), np.uint8)
         h, w = image.shape[:2]
         found: list[Detections] = []
+        tile, overlap = self.pyramid.tile_px, self.pyramid.tile_overlap
         for scale in pyramid_scales(h, w, min_face_px, self.pyramid):
             level, fx, fy = padded_input(image, scale, self.pyramid.multiple)
-            outputs = self.run(self._prepare(level))
-            found.append(self._decode(outputs, level.shape[0], level.shape[1]).scaled(fx, fy))
+            multiple = self.pyramid.multiple
+            for ys in spans(level.shape[0], tile, overlap, multiple):
+                for xs in spans(level.shape[1], tile, overlap, multiple):
+                    part = level[ys.start : ys.end, xs.start : xs.end]
+                    faces = self._decode(self.run(self._prepare(part)), *part.shape[:2])
+                    owned = faces.shifted(xs.start, ys.start).centred_in(xs.lo, ys.lo, xs.hi, ys.hi)
+                    found.append(owned.scaled(fx, fy))
         return suppress(Detections.concat(found), self.iou)
