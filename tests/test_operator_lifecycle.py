@@ -25,6 +25,7 @@ from kubernetes import client
 from localk8s import local_volume, wait_for
 from nodeagent import NodeAgent, Outcome
 from redisrig import free_port
+from rollcall_contract import keys
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.builder import build_job, job_name
 from rollcall_operator.settings import OperatorSettings
@@ -258,7 +259,8 @@ def test_create_makes_one_job_as_built_and_success_fills_the_summary(
     assert done["summary"]["present"] == 2 and done["summary"]["absent"] == 1
     assert done["progress"]["text"] == "3/3"
     assert done["completionTime"] and done["startTime"]
-    assert done["resultKey"] == f"rollcall:job:{{{created['metadata']['uid']}}}:results"
+    meta = created["metadata"]
+    assert done["resultKey"] == keys.job_results(meta["namespace"], meta["uid"])
     finished = {c["type"]: c for c in done["conditions"]}["Finished"]
     assert finished["status"] == "True" and finished["reason"] == "Completed"
     wait_for(lambda: {"Pending", "Running", "Succeeded"} <= set(k.events("math-7b")),
@@ -446,7 +448,8 @@ def test_progress_is_copied_from_redis_while_running(
     created = k.create(rj_body("prog", "hold"))
     k.phase_is("prog", "Running")
     uid = created["metadata"]["uid"]
-    redis_client.hset(f"rollcall:job:{{{uid}}}:progress", mapping={"done": 2, "total": 7})
+    progress = keys.job_progress(created["metadata"]["namespace"], uid)
+    redis_client.hset(progress, mapping={"done": 2, "total": 7})
     wait_for(lambda: k.status("prog")["progress"] == {"done": 2, "total": 7, "text": "2/7"},
              "progress copied")  # fmt: skip
     script.release("prog")
