@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from rollcall_contract import keys
+from rollcall_contract.model import IDENT, parse_spec
+from rollcall_operator.builder import build_job
+from rollcall_operator.settings import OperatorSettings
 
 TENANT_KEYS: list[tuple[str, Callable[[str], str]]] = [
     ("gallery", lambda t: keys.gallery(t, "grade7-b", "dlib-resnet-v1")),
@@ -110,3 +117,69 @@ def test_glob_escape(text: str, escaped: str) -> None:
 def test_legacy_layout_is_the_old_untenanted_one() -> None:
     assert keys.legacy_gallery("6b", "m") == "rollcall:gallery:{6b:m}"
     assert fnmatch.fnmatchcase(keys.legacy_gallery("6b", "m2"), keys.legacy_gallery_match("6b"))
+
+
+# --- no spec field can name another school's keys ------------------------------------------------
+
+
+def _rj(namespace: str, **spec: Any) -> dict[str, Any]:
+    body = {"classCode": "grade7-b", "images": {"claimName": "photos"}, "roster": ["s1"], **spec}
+    meta = {"name": "rj-1", "namespace": namespace, "uid": "0b6e-uid"}
+    return {
+        "apiVersion": "rollcall.io/v1alpha1",
+        "kind": "RecognitionJob",
+        "metadata": meta,
+        "spec": body,
+    }
+
+
+@pytest.mark.parametrize("spec", [{}, {"gallery": "grade7-b"}, {"gallery": "school-b"}])
+def test_the_jobs_tenant_is_the_rjs_namespace_whatever_the_spec_says(spec: dict[str, Any]) -> None:
+    job = build_job(_rj("school-a", **spec), OperatorSettings())
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["ROLLCALL_JOB_NAMESPACE"] == "school-a" == job["metadata"]["namespace"]
+    key = keys.gallery(env["ROLLCALL_JOB_NAMESPACE"], env["ROLLCALL_GALLERY"], "m")
+    assert key.startswith(keys.tenant_prefix("school-a"))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"gallery": "school-b:grade7-b"},
+        {"gallery": "{grade7-b:m}"},
+        {"gallery": "grade7-b*"},
+        {"gallery": "../school-b"},
+        {"classCode": "x}:y"},
+        {"gallery": ""},
+    ],
+)
+def test_gallery_names_that_could_leave_the_tenant_are_refused_by_the_model(
+    spec: dict[str, Any],
+) -> None:
+    with pytest.raises(ValidationError):
+        parse_spec(_rj("school-a", **spec)["spec"])
+
+
+@pytest.mark.parametrize("name", ["job_namespace", "JOB_NAMESPACE", "redis_url", "job_uid"])
+def test_operator_extra_env_cannot_override_what_comes_from_each_rj(name: str) -> None:
+    with pytest.raises(ValidationError, match="comes from each RJ"):
+        OperatorSettings(extra_env={name: "school-b"})
+    assert OperatorSettings(extra_env={"providers": "[]"}).extra_env == {"providers": "[]"}
+
+
+@given(
+    name=st.from_regex(IDENT, fullmatch=True).filter(lambda s: len(s) <= 64),
+    model=st.from_regex(r"[A-Za-z0-9._-]{1,40}", fullmatch=True),
+)
+def test_any_name_the_model_accepts_stays_inside_its_tenant_and_hash_tag(
+    name: str, model: str
+) -> None:
+    for make in (keys.gallery, keys.gallery_meta, keys.gallery_packed):
+        key = make("school-a", name, model)
+        assert key.startswith("rollcall:school-a:gallery:{")
+        assert key[key.index("{") + 1 : key.index("}")] == f"{name}:{model}"
+    assert fnmatch.fnmatchcase(
+        keys.gallery("school-a", name, model), keys.gallery_match("school-a", name)
+    )

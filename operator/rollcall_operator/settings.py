@@ -20,6 +20,9 @@ from rollcall_operator.egress import Allowlist
 from rollcall_operator.quantities import JobBounds, parse_quantity
 
 ENV_PREFIX = "ROLLCALL_OPERATOR_"
+# Job settings the builder takes from each RJ (its namespace decides which school's keys it may
+# touch) or from its namespace's Secret: one value for every job would break tenant separation.
+_PER_RJ_SETTINGS = frozenset({"job_namespace", "job_name", "job_uid", "redis_url"})
 
 
 class OperatorSettings(BaseSettings):
@@ -73,6 +76,8 @@ class OperatorSettings(BaseSettings):
         # a typo would otherwise reach every job pod and be ignored there: refuse it at start-up
         for name in value:
             env_name(name)
+            if name.lower() in _PER_RJ_SETTINGS:  # the RJ's own: its tenant, its Redis user
+                raise ValueError(f"extra_env cannot set {name!r}: it comes from each RJ")
         return value
 
     pod_annotations: dict[str, str] = Field(default_factory=dict)
