@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_models.py [--threads N] [--seconds S]
 
 Throughput: a 640x480 frame of the six-person group photo, detect + align + embed, repeated;
-the engines (same embedder, one detector card each) take turns in short rounds so a burst of
-other load hits both alike, and each reports its median frame. Also measured side by side: the
+the engines (same embedder, one detector card each) take turns frame by frame so a burst of
+other load hits each alike, and each reports its median frame. Also measured side by side: the
 detectors alone, each card on a 4000x3000 class photo (30 faces of 41-87 px, faces found and
 time), embedding a frame's faces in one batched call against one call per face, and a cold
 start. Absolute numbers depend on the machine and its load (printed); read the ratios. The last
@@ -62,24 +62,16 @@ def frame_640x480(name: str) -> npt.NDArray[np.uint8]:
     return out
 
 
-def frame_times(
-    engine: FaceEngine, frame: npt.NDArray[np.uint8], seconds: float
-) -> tuple[int, list[tuple[float, float, float]]]:
-    """(faces per frame, per-frame detect/align/embed seconds) for about ``seconds``."""
-    rows: list[tuple[float, float, float]] = []
-    faces = 0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(rows) < 3:
-        t0 = time.perf_counter()
-        found = engine.detect(frame)
-        t1 = time.perf_counter()
-        crops = engine.align(frame, found)
-        t2 = time.perf_counter()
-        engine.embed_aligned(crops)
-        t3 = time.perf_counter()
-        rows.append((t1 - t0, t2 - t1, t3 - t2))
-        faces = len(found)  # the same frame every time
-    return faces, rows
+def one_frame(engine: FaceEngine, frame: npt.NDArray[np.uint8]) -> tuple[int, float, float, float]:
+    """(faces, detect, align, embed seconds) for one frame."""
+    t0 = time.perf_counter()
+    found = engine.detect(frame)
+    t1 = time.perf_counter()
+    crops = engine.align(frame, found)
+    t2 = time.perf_counter()
+    engine.embed_aligned(crops)
+    t3 = time.perf_counter()
+    return len(found), t1 - t0, t2 - t1, t3 - t2
 
 
 def summarise(faces: int, rows: list[tuple[float, float, float]]) -> dict[str, float]:
@@ -100,15 +92,20 @@ def summarise(faces: int, rows: list[tuple[float, float, float]]) -> dict[str, f
 
 
 def side_by_side(
-    engines: dict[str, FaceEngine], frame: npt.NDArray[np.uint8], seconds: float, rounds: int = 6
+    engines: dict[str, FaceEngine], frame: npt.NDArray[np.uint8], seconds: float
 ) -> dict[str, dict[str, float]]:
-    """Each engine ``rounds`` turns of ``seconds / rounds``, alternating; summaries per engine."""
+    """The engines take turns frame by frame (the order rotating) for ``seconds`` in all, so a
+    burst of other load on this shared machine hits each alike; a summary per engine."""
     collected: dict[str, list[tuple[float, float, float]]] = {k: [] for k in engines}
     faces: dict[str, int] = {}
-    for _ in range(rounds):
-        for name, engine in engines.items():
-            faces[name], rows = frame_times(engine, frame, seconds / rounds)
-            collected[name] += rows
+    names = list(engines)
+    end = time.perf_counter() + seconds
+    turn = 0
+    while time.perf_counter() < end or turn < 3 * len(names):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            faces[name], *times = one_frame(engines[name], frame)
+            collected[name].append((times[0], times[1], times[2]))
+        turn += 1
     return {name: summarise(faces[name], rows) for name, rows in collected.items()}
 
 
@@ -157,7 +154,7 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--seconds", type=float, default=36.0)
     parser.add_argument(
         "--models", type=Path, default=None, help="a model dir (default: the built default set)"
     )
