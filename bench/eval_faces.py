@@ -61,6 +61,8 @@ PHOTOS: tuple[tuple[str, str | None, str], ...] = (
     ("obama.jpg", "obama", "face_recognition@1.3.0 (PyPI sdist)"),
     ("obama2.jpg", "obama", "face_recognition@1.3.0 (PyPI sdist)"),
     ("obama3.jpg", "obama", "face_recognition@1.3.0 (PyPI sdist)"),
+    ("obama_partial_face.jpg", "obama", "face_recognition@1.3.0 (PyPI sdist)"),  # cut by the edge
+    ("obama_partial_face2.jpg", "obama", "face_recognition@1.3.0 (PyPI sdist)"),
     ("biden.jpg", "biden", "face_recognition@1.3.0 (PyPI sdist)"),
     ("Tom_Hanks_54745.png", "hanks", "insightface@2.1 (PyPI sdist)"),
     ("astronaut.png", "collins", "scikit-image skimage.data.astronaut()"),

@@ -12,10 +12,11 @@ Two kinds of evidence, reported apart because they are not equally strong:
 
 Impostor pairs come free: any two faces in one group photo are different people.
 
-The roll call follows issue #10: enrol k people of a group photo, then (a) black them out and
-identify the rest (every enrolled student is absent: any mark is a false present), (b) identify
-the untouched photo (every enrolled student is present: a missing mark is a miss), each with and
-without the ambiguity margin.
+The roll call follows issue #10: enrol k people of a group photo (from two synthetic views of
+their faces), then (a) black them out and identify the rest, bare and masked (every enrolled
+student is absent: any mark is a false present), (b) identify the photo with every face shrunk
+and dimmed as far back in a class photo (every enrolled student is present: a missing mark is a
+miss), (c) the same with masks on; each under the job's rule with and without the margin.
 """
 
 from __future__ import annotations
