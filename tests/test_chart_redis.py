@@ -7,6 +7,7 @@ rendered URL Secrets, and each Secret's URL must reach exactly its own user's ke
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from helmchart import find, one, render
+from helmchart import env_of, find, one, render
 from redisrig import redis_server
-from rollcall_contract import acl, keys
+from rollcall_contract import acl, keys, redistls
+from rollcall_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.redis
 
@@ -155,3 +157,42 @@ def test_each_rendered_url_reaches_exactly_its_users_keys(
         api.hset(keys.job_progress("school-a", "u1"), "done", 2)
     for c in (admin, a, op, api):
         c.close()
+
+
+def test_an_external_rediss_ca_reaches_the_api_the_operator_and_job_pods(
+    tools_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = _PEM
+    url = "rediss://rollcall:pw@redis.example.org:6380/0"
+    values = {
+        "namespaces": SCHOOLS,
+        "redis": {"enabled": False, "external": {"url": url, "caCert": ca}},
+    }
+    docs = render(tools_bin, tmp_path, values)
+    maps = find(docs, "ConfigMap", f"{FULL}-redis-ca")
+    assert {m["metadata"]["namespace"] for m in maps} == {NS, *SCHOOLS}
+    assert all(m["data"]["ca.crt"].strip() == ca.strip() for m in maps)
+    ca_file = str(redistls.CA_MOUNT / redistls.CA_KEY)
+    for component, prefix in (("api", "ROLLCALL_API_"), ("operator", "ROLLCALL_OPERATOR_")):
+        pod = one(docs, "Deployment", f"{FULL}-{component}")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert env_of(container)[f"{prefix}REDIS_CA_FILE"] == ca_file
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "redis-ca"]
+        assert mount == {"name": "redis-ca", "mountPath": str(redistls.CA_MOUNT), "readOnly": True}
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "redis-ca"]
+        assert volume["configMap"]["name"] == f"{FULL}-redis-ca"
+    operator = one(docs, "Deployment", f"{FULL}-operator")["spec"]["template"]["spec"]
+    env = env_of(operator["containers"][0])
+    for name in [n for n in os.environ if n.startswith("ROLLCALL_OPERATOR_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value if isinstance(value, str) else "rediss://from-secret:6380/0")
+    settings = OperatorSettings()
+    assert settings.job_redis_ca_configmap == f"{FULL}-redis-ca"
+    assert settings.redis_ca_file == Path(ca_file)
+
+    with pytest.raises(AssertionError, match="external rediss"):
+        render(tools_bin, tmp_path, {"redis": {"external": {"caCert": ca}}})
+
+
+_PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUTest\n-----END CERTIFICATE-----\n"

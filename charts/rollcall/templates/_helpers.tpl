@@ -216,6 +216,44 @@ maxmemory-policy noeviction
 {{- end }}
 
 {{/*
+TLS to an external rediss:// Redis: redis.external.caCert becomes ConfigMap <fullname>-redis-ca
+(key ca.crt; a CA is not a secret) in the release and school namespaces. The API and the operator
+mount it (redistls.CA_MOUNT) and the operator mounts it into job pods.
+*/}}
+{{- define "rollcall.redis.caConfigMap" -}}
+{{- printf "%s-redis-ca" (include "rollcall.fullname" .) }}
+{{- end }}
+
+{{- define "rollcall.redis.caEnv" -}}
+{{- if .ctx.Values.redis.external.caCert }}
+- name: {{ .prefix }}REDIS_CA_FILE
+  value: /etc/rollcall/redis-ca/ca.crt
+{{- if eq .prefix "ROLLCALL_OPERATOR_" }}
+- name: ROLLCALL_OPERATOR_JOB_REDIS_CA_CONFIGMAP
+  value: {{ include "rollcall.redis.caConfigMap" .ctx | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rollcall.redis.caMount" -}}
+{{- if .Values.redis.external.caCert }}
+- name: redis-ca
+  mountPath: /etc/rollcall/redis-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "rollcall.redis.caVolume" -}}
+{{- if .Values.redis.external.caCert }}
+- name: redis-ca
+  configMap:
+    name: {{ include "rollcall.redis.caConfigMap" . }}
+    items:
+      - {key: ca.crt, path: ca.crt}
+{{- end }}
+{{- end }}
+
+{{/*
 The webhook signing Secret.
 */}}
 {{- define "rollcall.webhook.secretName" -}}
@@ -268,6 +306,9 @@ Checks that fail the render with a readable message.
 {{- define "rollcall.validate" -}}
 {{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) }}
 {{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret" }}
+{{- end }}
+{{- if and .Values.redis.enabled .Values.redis.external.caCert }}
+{{- fail "redis.external.caCert is for an external rediss:// Redis (redis.enabled=false)" }}
 {{- end }}
 {{- $ns := include "rollcall.namespaces" . | fromJsonArray }}
 {{- range $digest, $entry := .Values.api.keys.entries }}
