@@ -712,7 +712,7 @@ def test_every_optional_object_is_valid_for_the_apiserver(
         },
         redis={"enabled": False, "external": {"url": "rediss://:pw@10.1.2.3:6380/0", "port": 6380, "egressTo": [{"ipBlock": {"cidr": "10.1.2.3/32"}}]}},
         networkPolicy={"apiIngressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}]},
-        webhook={"allowAnySecret": True},
+        webhook={"allowCidrs": ["10.20.0.0/16"], "allowHosts": ["*.district.svc"], "allowHttp": True},
     )  # fmt: skip
     rendered = helm(
         tools_bin,

@@ -470,7 +470,7 @@ def rules_of(docs: list[dict[str, Any]], kind: str, name: str) -> list[dict[str,
 def test_no_rule_uses_wildcards_or_escalating_verbs(tools_bin: Path, tmp_path: Path) -> None:
     for values in (
         {},
-        {"operator": {"clusterWide": True, "replicas": 2}, "webhook": {"allowAnySecret": True}},
+        {"operator": {"clusterWide": True, "replicas": 2}},
     ):
         docs = render(tools_bin, tmp_path, values)
         for d in find(docs, "Role") + find(docs, "ClusterRole"):
@@ -530,11 +530,6 @@ def test_operator_rules_are_what_its_code_calls(tools_bin: Path, tmp_path: Path)
         ("", "namespaces"): ("list", "watch"),
     }
 
-    any_secret = render(tools_bin, tmp_path, {"webhook": {"allowAnySecret": True}})
-    rule = next(
-        r for r in rules_of(any_secret, "Role", f"{FULL}-operator") if r["resources"] == ["secrets"]
-    )
-    assert rule["verbs"] == ["get"] and "resourceNames" not in rule
     no_webhook = render(tools_bin, tmp_path, {"webhook": {"enabled": False}})
     assert all(
         r["resources"] != ["secrets"] for r in rules_of(no_webhook, "Role", f"{FULL}-operator")
@@ -570,7 +565,8 @@ def test_each_school_gets_its_own_redis_user_url_of_the_bundled_redis(
         s["metadata"]["namespace"]: s["stringData"]["secret"]
         for s in find(docs, "Secret", f"{FULL}-webhook")
     }
-    assert set(webhook) == {"school-a", "school-b"} and len(set(webhook.values())) == 1
+    # each school its own signing key: one school cannot forge another's callbacks
+    assert set(webhook) == {"school-a", "school-b"} and len(set(webhook.values())) == 2
 
 
 def test_external_redis_replaces_the_bundled_one(

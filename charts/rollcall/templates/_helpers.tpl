@@ -260,23 +260,17 @@ The webhook signing Secret.
 {{- default (printf "%s-webhook" (include "rollcall.fullname" .)) .Values.webhook.signingSecret.name }}
 {{- end }}
 
+{{/*
+One school namespace's signing key (dict "ctx" . "namespace" ns): the value already in that
+namespace's Secret (kept across upgrades), else a new random one. Never shared between schools.
+*/}}
 {{- define "rollcall.webhook.secretValue" -}}
-{{- if .Values.webhook.signingSecret.value }}
-{{- .Values.webhook.signingSecret.value }}
-{{- else }}
-{{- $ns := include "rollcall.namespaces" . | fromJsonArray | first }}
-{{- $existing := lookup "v1" "Secret" $ns (include "rollcall.webhook.secretName" .) }}
-{{- $key := .Values.webhook.signingSecret.key }}
+{{- $existing := lookup "v1" "Secret" .namespace (include "rollcall.webhook.secretName" .ctx) }}
+{{- $key := .ctx.Values.webhook.signingSecret.key }}
 {{- if and $existing $existing.data (index $existing.data $key) }}
 {{- index $existing.data $key | b64dec }}
 {{- else }}
-{{- $cached := get .Values "_generatedWebhookSecret" }}
-{{- if $cached }}{{ $cached }}{{ else }}
-{{- $p := randAlphaNum 48 }}
-{{- $_ := set .Values "_generatedWebhookSecret" $p }}
-{{- $p }}
-{{- end }}
-{{- end }}
+{{- randAlphaNum 48 }}
 {{- end }}
 {{- end }}
 
@@ -318,7 +312,7 @@ Checks that fail the render with a readable message.
 {{- end }}
 {{- end }}
 {{- end }}
-{{- if and .Values.webhook.enabled (not .Values.webhook.allowAnySecret) (not .Values.webhook.signingSecret.create) (not .Values.webhook.signingSecret.name) }}
-{{- fail "webhook.allowAnySecret=false with signingSecret.create=false needs webhook.signingSecret.name" }}
+{{- if and .Values.webhook.enabled (not .Values.webhook.signingSecret.create) (not .Values.webhook.signingSecret.name) }}
+{{- fail "webhook.signingSecret.create=false needs webhook.signingSecret.name (each school namespace's own Secret)" }}
 {{- end }}
 {{- end }}
