@@ -3,7 +3,9 @@
 Used by ``make demo`` (hack/demo.py) and the end-to-end tests. Every piece is the real thing: the
 Go-built control plane, Debian's redis-server, the operator and API as their own processes (their
 console scripts, configured only through their documented environment variables), and the node
-agent running each scheduled Job pod's command (``rollcall-job``) as a local process.
+agent running each scheduled Job pod's command (``rollcall-job``) as a local process. Redis runs
+with the ACL users of ``rollcall_contract.acl``, as the chart's does: each school namespace's Secret
+holds its own job user's URL; the operator and the API have their own users.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from localk8s import (
 )
 from nodeagent import NodeAgent, ProcessRunner
 from redisrig import RedisServer, free_port, redis_server
+from rollcall_contract import acl
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO / "charts" / "rollcall" / "crds"
@@ -49,6 +52,7 @@ class Stack:
     api_url: str
     api_keys: dict[str, str]  # school -> key
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    redis_urls: dict[str, str] = field(default_factory=dict)  # ACL user -> URL (admin: for people)
 
     def claim(self, namespace: str, name: str, *, read_only: bool = True) -> Path:
         """A bound PVC in ``namespace`` backed by a local folder (returned) the job pods mount."""
@@ -118,6 +122,16 @@ def _wait_url(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float
     raise TimeoutError(f"{what} not ready at {url}")
 
 
+def redis_users(namespaces: list[str]) -> dict[str, list[str]]:
+    """ACL user -> rules: the admin (for people), the API, the operator, each school's jobs."""
+    users = {
+        acl.ADMIN_USER: acl.admin_rules(),
+        acl.API_USER: acl.api_rules(),
+        acl.OPERATOR_USER: acl.operator_rules(),
+    }
+    return users | {acl.job_user(ns): acl.job_user_rules(ns) for ns in namespaces}
+
+
 @contextlib.contextmanager
 def running_stack(
     workdir: Path,
@@ -129,7 +143,16 @@ def running_stack(
     """Start everything; ``schools`` maps a school name to its namespaces (created here)."""
     workdir.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    with control_plane(workdir / "controlplane") as cp, redis_server(workdir / "redis") as redis:
+    users = redis_users(sorted({ns for group in schools.values() for ns in group}))
+    passwords = {user: secrets.token_urlsafe(24) for user in users}
+    acl_file = workdir / "redis-users.acl"
+    acl_file.write_text(acl.acl_file([(u, rules, passwords[u]) for u, rules in users.items()]))
+    acl_file.chmod(0o600)
+    with (
+        control_plane(workdir / "controlplane") as cp,
+        redis_server(workdir / "redis", config=f"aclfile {acl_file}\n") as redis,
+    ):
+        urls = {u: f"redis://{u}:{p}@127.0.0.1:{redis.port}/0" for u, p in passwords.items()}
         # kubernetes.config ships without annotations (despite the package's py.typed).
         api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(cp.kubeconfig)
@@ -137,7 +160,7 @@ def running_stack(
         install_crds(api, CRD_DIR)
         for namespaces in schools.values():
             for ns in namespaces:
-                school_namespace(api, ns, redis.url)
+                school_namespace(api, ns, urls[acl.job_user(ns)])
         # The job image carries its models at IMAGE_MODEL_DIR; here the node agent serves that
         # path from the local model build, and the Job is told the image's path, not a host one.
         image_paths = {IMAGE_MODEL_DIR: model_dir} if model_dir is not None else {}
@@ -172,7 +195,7 @@ def running_stack(
             [str(BIN / "rollcall-operator")],
             {
                 "ROLLCALL_OPERATOR_KUBECONFIG": str(cp.kubeconfig),
-                "ROLLCALL_OPERATOR_REDIS_URL": redis.url,
+                "ROLLCALL_OPERATOR_REDIS_URL": urls[acl.OPERATOR_USER],
                 "ROLLCALL_OPERATOR_IMAGE": "rollcall-job:local",
                 "ROLLCALL_OPERATOR_COMMAND": '["rollcall-job"]',
                 "ROLLCALL_OPERATOR_EXTRA_ENV": _json(job_env),
@@ -191,14 +214,15 @@ def running_stack(
             {
                 "ROLLCALL_API_KUBECONFIG": str(cp.kubeconfig),
                 "ROLLCALL_API_KEYS_FILE": str(key_file),
-                "ROLLCALL_API_REDIS_URL": redis.url,
+                "ROLLCALL_API_REDIS_URL": urls[acl.API_USER],
                 "ROLLCALL_API_HOST": "127.0.0.1",
                 "ROLLCALL_API_PORT": str(api_port),
                 "ROLLCALL_API_LOG_JSON": "false",
+                "ROLLCALL_API_DOCS_ENABLED": "true",  # the demo shows the API docs
             },
         )
         api_url = f"http://127.0.0.1:{api_port}"
-        stack = Stack(workdir, cp, redis, api, agent, api_url, keys, procs)
+        stack = Stack(workdir, cp, redis, api, agent, api_url, keys, procs, redis_urls=urls)
         try:
             _wait_url(f"http://127.0.0.1:{op_health}/healthz", procs["operator"], "operator")
             _wait_url(f"{api_url}/readyz", procs["api"], "API")

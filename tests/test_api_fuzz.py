@@ -47,6 +47,7 @@ def served(
         keys_file=tmp_path / "keys.yaml",
         redis_url=redis_url,
         keys_reload_seconds=0,
+        submissions_per_minute=0,  # hundreds of POSTs from one school on purpose
     )
     with serve_in_thread(settings_) as url:
         yield url, {"Authorization": f"Bearer {issued['north']}"}
