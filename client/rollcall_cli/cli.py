@@ -430,7 +430,8 @@ def _show_results(data: dict[str, Any], as_json: bool) -> None:
         "enrolled",
         "errors",
     )
-    out.print(" ".join(f"{k}={summary[k]}" for k in keys if k in summary), highlight=False)
+    line = " ".join(f"{k}={summary[k]}" for k in keys if k in summary)
+    out.print(line, highlight=False, soft_wrap=True)  # one line, for people and for grep
 
 
 @app.command()
