@@ -15,6 +15,7 @@ from rollcall_operator.status import (
     phase_patch,
     progress_patch,
     set_condition,
+    waiting_patch,
 )
 
 T0, T1, T2 = "2026-11-27T10:00:00Z", "2026-11-27T10:01:00Z", "2026-11-27T10:02:00Z"
@@ -274,3 +275,23 @@ def test_progress_only_while_running_and_when_moved() -> None:
         )
         is None
     )
+
+
+@pytest.mark.parametrize(
+    ("current", "writes"),
+    [
+        ({}, True),  # new: admission says why it waits
+        ({"phase": "Pending"}, True),  # waiting for a slot, no Job yet
+        ({"phase": "Queued", "reason": "Other"}, True),  # a new reason
+        ({"phase": "Pending", "jobName": "j"}, False),  # the Job exists: the fold owns the phase
+        ({"phase": "Running"}, False),  # never back from Running
+        ({"phase": "Succeeded"}, False),
+        ({"phase": "Failed"}, False),
+        ({"phase": "Cancelled"}, False),
+    ],
+)
+def test_admission_only_queues_an_rj_that_has_no_job(current: dict[str, Any], writes: bool) -> None:
+    patch = waiting_patch(current, "WaitingForSlot", "2/2 running", now=T0)
+    assert (patch is not None) is writes
+    if patch is not None:
+        assert {**current, **patch}["phase"] == "Queued" and patch["reason"] == "WaitingForSlot"

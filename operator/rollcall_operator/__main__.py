@@ -7,29 +7,33 @@ object (the chart installs kopf's peering CRDs).
 
 from __future__ import annotations
 
-import logging
 import os
+import secrets
 
 import kopf
 
+from rollcall_contract import logs
 from rollcall_operator.settings import get_settings
+
+
+def peering_priority(configured: int | None) -> int:
+    """The configured priority, or a random one: kopf pauses every peer of equal priority, so
+    replicas started from one Deployment template must not share one."""
+    return configured if configured is not None else 1 + secrets.randbelow(2**31 - 1)
 
 
 def main() -> None:
     settings = get_settings()
     if settings.kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(settings.kubeconfig)  # kopf's own login reads it
-    logging.basicConfig(
-        level=os.environ.get("ROLLCALL_OPERATOR_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    # the same JSON lines as the API and the job; kopf's own loggers propagate to this handler
+    logs.configure(os.environ.get("ROLLCALL_OPERATOR_LOG_LEVEL", "INFO"))
     import rollcall_operator.handlers  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=False)
     kopf.run(
         standalone=settings.peering_name is None,
         peering_name=settings.peering_name,
-        priority=settings.priority,
+        priority=peering_priority(settings.priority),
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=settings.liveness_endpoint,

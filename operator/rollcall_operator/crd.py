@@ -22,6 +22,7 @@ from rollcall_contract.model import (
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
+    TERMINAL_PHASES,
     VERSION,
     RecognitionJobSpec,
     RecognitionJobStatus,
@@ -142,6 +143,15 @@ _PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
+_TERMINAL = ", ".join(f"'{p.value}'" for p in sorted(TERMINAL_PHASES))
+# Server-side, so no writer (a stale operator replica, a hand-made patch) can revive a finished RJ.
+_FINAL_PHASE_RULE = {
+    "rule": f"!has(oldSelf.phase) || !(oldSelf.phase in [{_TERMINAL}]) "
+    "|| (has(self.phase) && self.phase == oldSelf.phase)",
+    "message": "a finished RecognitionJob's phase is final",
+}
+
+
 def build_crd() -> dict[str, Any]:
     """The CRD manifest as a dict, ready for ``yaml.safe_dump`` or the apiextensions API."""
     spec = model_schema(RecognitionJobSpec)
@@ -155,6 +165,7 @@ def build_crd() -> dict[str, Any]:
     conditions = status["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
+    status["x-kubernetes-validations"] = [_FINAL_PHASE_RULE]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

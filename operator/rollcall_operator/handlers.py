@@ -1,10 +1,10 @@
 """kopf handlers: thin shells that hand events to the ``Runtime`` kept in ``memo``.
 
-- startup/cleanup: kopf settings (progress and diff-base in ``rollcall.io`` annotations, no
-  finalizers: deletion cascades through ownerReferences), clients, metrics, the queue seeded from
-  the apiserver;
-- RJ create/resume: validate, then queue (or re-attach to an existing Job);
-- RJ events: keep the cache, the queue and webhook deliveries in step;
+- startup/cleanup: kopf settings (no finalizers: deletion cascades through ownerReferences),
+  clients, metrics, the queue seeded from the apiserver;
+- RJ events: keep the cache, the queue and webhook deliveries in step; the first event of an RJ
+  admits it (validate, then queue or re-attach to an existing Job). No kopf change handler is
+  registered, so kopf writes no diff-base or progress annotation to any RJ;
 - ``spec.runPolicy.suspend`` changes (seen in RJ events, compared in memory, so no kopf field
   handler and no extra annotation write per RJ): suspend/resume the Job;
 - Job events (our label only): fold the Job's state into its RJ's status.
@@ -17,11 +17,9 @@ from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
-from pydantic import ValidationError
 
-from rollcall_contract.model import GROUP, PLURAL, TERMINAL_PHASES, VERSION, Phase, parse_spec
+from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.builder import MANAGED_SELECTOR
-from rollcall_operator.kube import ApiException
 from rollcall_operator.runtime import Runtime
 from rollcall_operator.settings import get_settings
 
@@ -57,6 +55,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Our own Events say what happened; kopf's per-handler chatter would double the API calls.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # a stand-by replica takes over once the active one's record is this old (it refreshes it
+    # well within the lifetime while alive)
+    settings.peering.lifetime = ours.peering_lifetime_seconds
     settings.networking.connect_timeout = 10
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
@@ -79,26 +80,6 @@ def probe(memo: kopf.Memo, **_: Any) -> dict[str, int]:
     return {"waiting": len(rt.queue.waiting), "running": len(rt.queue.running)}
 
 
-@kopf.on.resume(*RJ)
-@kopf.on.create(*RJ)
-async def admit(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Validate the spec, then queue the RJ or re-attach to the Job a previous run made."""
-    rt = _rt(memo)
-    rj = dict(body)
-    if ((rj.get("status") or {}).get("phase")) in TERMINAL_PHASES:
-        return
-    try:
-        parse_spec(dict(rj["spec"]))
-    except ValidationError as e:
-        message = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        await rt.set_phase(rj, Phase.FAILED, "InvalidSpec", message[:1000])
-        raise kopf.PermanentError(f"invalid spec: {message}") from e
-    try:
-        await rt.ensure_known(rj)
-    except ApiException as e:
-        raise kopf.TemporaryError(f"apiserver: {e.status} {e.reason}", delay=5) from e
-
-
 @kopf.on.event(*RJ)
 async def rj_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     rt = _rt(memo)
@@ -107,6 +88,7 @@ async def rj_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
         return
     rj = dict(body)
     rt.remember(rj)
+    await rt.admit(rj)
     rt.maybe_deliver(rj)
     await rt.track_suspend(rj)
 

@@ -8,7 +8,6 @@ deleted RJ never lands on a new one that reuses its name.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -17,6 +16,7 @@ from typing import Any
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.settings import OperatorSettings
@@ -24,6 +24,10 @@ from rollcall_operator.settings import OperatorSettings
 MERGE_PATCH = "application/merge-patch+json"
 
 __all__ = ["ApiException", "Kube"]
+
+
+class StaleStatus(Exception):
+    """A conditional status write lost to a newer write (or the RJ was replaced): re-read."""
 
 
 async def _json(resp: Any) -> Any:
@@ -39,16 +43,21 @@ async def _json(resp: Any) -> Any:
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, ApiException) and error.status in _RETRY_STATUSES
+
+
 async def _retrying(call: Callable[[], Awaitable[Any]], attempts: int = 30) -> Any:
     """Retry a read the apiserver asks us to retry (429 while a CRD's storage initialises, 5xx)."""
-    for attempt in range(1, attempts + 1):
-        try:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(_retryable),
+        stop=stop_after_attempt(attempts),
+        wait=wait_incrementing(start=0.2, increment=0.2, max=2.0),
+        reraise=True,
+    ):
+        with attempt:
             return await _json(await call())
-        except ApiException as e:
-            if e.status not in _RETRY_STATUSES or attempt == attempts:
-                raise
-            await asyncio.sleep(min(2.0, 0.2 * attempt))
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
 class Kube:
@@ -155,10 +164,22 @@ class Kube:
         return got["items"]  # type: ignore[no-any-return]
 
     async def patch_rj_status(
-        self, namespace: str, name: str, uid: str, status: Mapping[str, Any]
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any] | None:
-        """Merge-patch ``status``; None when the RJ (with this uid) is gone."""
-        body = {"metadata": {"uid": uid}, "status": dict(status)}
+        """Merge-patch ``status``; None when the RJ (with this uid) is gone.
+
+        With ``resource_version`` the write is conditional on it: the apiserver answers 409 when
+        the RJ changed since it was read, raised as ``StaleStatus`` so the writer can re-read.
+        """
+        metadata: dict[str, Any] = {"uid": uid}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
+        body = {"metadata": metadata, "status": dict(status)}
         try:
             resp = await self.custom.patch_namespaced_custom_object_status(
                 GROUP,
@@ -172,6 +193,8 @@ class Kube:
             )
             return await _json(resp)  # type: ignore[no-any-return]
         except ApiException as e:
+            if e.status == 409 and resource_version is not None:
+                raise StaleStatus(name) from e
             if e.status in (404, 409):
                 return None
             raise

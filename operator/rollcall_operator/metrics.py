@@ -7,6 +7,10 @@ from prometheus_client import Counter, Gauge, Histogram
 RJS_BY_PHASE = Gauge(
     "rollcall_recognitionjobs", "RecognitionJobs seen by this operator, by phase", ["phase"]
 )
+STATUS_CONFLICTS = Counter(
+    "rollcall_status_conflicts_total",
+    "Conditional RJ status writes that lost a race and were recomputed from a fresh read",
+)
 JOBS_CREATED = Counter("rollcall_jobs_created_total", "batch/v1 Jobs created for RecognitionJobs")
 TRANSITIONS = Counter(
     "rollcall_phase_transitions_total", "RecognitionJob phase transitions", ["phase"]

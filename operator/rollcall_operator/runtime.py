@@ -17,18 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 import kopf
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from rollcall_contract import keys, redistls
-from rollcall_contract.model import KIND, TERMINAL_PHASES, Phase
-from rollcall_operator import metrics, webhook
+from rollcall_contract.model import KIND, TERMINAL_PHASES, Phase, parse_spec
+from rollcall_operator import metrics, refusals, webhook
 from rollcall_operator.builder import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
@@ -36,14 +39,20 @@ from rollcall_operator.builder import (
     job_name,
     result_key,
 )
-from rollcall_operator.kube import ApiException, Kube
+from rollcall_operator.kube import ApiException, Kube, StaleStatus
+from rollcall_operator.quantities import over_bounds
 from rollcall_operator.queue import AdmissionQueue, Entry, entry_for, parse_time
 from rollcall_operator.settings import OperatorSettings
-from rollcall_operator.status import job_status_patch, phase_patch, progress_patch
+from rollcall_operator.status import job_status_patch, phase_patch, progress_patch, waiting_patch
 
 log = logging.getLogger("rollcall.operator")
 MANAGED_LABEL_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 _WARNING_PHASES = {Phase.FAILED.value, Phase.CANCELLED.value}
+# A status patch, or how to compute one from the current status (None: nothing to write).
+PatchSource = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
+# Conditional writes re-read and retry on conflict; more than a few in a row means a hot loop.
+_STATUS_WRITE_ATTEMPTS = 12
+_ADMIT_RETRY_SECONDS = 5.0
 
 
 def now_iso() -> str:
@@ -72,6 +81,10 @@ def _rv(obj: Mapping[str, Any]) -> int:
         return 0
 
 
+def _progress(done: int, total: int, current: Mapping[str, Any]) -> dict[str, Any] | None:
+    return progress_patch(current, done, total)
+
+
 def _post_event(rj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
     """A Kubernetes Event on the RJ (``kubectl describe rj``); best effort, never blocks."""
     with contextlib.suppress(LookupError, RuntimeError):
@@ -83,7 +96,13 @@ class Runtime:
         self.settings = settings
         self.kube = kube
         self.redis = redis
-        self.queue = AdmissionQueue(settings.max_running, settings.max_running_per_namespace)
+        self.queue = AdmissionQueue(
+            settings.max_running,
+            settings.max_running_per_namespace,
+            settings.max_gpus,
+            settings.max_gpus_per_namespace,
+        )
+        self.create_refusals: dict[str, int] = {}  # uid -> Job creates refused in a row (quota)
         self.rjs: dict[str, dict[str, Any]] = {}  # uid -> latest body
         self.wake = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
@@ -99,6 +118,9 @@ class Runtime:
         # previous run died between creating the Job and folding it), so they are never "new".
         self.had_job_at_start: set[str] = set()
         self.suspend_seen: dict[str, bool] = {}
+        # RJ uids this process has admitted (queued, re-attached or refused) once already
+        self.admitted: set[str] = set()
+        self.readmits: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, settings: OperatorSettings) -> Runtime:
@@ -108,12 +130,12 @@ class Runtime:
         return cls(settings, kube, redis)
 
     def start(self) -> None:
-        self.http = aiohttp.ClientSession()
+        self.http = webhook.session(self.settings.egress_allowlist())
         self.tasks.append(asyncio.create_task(self._admission_loop(), name="rollcall-admission"))
         self.tasks.append(asyncio.create_task(self._progress_loop(), name="rollcall-progress"))
 
     async def close(self) -> None:
-        pending = [*self.tasks, *self.fold_tasks.values(), *self.webhooks.values()]
+        pending = [*self.tasks, *self.fold_tasks.values(), *self.webhooks.values(), *self.readmits]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -140,10 +162,10 @@ class Runtime:
                 self.remember(rj)
                 if (rj.get("status") or {}).get("phase") in TERMINAL_PHASES:
                     continue
-                entry = entry_for(rj)
+                entry = entry_for(rj, self.settings.trust_kueue)
                 if uid in jobs:
                     if entry.capped and not _finished(jobs[uid]):
-                        self.queue.hold(uid, entry.namespace)
+                        self.queue.hold(uid, entry.namespace, entry.gpus)
                 else:
                     self.queue.submit(entry)
         log.info(
@@ -176,53 +198,108 @@ class Runtime:
             self.wake.set()
         self.queued_reason.pop(uid, None)
         self.suspend_seen.pop(uid, None)
+        self.admitted.discard(uid)
+        self.create_refusals.pop(uid, None)
         if (task := self.webhooks.pop(uid, None)) is not None:
             task.cancel()
 
     # --- status writes --------------------------------------------------------------------------------
-    async def write_status(self, rj: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
-        """Send a status merge patch; post an Event and count a transition when the phase moves."""
+    async def write_status(self, rj: Mapping[str, Any], patch: PatchSource) -> bool:
+        """Write a status patch conditionally on the RJ version it was computed from.
+
+        ``patch`` is a function of the current status (or a fixed patch). The write carries that
+        status's resourceVersion, so a concurrent writer (fold, admission, progress, another
+        replica) can never be overwritten by a patch computed from older state: on a conflict the
+        RJ is re-read and the patch recomputed from what is there now (None: nothing to do).
+        Posts an Event and counts a transition when the phase moves.
+        """
         meta = rj["metadata"]
-        updated = await self.kube.patch_rj_status(
-            meta["namespace"], meta["name"], meta["uid"], patch
-        )
-        if updated is None:
-            return False
-        self.remember(updated)
+        uid, namespace, name = meta["uid"], meta["namespace"], meta["name"]
+        compute = patch if callable(patch) else (lambda _status: patch)
+        for attempt in range(_STATUS_WRITE_ATTEMPTS):
+            if attempt:
+                # writers that keep colliding take turns instead of racing in lockstep
+                await asyncio.sleep(random.uniform(0, 0.005 * attempt))
+            base = self.rjs.get(uid) or rj
+            body = compute(base.get("status") or {})
+            if body is None:
+                return False
+            try:
+                updated = await self.kube.patch_rj_status(
+                    namespace,
+                    name,
+                    uid,
+                    body,
+                    resource_version=base["metadata"].get("resourceVersion"),
+                )
+            except (StaleStatus, ApiException) as e:
+                if isinstance(e, ApiException) and e.status != 422:
+                    raise
+                # lost a race (409), or the server refused the transition (422: a finished RJ's
+                # phase is final): re-read and recompute from the state that won
+                fresh = await self.kube.read_rj(namespace, name)
+                if fresh is None or fresh["metadata"]["uid"] != uid:
+                    return False
+                metrics.STATUS_CONFLICTS.inc()
+                self.remember(fresh)
+                rj = fresh
+                continue
+            if updated is None:
+                return False
+            self.remember(updated)
+            self._after_write(updated, body)
+            return True
+        log.warning("status of %s/%s not written: still conflicting", namespace, name)
+        return False
+
+    def _after_write(self, updated: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
         phase = patch.get("phase")
-        if phase is not None:
-            status = updated.get("status") or {}
-            message = status.get("message") or status.get("reason") or ""
+        if phase is None:
+            return
+        status = updated.get("status") or {}
+        message = status.get("message") or status.get("reason") or ""
+        if phase != Phase.PENDING.value:
+            # Pending follows the Job's creation at once and says nothing `kubectl describe`
+            # would miss: skipping its Event saves one apiserver write per RJ in a burst
             _post_event(
                 updated, "Warning" if phase in _WARNING_PHASES else "Normal", phase, message
             )
-            metrics.TRANSITIONS.labels(phase).inc()
-            if phase in TERMINAL_PHASES and status.get("startTime"):
-                end = parse_time(status.get("completionTime")) or time.time()
-                metrics.RUN_TIME.observe(max(0.0, end - parse_time(status["startTime"])))
-            self.maybe_deliver(updated)
-        return True
+        metrics.TRANSITIONS.labels(phase).inc()
+        if phase in TERMINAL_PHASES and status.get("startTime"):
+            end = parse_time(status.get("completionTime")) or time.time()
+            metrics.RUN_TIME.observe(max(0.0, end - parse_time(status["startTime"])))
+        self.maybe_deliver(updated)
 
     async def set_phase(
         self, rj: Mapping[str, Any], phase: Phase, reason: str | None, message: str | None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
-        current = (self.rjs.get(rj["metadata"]["uid"]) or rj).get("status") or {}
-        patch = phase_patch(
-            current, phase, reason=reason, message=message, now=now_iso(), extra=extra
+        await self.write_status(
+            rj,
+            lambda current: phase_patch(
+                current, phase, reason=reason, message=message, now=now_iso(), extra=extra
+            ),
         )
-        if patch is not None:
-            await self.write_status(rj, patch)
+
+    async def mark_queued(
+        self, rj: Mapping[str, Any], reason: str, message: str | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """Queued with why, unless the RJ has meanwhile got its Job (then the fold owns it)."""
+        await self.write_status(
+            rj,
+            lambda current: waiting_patch(current, reason, message, now=now_iso(), extra=extra),
+        )
 
     # --- admission ------------------------------------------------------------------------------------
     def submit(self, rj: Mapping[str, Any]) -> None:
-        self.queue.submit(entry_for(rj))
+        self.queue.submit(entry_for(rj, self.settings.trust_kueue))
         self.wake.set()
 
     def hold(self, rj: Mapping[str, Any]) -> None:
-        entry = entry_for(rj)
+        entry = entry_for(rj, self.settings.trust_kueue)
         if entry.capped:
-            self.queue.hold(entry.uid, entry.namespace)
+            self.queue.hold(entry.uid, entry.namespace, entry.gpus)
 
     async def _admission_loop(self) -> None:
         await self.seeded.wait()
@@ -257,7 +334,7 @@ class Runtime:
             self.queued_reason[uid] = why
             status = (self.rjs.get(uid) or entry.body).get("status") or {}
             extra = {} if status.get("queuedTime") else {"queuedTime": now_iso()}
-            await self.set_phase(entry.body, Phase.QUEUED, why[0], why[1], extra)
+            await self.mark_queued(entry.body, why[0], why[1], extra)
 
     def _forget_task(self, key: str) -> Any:
         def done(_task: asyncio.Task[None]) -> None:
@@ -266,18 +343,35 @@ class Runtime:
         return done
 
     async def _start(self, entry: Entry) -> None:
-        """Create the RJ's Job (or find it); on failure give the slot back and retry later."""
+        """Create the RJ's Job (or find it); on failure give the slot back and retry later.
+
+        A create the namespace's ResourceQuota/LimitRange refuses is shown in status (Queued,
+        QuotaExceeded, the apiserver's words) and retried with a doubling delay, not every 2 s.
+        """
+        delay = 2.0
         async with self.sem:
             try:
                 if await self._create_job(entry):
+                    self.create_refusals.pop(entry.uid, None)
                     return
+            except ApiException as e:
+                if (refusal := refusals.classify(e.status, getattr(e, "body", None))) is None:
+                    log.warning("creating the Job of %s/%s failed: %s",
+                                entry.namespace, entry.name, e.status)  # fmt: skip
+                else:
+                    n = self.create_refusals[entry.uid] = self.create_refusals.get(entry.uid, 0) + 1
+                    s = self.settings
+                    delay = webhook.backoff(n, s.quota_retry_seconds, s.quota_retry_max_seconds)
+                    log.info("Job of %s/%s refused (%s); retry in %.0fs",
+                             entry.namespace, entry.name, refusal.reason, delay)  # fmt: skip
+                    await self.mark_queued(entry.body, refusal.reason, refusal.message)
             except Exception as e:
                 log.warning("creating the Job of %s/%s failed: %s", entry.namespace, entry.name, e)
             finally:
                 self.starting.discard(entry.uid)
         self.queue.release(entry.uid)
         if entry.uid in self.rjs:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(delay)
             self.queue.submit(entry)
             self.wake.set()
 
@@ -285,6 +379,10 @@ class Runtime:
         rj = self.rjs.get(entry.uid) or dict(entry.body)
         if (rj.get("status") or {}).get("phase") in TERMINAL_PHASES:
             self.queue.release(entry.uid)
+            return True
+        if (why := over_bounds(rj.get("spec") or {}, self.settings.job_bounds())) is not None:
+            self.queue.release(entry.uid)
+            await self.set_phase(rj, Phase.FAILED, "ResourcesExceedLimit", why)
             return True
         manifest = build_job(rj, self.settings)
         name = manifest["metadata"]["name"]
@@ -309,6 +407,49 @@ class Runtime:
             "Job %s/%s belongs to another RJ (being deleted?); retrying", entry.namespace, name
         )
         return False
+
+    async def admit(self, rj: Mapping[str, Any]) -> None:
+        """Validate the spec, then queue the RJ or re-attach to the Job a previous run made.
+
+        Called from the RJ watch for the first event this process sees of an RJ (its creation,
+        or the initial listing after a start). Unlike kopf's create/resume handlers this writes
+        nothing to the RJ (no diff-base or progress annotations): one write fewer per RJ. A failed
+        attempt is retried after a delay; queueing and status writes are idempotent.
+        """
+        uid = rj["metadata"]["uid"]
+        if uid in self.admitted:
+            return
+        self.admitted.add(uid)
+        if (rj.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            return
+        try:
+            parse_spec(dict(rj["spec"]))
+        except ValidationError as e:
+            message = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            log.warning("invalid spec of %s: %s", rj["metadata"]["name"], message[:300])
+            await self.set_phase(rj, Phase.FAILED, "InvalidSpec", message[:1000])
+            return
+        if (why := over_bounds(rj["spec"], self.settings.job_bounds())) is not None:
+            # the operator's per-job limits (settings), which the CRD schema cannot know
+            self.queue.withdraw(uid)  # seeded after a restart, perhaps
+            await self.set_phase(rj, Phase.FAILED, "ResourcesExceedLimit", why)
+            return
+        try:
+            await self.ensure_known(rj)
+        except ApiException as e:
+            log.warning("admitting %s failed (%s), retrying", rj["metadata"]["name"], e.status)
+            self.admitted.discard(uid)
+            self._readmit_later(uid)
+
+    def _readmit_later(self, uid: str) -> None:
+        async def again() -> None:
+            await asyncio.sleep(_ADMIT_RETRY_SECONDS)
+            if (rj := self.rjs.get(uid)) is not None:
+                await self.admit(rj)
+
+        task = asyncio.create_task(again(), name=f"rollcall-readmit-{uid}")
+        self.readmits.add(task)
+        task.add_done_callback(self.readmits.discard)
 
     async def ensure_known(self, rj: Mapping[str, Any]) -> None:
         """Resume/create: hold a slot for an existing Job and fold it, or queue the RJ."""
@@ -399,17 +540,15 @@ class Runtime:
         needs_pods = _finished(job) or int(status.get("active") or 0) > 0
         selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
         pods = await self.kube.list_pods(namespace, selector) if needs_pods else []
-        patch = job_status_patch(
-            current,
-            job,
-            pods,
-            now=now_iso(),
-            kueue=bool((rj.get("spec") or {}).get("queue")),
-            generation=rj["metadata"].get("generation"),
-            result_key=result_key(namespace, rj_uid),
-        )
-        if patch is not None:
-            await self.write_status(rj, patch)
+        kueue = bool((rj.get("spec") or {}).get("queue"))
+        generation = rj["metadata"].get("generation")
+        await self.write_status(
+            rj,
+            lambda cur: job_status_patch(
+                cur, job, pods, now=now_iso(), kueue=kueue, generation=generation,
+                result_key=result_key(namespace, rj_uid),
+            ),
+        )  # fmt: skip
 
     # --- progress --------------------------------------------------------------------------------------
     async def _progress_loop(self) -> None:
@@ -434,10 +573,10 @@ class Runtime:
             for rj, (done, total) in zip(running, rows, strict=True):
                 if done is None or total is None:
                     continue
-                patch = progress_patch(rj.get("status") or {}, int(done), int(total))
-                if patch is not None:
-                    with contextlib.suppress(ApiException):
-                        await self.write_status(rj, patch)
+                if progress_patch(rj.get("status") or {}, int(done), int(total)) is None:
+                    continue
+                with contextlib.suppress(ApiException):
+                    await self.write_status(rj, functools.partial(_progress, int(done), int(total)))
 
     # --- webhooks --------------------------------------------------------------------------------------
     def maybe_deliver(self, rj: Mapping[str, Any]) -> None:
@@ -448,66 +587,69 @@ class Runtime:
         hook = status.get("webhook") or {}
         if hook.get("delivered") or uid in self.webhooks:
             return
+        if hook.get("final"):
+            return  # refused destination, or the receiver refused it (4xx): retrying cannot help
         if hook.get("lastStatus") is not None and not webhook.retryable(hook["lastStatus"]):
-            return  # the receiver refused it (4xx): retrying cannot help
+            return
         if int(hook.get("attempts") or 0) >= self.settings.webhook_max_attempts:
             return
         task = asyncio.create_task(self._deliver(uid), name=f"rollcall-webhook-{uid}")
         self.webhooks[uid] = task
 
     async def _deliver(self, uid: str) -> None:
+        """POST until delivered, refused or out of attempts; each attempt is counted in status
+        *before* it is sent, so a POST that crashes the operator is not repeated forever."""
         s = self.settings
+        allow = s.egress_allowlist()
         try:
             rj = self.rjs.get(uid)
             if rj is None:
                 return
-            meta, callback = rj["metadata"], rj["spec"]["callback"]
+            namespace, url = rj["metadata"]["namespace"], rj["spec"]["callback"]["url"]
             attempts = int(((rj.get("status") or {}).get("webhook") or {}).get("attempts") or 0)
-            secret_ref = callback["secretRef"]
             while attempts < s.webhook_max_attempts:
                 rj = self.rjs.get(uid)
                 if rj is None:
                     return
                 attempts += 1
-                code: int | None
-                error: str | None
+                sending = {"delivered": False, "attempts": attempts, "lastAttemptTime": now_iso()}
+                if not await self.write_status(rj, {"webhook": sending}):
+                    return
                 try:
+                    # the RJ's own namespace's Secret, by a name the RJ cannot choose
                     secret = await self.kube.read_secret_key(
-                        meta["namespace"], secret_ref["name"], secret_ref["key"]
+                        namespace, s.webhook_secret_name, s.webhook_secret_key
                     )
                 except (ApiException, KeyError) as e:
-                    code, error = None, f"signing secret unavailable: {e}"[:300]
+                    log.warning("webhook secret of %s unavailable: %s", namespace,
+                                getattr(e, "status", "missing key"))  # fmt: skip
+                    result = webhook.Attempt(None, "the namespace's signing secret is missing",
+                                             retry=True)  # fmt: skip
                 else:
                     assert self.http is not None
-                    code, error = await webhook.post(
-                        self.http,
-                        callback["url"],
-                        webhook.payload(rj),
-                        secret=secret,
-                        delivery=uid,
-                        timestamp=str(int(time.time())),
+                    result = await webhook.post(
+                        self.http, url, webhook.payload(rj), allow=allow, secret=secret,
+                        delivery=uid, timestamp=str(int(time.time())),
                         timeout=s.webhook_timeout_seconds,
-                    )
-                delivered = error is None
-                final = (
-                    delivered or not webhook.retryable(code) or attempts >= s.webhook_max_attempts
-                )
+                        max_response_bytes=s.webhook_max_response_bytes,
+                    )  # fmt: skip
+                final = not result.retry or attempts >= s.webhook_max_attempts
                 record = {
-                    "delivered": delivered,
-                    "attempts": attempts,
-                    "lastStatus": code,
-                    "lastError": error,
-                    "lastAttemptTime": now_iso(),
+                    **sending,
+                    "delivered": result.delivered,
+                    "lastStatus": result.status,
+                    "lastError": result.error,
+                    "final": final,
                 }
-                await self.write_status(rj, {"webhook": record})
-                if delivered:
+                await self.write_status(self.rjs.get(uid) or rj, {"webhook": record})
+                if result.delivered:
                     metrics.WEBHOOK_DELIVERIES.inc()
-                    _post_event(rj, "Normal", "WebhookDelivered", f"POST {callback['url']}: {code}")
+                    _post_event(rj, "Normal", "WebhookDelivered", f"answered {result.status}")
                     return
                 metrics.WEBHOOK_FAILURES.labels("true" if final else "false").inc()
                 if final:
                     _post_event(
-                        rj, "Warning", "WebhookFailed", f"{error} after {attempts} attempts"
+                        rj, "Warning", "WebhookFailed", f"{result.error} after {attempts} attempts"
                     )
                     return
                 await asyncio.sleep(
@@ -515,5 +657,7 @@ class Runtime:
                         attempts, s.webhook_backoff_seconds, s.webhook_backoff_max_seconds
                     )
                 )
+        except ApiException as e:
+            log.warning("webhook status of %s not written: %s", uid, e.status)
         finally:
             self.webhooks.pop(uid, None)

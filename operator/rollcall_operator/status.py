@@ -233,6 +233,9 @@ def set_condition(
     return out
 
 
+_STARTED_PHASES = {Phase.RUNNING.value, *(p.value for p in TERMINAL_PHASES)}
+
+
 def phase_patch(
     current: Mapping[str, Any],
     phase: Phase,
@@ -268,6 +271,24 @@ def phase_patch(
         patch["conditions"] = conds
     changed = {k: v for k, v in patch.items() if current.get(k) != v}
     return changed or None
+
+
+def waiting_patch(
+    current: Mapping[str, Any],
+    reason: str,
+    message: str | None,
+    *,
+    now: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Admission's "Queued" for an RJ that has no Job yet (None once it has one).
+
+    From the Job's creation on, the Job's state decides the phase (``job_status_patch``): an
+    admission round working from an older view must not pull a started RJ back to Queued.
+    """
+    if current.get("jobName") or current.get("phase") in _STARTED_PHASES:
+        return None
+    return phase_patch(current, Phase.QUEUED, reason=reason, message=message, now=now, extra=extra)
 
 
 def job_status_patch(
