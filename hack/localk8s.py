@@ -521,9 +521,18 @@ def install_crds(api: client.ApiClient, crd_dir: Path) -> list[str]:
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc:
                 continue
-            with contextlib.suppress(utils.FailToCreateError):
+            try:
                 # kubernetes.utils ships without annotations (despite the package's py.typed).
                 utils.create_from_dict(api, doc)  # type: ignore[no-untyped-call]
+            except utils.FailToCreateError as e:
+                # an existing CRD is kept; anything else (an invalid schema, a CEL rule over the
+                # cost budget) must fail loudly with the apiserver's own words
+                refused = [x for x in e.api_exceptions if x.status != 409]
+                if refused:
+                    raise RuntimeError(
+                        f"{path.name}: the apiserver refused {doc['metadata']['name']}: "
+                        + "; ".join(str(x.body)[:2000] for x in refused)
+                    ) from e
             names.append(doc["metadata"]["name"])
     for name in names:
 
@@ -563,6 +572,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=cache_dir() / "run" / "controlplane")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
+    # SIGTERM (a supervisor, `kill`) stops etcd and kube-apiserver like Ctrl-C does: both unwind
+    # the context manager below instead of leaving the children running
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with control_plane(args.workdir) as cp:
         print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

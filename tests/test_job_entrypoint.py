@@ -148,8 +148,8 @@ def test_enroll_then_identify(
     progress = redis_client.hgetall(keys.job_progress("school-a", "uid-123"))
     assert progress[b"done"] == progress[b"total"] == b"3"
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert any(line["msg"] == "progress 3/3 photos (100%)" for line in lines)
-    assert any(line["msg"] == "job done" for line in lines)
+    assert any(line["message"] == "progress 3/3 photos (100%)" for line in lines)
+    assert any(line["message"] == "job done" for line in lines)
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,9 @@ secrets (the Redis URL's password is redacted).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from pydantic import ValidationError
 
-from rollcall_contract import keys, redistls
+from rollcall_contract import keys, redistls, logs
 from rollcall_contract.jobenv import TERMINATION_LOG, ExitCode, JobSettings
 from rollcall_job.enroll import enroll, student_photos
 from rollcall_job.gallery import GalleryError, GalleryNotFound, GalleryStore
@@ -38,33 +36,10 @@ from rollcall_job.termination import error_message, summary_message
 log = logging.getLogger("rollcall_job")
 # Enroll mode looks this far down (only in photos with no face) to tell "too small" from "no face".
 SMALL_FACE_FLOOR_PX = 20
-_STD_ATTRS = set(vars(logging.makeLogRecord({})))
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, plus any ``extra=`` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        doc.update({k: v for k, v in vars(record).items() if k not in _STD_ATTRS})
-        if record.exc_info and record.exc_info[0] is not None:
-            doc["exc"] = record.exc_info[0].__name__
-            doc["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
 
 
 def configure_logging(stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("ROLLCALL_LOG_LEVEL", "INFO").upper())
+    logs.configure(os.environ.get("ROLLCALL_LOG_LEVEL", "INFO"), stream=stream or sys.stdout)
 
 
 def redact_url(url: str) -> str:
