@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,13 +26,15 @@ import pytest
 import redis
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from redis.asyncio import Redis as AsyncRedis
 
 from apirig import write_key_file
+from redisrig import redis_server
 from rollcall_api.app import create_app
-from rollcall_api.erasure import class_keys, mentions
+from rollcall_api.erasure import Eraser, class_keys, mentions
 from rollcall_api.logs import JsonFormatter
 from rollcall_api.settings import Settings
-from rollcall_contract import keys
+from rollcall_contract import acl, keys
 from rollcall_contract.results import encode_results
 from rollcall_job.gallery import GalleryMeta, GalleryStore
 from rollcall_job.results import read_results, write_results
@@ -266,3 +269,33 @@ async def test_erasing_a_class_gallery_removes_every_model_of_that_class_only(
 
     gone = await schools.http.delete(f"/v1/classes/{CLASS}/gallery", headers=schools.auth("north"))
     assert gone.status_code == 404
+
+    # With the gallery gone, a result still naming a student can be erased through that student.
+    write_results(redis_client, north, "uid-late", "1", results_of(["s-002"]), ttl_seconds=600)
+    late = await schools.http.delete(
+        f"/v1/classes/{CLASS}/students/s-002", headers=schools.auth("north")
+    )
+    assert late.status_code == 200 and late.json()["results"] == 1, late.text
+    assert read_results(redis_client, north, "uid-late") is None
+
+
+async def test_the_api_redis_user_may_do_every_erase_step(tmp_path: Path) -> None:
+    """Under the API's own ACL user (``rollcall_contract.acl``) on a real redis-server: the
+    erase commands (SCAN, WATCH/MULTI/EXEC, HEXISTS, EXISTS, HLEN, HDEL, HSET, DEL, HGETALL)."""
+    password = secrets.token_urlsafe(16)
+    users = [(acl.API_USER, acl.api_rules(), password), (acl.ADMIN_USER, acl.admin_rules(), "a")]
+    (tmp_path / "users.acl").write_text(acl.acl_file(users))
+    with redis_server(tmp_path / "r", config=f"aclfile {tmp_path / 'users.acl'}\n") as server:
+        admin = redis.Redis(port=server.port, username=acl.ADMIN_USER, password="a")
+        enrol(admin, "t-north", CLASS, ["s-001", "s-002"], seed=6)
+        write_results(admin, "t-north", "u1", "1", results_of(["s-001"]), ttl_seconds=600)
+        as_api = AsyncRedis(port=server.port, username=acl.API_USER, password=password)
+        try:
+            eraser = Eraser(as_api)
+            student = await eraser.erase_student("t-north", CLASS, "s-001")
+            assert (student.templates, student.results) == (2, 1)
+            whole = await eraser.erase_class("t-north", CLASS)
+            assert whole.templates == 2 and len(whole.models) == 2
+        finally:
+            await as_api.aclose()
+            admin.close()

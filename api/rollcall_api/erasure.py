@@ -138,9 +138,9 @@ class Eraser:
                 if await self._drop_template(ck, student):
                     out.models.append(ck.model_id)
                     out.templates += 1
-            if out.class_found:
-                for key in await self._scan(results_pattern(tenant)):
-                    out.results += await self._drop_results(key, student)
+            # Results too when the class gallery is gone (erased earlier): they may still name them.
+            for key in await self._scan(results_pattern(tenant)):
+                out.results += await self._drop_results(key, student)
         except RedisError as exc:
             raise redis_unavailable(exc) from None
         return out

@@ -87,14 +87,13 @@ async def erase_student(
     events: KubeEventsDep,
     namespace: Namespace = None,
 ) -> ErasureOut:
-    """404 when the class has no gallery in this school, or neither it nor any stored result
-    holds the student. Jobs running during the erase are not stopped: erase again after them."""
+    """404 when neither the class's galleries nor any stored result of this school holds the
+    student. Jobs running during the erase are not stopped: erase again after them."""
     ns = service.resolve_namespace(caller, namespace)
     done = await eraser.erase_student(ns, class_code, student_id)
-    if not done.class_found:
-        raise ApiError(404, f"class {class_code} not found")
     if not done.templates and not done.results:
-        raise ApiError(404, f"student {student_id} not found in class {class_code}")
+        where = f"class {class_code}" if done.class_found else f"class {class_code} (no gallery)"
+        raise ApiError(404, f"student {student_id} not found in {where}")
     return await _record(events, caller, ns, "StudentErased", class_code, student_id, done)
 
 
