@@ -252,11 +252,12 @@ def test_models_stage_builds_the_default_models_in_a_clean_venv(tmp_path: Path) 
     installed = uv_install(venv, extra_installed_by(models))
     assert not installed & (WEB | {"onnxruntime", "onnxruntime-gpu"})
     cache = tmp_path / "cache"
-    from rollcall_job.models.build import DLIB_SDIST, MTCNN_SDIST
+    from rollcall_job.models.build import DLIB_SDIST
     from rollcall_job.models.cache import cache_root
+    from rollcall_job.models.detector_build import CENTERFACE_SDIST, MTCNN_SDIST, RETINAFACE_SDIST
 
     (cache / "sdists").mkdir(parents=True)
-    for name, version in (DLIB_SDIST, MTCNN_SDIST):
+    for name, version in (DLIB_SDIST, MTCNN_SDIST, RETINAFACE_SDIST, CENTERFACE_SDIST):
         stem = f"{name}-{version}".replace("_", "-").lower()
         for sdist in (cache_root() / "sdists").glob("*.tar.gz"):
             if sdist.name.replace("_", "-").lower() == f"{stem}.tar.gz":
