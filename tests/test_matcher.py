@@ -25,6 +25,7 @@ from rollcall_job.matcher import (
     assign_greedy,
     attendance,
     decide,
+    distances,
     from_affinity,
     match_faces,
     per_student,
@@ -328,3 +329,41 @@ def test_attendance_across_photos(metric: str) -> None:
     assert att.unknown == [("a.jpg", 2)]
     assert att.review == [("a.jpg", 1, "r"), ("b.jpg", 2, "r")]
     assert att.not_on_roster == []
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("seed", range(6))
+def test_match_faces_decides_on_the_students_in_reach_as_on_all(metric: Metric, seed: int) -> None:
+    """match_faces runs the rule on the columns within threshold + margin only: same outcome."""
+    rng = np.random.default_rng(seed)
+    gal = _rng_unit(40, 16, seed)
+    # faces near some students (some near two), and strangers
+    probes = np.vstack(
+        [gal[rng.integers(40)] + 0.3 * _rng_unit(1, 16, 100 + i) for i in range(8)]
+        + [_rng_unit(3, 16, 200 + seed)]
+    ).astype(np.float32)
+    ids = [f"s{i}" for i in range(40)]
+    threshold, margin = (0.3, 0.05) if metric == "cosine" else (0.8, 0.1)
+    quality = [None, None, "blur", *[None] * (len(probes) - 3)]
+    got = match_faces(
+        probes,
+        gal,
+        np.arange(40, dtype=np.intp),
+        ids,
+        metric=metric,
+        threshold=threshold,
+        margin=margin,
+        quality=quality,
+    )
+    full = decide(
+        distances(affinity(probes, gal, metric), metric),
+        threshold=threshold,
+        margin=margin,
+        quality=quality,
+    )
+    assert [(m.verdict, m.rule) for m in got] == [(d.verdict, d.rule) for d in full]
+    assert [m.student_id for m in got] == [
+        None if d.student is None else ids[d.student] for d in full
+    ]
+    assert [m.points_at for m in got] == [tuple(ids[j] for j in d.points_at) for d in full]
+    assert {m.verdict for m in got} >= {"matched", "unknown"}  # the data exercises the rule

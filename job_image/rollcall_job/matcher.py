@@ -179,18 +179,18 @@ def decide(
             else Decision("unknown", BELOW_THRESHOLD)
             for q in why
         ]
-    order = np.argsort(d, axis=1, kind="stable")
-    best = order[:, 0]
+    best = d.argmin(axis=1)  # the first of equals, like a stable sort
     d1 = d[np.arange(n_faces), best]
-    d2 = d[np.arange(n_faces), order[:, 1]] if n_students > 1 else np.full(n_faces, np.inf)
+    d2 = np.partition(d, 1, axis=1)[:, 1] if n_students > 1 else np.full(n_faces, np.inf)
     clear = (d1 <= threshold) & (d2 - d1 >= margin - _EPS)  # rules 1 and 2
     passed = np.array([q is None for q in why], dtype=bool)
+    elsewhere = passed & clear  # with best != s: decisively another student
 
     def near(f: int) -> tuple[int, ...]:
         """The students face ``f`` could be: within the threshold and the margin of its best."""
-        return tuple(
-            int(s) for s in order[f] if d[f, s] <= threshold and d[f, s] - d1[f] < margin - _EPS
-        )
+        row = d[f]
+        cols = np.flatnonzero((row <= threshold) & (row - d1[f] < margin - _EPS))
+        return tuple(int(c) for c in cols[np.argsort(row[cols], kind="stable")])
 
     out: list[Decision] = []
     for f in range(n_faces):
@@ -204,10 +204,9 @@ def decide(
         else:
             # Another face decisively someone else does not contest; any other face does when
             # it is as near to s, or within the margin of it (a tie always contests).
-            elsewhere = passed & clear & (best != s)
             rivals = (d[:, s] - d1[f] < margin - _EPS) | (d[:, s] <= d1[f])
             rivals[f] = False
-            if np.any(rivals & ~elsewhere):
+            if np.any(rivals & ~(elsewhere & (best != s))):
                 out.append(Decision("needs_review", CONTESTED, points_at=(s,)))
             else:
                 out.append(Decision("matched", MATCHED, student=s))
@@ -251,20 +250,28 @@ def match_faces(
     if len(probes) == 0:
         return []
     aff = per_student(affinity(probes, gallery, metric), offsets)
-    dist = distances(aff, metric)
-    decisions = decide(dist, threshold=threshold, margin=margin, quality=quality)
-    idx, _ = top_k(aff, max(k, 1))
+    # Only students some face is within threshold + margin of can change a decision (a farther
+    # second-best leaves the gap >= margin anyway), so the rule runs on those columns alone: a
+    # few per face instead of a whole school's gallery.
+    reach = np.flatnonzero((aff >= to_affinity(threshold + margin, metric)).any(axis=0))
+    decisions = decide(
+        distances(aff[:, reach], metric), threshold=threshold, margin=margin, quality=quality
+    )
+    idx, vals = top_k(aff, max(k, 1))
     out = []
     for f, dec in enumerate(decisions):
-        cands = tuple(Candidate(student_ids[int(j)], float(dist[f, j])) for j in idx[f])
+        cands = tuple(
+            Candidate(student_ids[int(j)], from_affinity(float(v), metric))
+            for j, v in zip(idx[f], vals[f], strict=True)
+        )
         out.append(
             Match(
-                None if dec.student is None else student_ids[dec.student],
+                None if dec.student is None else student_ids[int(reach[dec.student])],
                 cands[0].score if cands else None,
                 cands,
                 dec.verdict,
                 dec.rule,
-                tuple(student_ids[j] for j in dec.points_at),
+                tuple(student_ids[int(reach[j])] for j in dec.points_at),
             )
         )
     return out
