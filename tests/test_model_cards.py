@@ -74,6 +74,9 @@ def test_default_embedder_is_the_measured_winner_and_ids_are_distinct() -> None:
     assert DEFAULT_EMBEDDER not in SELECTABLE_EMBEDDERS and "dlib-resnet-v1" in SELECTABLE_EMBEDDERS
     ids = [make().id for make in EMBEDDERS.values()]
     assert ids == list(EMBEDDERS) and len(set(ids)) == len(ids)
+    # Weights of undocumented origin are evaluated, never shipped.
+    for card_id in (DEFAULT_EMBEDDER, *SELECTABLE_EMBEDDERS):
+        assert EMBEDDERS[card_id]().training_data != "undocumented"
 
 
 @pytest.mark.parametrize("card_id", list(EMBEDDERS))
