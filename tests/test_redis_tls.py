@@ -173,7 +173,7 @@ def test_a_server_another_ca_signed_is_refused(
 ) -> None:
     url = tls_redis.url(acl.job_user(SCHOOL))
     probe = redis.Redis.from_url(url, **redistls.client_options(url, tls_redis.other_ca))
-    with pytest.raises(redis.ConnectionError, match="(?i)certificate verify failed"):
+    with pytest.raises(redis.ConnectionError, match=r"(?i)certificate verify failed"):
         probe.ping()
     monkeypatch.setenv("ROLLCALL_REDIS_CA_FILE", str(tls_redis.other_ca))
     assert main([], engine_loader=_toy) == ExitCode.TRANSIENT

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from pydantic import ValidationError
 
-from rollcall_contract import keys, redistls, logs
+from rollcall_contract import keys, logs, redistls
 from rollcall_contract.jobenv import TERMINATION_LOG, ExitCode, JobSettings
 from rollcall_job.enroll import enroll, student_photos
 from rollcall_job.gallery import GalleryError, GalleryNotFound, GalleryStore
