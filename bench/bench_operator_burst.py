@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,26 @@ def create_all(fn: Any, items: list[Any], threads: int, rate: float = 0) -> dict
     return done
 
 
+_WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE"}
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
+
+
+def write_counts(api: Any) -> Counter[tuple[str, str, str]]:
+    """apiserver_request_total of every write, by (verb, resource, subresource), from /metrics."""
+    cfg = api.configuration
+    headers = {"Authorization": cfg.get_api_key_with_prefix("BearerToken") or ""}
+    resp = api.rest_client.pool_manager.request("GET", f"{cfg.host}/metrics", headers=headers)
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for line in resp.data.decode().splitlines():
+        if (m := _SAMPLE.match(line)) is None:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
+        if labels.get("verb") in _WRITE_VERBS:
+            key = (labels["verb"], labels.get("resource", ""), labels.get("subresource", ""))
+            counts[key] += int(float(m["value"]))
+    return counts
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -192,6 +214,7 @@ def main() -> None:
             others_cpu0 = {name: sum(p.cpu_times()[:2]) for name, p in others.items()}
             watcher = JobWatch(api, "burst")
             time.sleep(1)
+            writes0 = write_counts(api)
             bodies = [rj(i) for i in range(n)]
             t0 = time.monotonic()
             created = create_all(
@@ -208,6 +231,12 @@ def main() -> None:
             latencies = [watcher.seen[f"burst-{i:05d}"] - created[i]
                          for i in range(n) if f"burst-{i:05d}" in watcher.seen]  # fmt: skip
             jobs_now = len(batch.list_namespaced_job("burst").items)
+            time.sleep(2)  # writes that trail the last Job (its RJ's status) land in the count
+            writes = write_counts(api) - writes0
+            rj_events = sum(
+                1 for e in core.list_namespaced_event("burst").items
+                if e.involved_object.kind == "RecognitionJob"
+            )  # fmt: skip
         finally:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -233,7 +262,21 @@ def main() -> None:
     for name, seconds in others_cpu.items():
         print(f"  CPU of {name + ':':<30} {seconds:.1f} s")
     print(f"operator peak RSS:                      {peak_rss:.0f} MiB")
+    print("apiserver writes during the burst (verb resource/subresource: count, per RJ):")
+    for (verb, resource, sub), count in sorted(writes.items(), key=lambda kv: -kv[1]):
+        name = f"{resource}/{sub}" if sub else resource
+        print(f"  {verb:<6} {name:<32} {count:>7}  {count / n:6.2f}")
+    ours = (
+        writes[("POST", "jobs", "")]
+        + sum(c for (v, r, _), c in writes.items() if r == "recognitionjobs" and v != "POST")
+        + rj_events
+    )
+    print(f"rollcall operator writes per RJ (Job create + RJ patches + RJ Events): {ours / n:.2f}"
+          "  (target <= 3)")  # fmt: skip
     print(f"ratio all-Jobs-via-operator / direct Job creation: {all_jobs / baseline:.2f}")
+    print(f"RATIO all_jobs operator/direct = {all_jobs / baseline:.1f}x  (target <= 2x)")
+    if latencies:
+        print(f"RJ->Job p99 = {percentile(latencies, 0.99):.3f} s  (target < 1 s)")
 
 
 def _healthy(url: str) -> bool:
