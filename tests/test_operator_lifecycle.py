@@ -374,7 +374,7 @@ def test_cap_queues_the_next_rj_until_a_slot_frees(
     k.create(rj_body("high", "hold", priority=10))
     queued = k.phase_is("low", "Queued")
     assert queued["reason"] == "WaitingForCapacity"
-    assert queued["message"] == "2/2 GPU jobs are running cluster-wide"
+    assert queued["message"] == "2/2 jobs are running cluster-wide"
     assert {c["type"]: c["status"] for c in queued["conditions"]}["Admitted"] == "False"
     k.phase_is("high", "Queued")
     assert len(k.jobs()) == 2

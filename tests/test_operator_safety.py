@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from localk8s import local_volume, restricted_namespace, wait_for
 from nodeagent import NodeAgent
 from rollcall_operator.webhook import DENIED, verify
+from test_operator_egress import PeakRSS, Server
 from test_operator_lifecycle import (  # noqa: F401  (fixtures)
     K,
     Operator,
@@ -143,6 +144,27 @@ def test_an_attempt_is_counted_before_it_is_sent(
         assert webhook_status(k, "crash")["attempts"] == 2 and len(gate.posts) == 2
     finally:
         gate.close()
+
+
+def test_a_huge_answer_leaves_the_operator_flat_and_the_next_job_runs(
+    k: K, start_operator: Callable[..., Operator], script: Script, photos: str,  # noqa: F811
+) -> None:  # fmt: skip
+    """The review's crash loop: a 600 MiB answer grew the operator by 1.2 GiB until OOM-killed."""
+    flood = Server(body_bytes=200 << 20)
+    try:
+        k.core.create_namespaced_secret(k.ns, {
+            "metadata": {"name": "hook"}, "stringData": {"hmac": "s"}})  # fmt: skip
+        op = start_operator()
+        assert op.proc is not None
+        with PeakRSS(op.proc.pid) as rss:
+            k.create(rj_body("flood", callback={"url": f"http://localhost:{flood.port}/h"}))
+            wait_for(delivered(k, "flood"), "delivered despite the flood")
+        assert rss.grown < 64 << 20, f"operator peak RSS grew {rss.grown >> 20} MiB"
+        assert webhook_status(k, "flood")["attempts"] == 1 and len(flood.requests) == 1
+        k.create(rj_body("next"))
+        assert k.phase_is("next", "Succeeded")["summary"]["present"] == 2
+    finally:
+        flood.close()
 
 
 def test_each_namespace_signs_with_its_own_secret_only(
