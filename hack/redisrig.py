@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +44,13 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: fl
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path, config: str = "") -> Iterator[RedisServer]:
+def redis_server(
+    workdir: Path, config: str = "", extra_args: Sequence[str] = ()
+) -> Iterator[RedisServer]:
     """A throwaway redis-server (no persistence) that is stopped on exit.
 
-    ``config``: redis.conf lines (an ``aclfile``, TLS settings...) read before the fixed options.
+    ``config``: redis.conf lines (an ``aclfile``, TLS settings...) read before the fixed options;
+    ``extra_args``: more command-line options after them (``--sentinel`` makes it a Sentinel).
     """
     exe = shutil.which("redis-server")
     if exe is None:
@@ -74,6 +77,7 @@ def redis_server(workdir: Path, config: str = "") -> Iterator[RedisServer]:
         str(log),
         "--protected-mode",
         "yes",
+        *extra_args,
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -29,6 +29,8 @@ from localk8s import control_plane as start_control_plane
 from nodeagent import NodeAgent, ProcessRunner
 from redisrig import RedisServer, redis_server
 
+pytest_plugins = ["redistopo_fixtures"]  # Redis Cluster and Sentinel topologies (hack/)
+
 REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO / "charts" / "rollcall" / "crds"
 GPU_NODE = "gpu-node-0"

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from fastapi import FastAPI
 from kubernetes_asyncio import client, config
 from prometheus_client import start_http_server
-from redis.asyncio import Redis
 
 from rollcall_api.auth import KeyStore
 from rollcall_api.erasure import Eraser
@@ -23,7 +22,7 @@ from rollcall_api.routes import classes, enrollments, health, jobs
 from rollcall_api.settings import Settings, get_settings
 from rollcall_api.store import Store
 from rollcall_api.watches import WatchHub
-from rollcall_contract import redistls
+from rollcall_contract import redisclient
 
 log = logging.getLogger("rollcall_api")
 
@@ -95,9 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api_client = await kube_client(settings)
-        tls = redistls.client_options(settings.redis_url, settings.redis_ca_file)
-        redis = Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=3, **tls
+        redis = redisclient.async_client(
+            settings.redis_url, settings.redis_ca_file, socket_timeout=5, socket_connect_timeout=3
         )
         keys = KeyStore(settings.keys_file)
         await keys.reload()

@@ -19,7 +19,7 @@ alone: a job still running when the erase happens can publish a result naming th
 again after it ends).
 
 Redis commands used (the API's ACL user needs them on ``rollcall:<tenant>:*``): SCAN, WATCH,
-UNWATCH, MULTI, EXEC, HEXISTS, EXISTS, HLEN, HDEL, HSET, DEL, HGETALL. No scripts. Nothing here reads,
+UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HDEL, HSET, DEL, HGETALL. No scripts. Nothing here reads,
 logs or returns a template.
 """
 
@@ -154,7 +154,8 @@ class Eraser:
                     if not await pipe.hexists(ck.gallery, student):
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return False
-                    has_meta = bool(await pipe.exists(ck.meta))
+                    # HLEN, not EXISTS: redis-py's async cluster pipeline drops a watched EXISTS
+                    has_meta = bool(await pipe.hlen(ck.meta))
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.hdel(ck.gallery, student)
                     pipe.delete(ck.packed)

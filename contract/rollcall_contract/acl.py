@@ -31,6 +31,9 @@ API_USER = "rollcall-api"
 OPERATOR_USER = "rollcall-operator"
 JOB_USER_PREFIX = "rollcall-job-"
 
+# What redis-py's RedisCluster sends before any key command (the slot map, the command table for
+# key extraction); harmless on a single node, where nobody sends them.
+CLUSTER_CLIENT_COMMANDS: tuple[str, ...] = ("cluster|slots", "command")
 # What the recognition container sends (gallery.py, results.py, progress.py, __main__.py), plus
 # SELECT for a URL naming another database. CLIENT SETINFO (redis-py's connect banner) is left out:
 # redis-py ignores its refusal, and Redis 7.0 does not know the subcommand.
@@ -39,8 +42,9 @@ JOB_COMMANDS: tuple[str, ...] = (
     "get", "set", "del", "expire", "rename",
     "hgetall", "hmget", "hlen", "hset",
     "watch", "unwatch", "multi", "exec", "discard",
+    *CLUSTER_CLIENT_COMMANDS,
 )  # fmt: skip
-OPERATOR_COMMANDS: tuple[str, ...] = ("ping", "select", "hmget")
+OPERATOR_COMMANDS: tuple[str, ...] = ("ping", "select", "hmget", *CLUSTER_CLIENT_COMMANDS)
 API_COMMANDS: tuple[str, ...] = (
     "ping", "select",
     "get", "set", "del", "unlink", "exists", "expire", "ttl",
@@ -48,6 +52,7 @@ API_COMMANDS: tuple[str, ...] = (
     "scan",  # gallery_match: every model's gallery of a class, for erasure
     "eval", "evalsha",  # compare-and-delete of an idempotency claim (scripts run under this ACL)
     "watch", "unwatch", "multi", "exec", "discard",
+    *CLUSTER_CLIENT_COMMANDS,
 )  # fmt: skip
 
 _ANY = "*"  # any tenant, any job uid (tenants and uids hold no ':' — keys.py checks them)

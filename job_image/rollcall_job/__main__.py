@@ -16,12 +16,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from pydantic import ValidationError
 
-from rollcall_contract import keys, logs, redistls
+from rollcall_contract import keys, logs, redisclient
 from rollcall_contract.jobenv import TERMINATION_LOG, ExitCode, JobSettings
 from rollcall_job.enroll import enroll, student_photos
 from rollcall_job.gallery import GalleryError, GalleryNotFound, GalleryStore
@@ -43,19 +42,9 @@ def configure_logging(stream: Any = None) -> None:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (user names are kept: they help debugging)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "<unparseable redis url>"
+    """The URL with any password replaced by ``***`` (user names are kept: they help debugging);
+    cluster and sentinel URLs too (several hosts, a ``sentinel_password`` parameter)."""
+    return redisclient.redact(url)
 
 
 def resolve_model_dir(settings: JobSettings) -> Path:
@@ -97,12 +86,8 @@ def _attempt() -> str:
 def redis_client(url: str, ca_file: Path | None = None) -> redis.Redis:
     """Bounded connect/read timeouts (a hung Redis becomes TRANSIENT, not a stuck Job); a 1 MiB
     read buffer, because a class gallery arrives as one multi-megabyte reply; TLS with ``ca_file``."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=5,
-        socket_timeout=60,
-        socket_read_size=1 << 20,
-        **redistls.client_options(url, ca_file),
+    return redisclient.sync_client(
+        url, ca_file, socket_connect_timeout=5, socket_timeout=60, socket_read_size=1 << 20
     )
 
 
@@ -289,7 +274,7 @@ def main(argv: list[str] | None = None, *, engine_loader: EngineLoader = load_en
         log.error(msg)
         _write_termination(term_path, error_message(msg, reason="BadInput"))
         return int(ExitCode.BAD_INPUT)
-    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
+    except redisclient.TRANSIENT_ERRORS as e:  # unreachable, loading, or a failover under way
         # redis-py's messages name host and port, never the password; redact anyway
         msg = f"redis unavailable ({type(e).__name__}) at {redact_url(settings.redis_url)}"
         log.error(msg)

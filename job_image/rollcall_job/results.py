@@ -52,7 +52,9 @@ def write_results(
     if before_publish is not None:
         before_publish()
     pipe = client.pipeline(transaction=True)
-    pipe.rename(staging, final)
+    # redis-py's cluster pipeline refuses .rename() outright; the raw command is fine in a one-slot
+    # transaction (staging and final share the job's hash tag)
+    pipe.execute_command("RENAME", staging, final)  # type: ignore[no-untyped-call]
     pipe.expire(final, ttl_seconds)
     pipe.execute()
     return final

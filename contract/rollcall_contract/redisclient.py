@@ -1,0 +1,237 @@
+"""One Redis client factory for the API, the operator and the job: single node, Cluster or Sentinel.
+
+The URL says which topology; the components never branch on it:
+
+- ``redis://`` / ``rediss://`` (and ``unix://``): one server, ``Redis.from_url`` as before.
+- ``redis+cluster://[user[:pass]@]host:port[,host:port...][/0]`` (``rediss+cluster://`` for TLS):
+  redis-py's own ``RedisCluster`` with those startup nodes; it learns the rest from CLUSTER SLOTS
+  and follows MOVED/ASK. Database 0 only (a cluster has no other).
+- ``redis+sentinel://[user[:pass]@]host:port[,host:port...]/<master-name>[/<db>]``
+  (``rediss+sentinel://``): redis-py's ``Sentinel(...).master_for(<master-name>)``, which asks the
+  sentinels where the master is on every (re)connect, so a failover needs no restart. The user and
+  password are the data nodes'; sentinels that require their own credentials take them from the
+  ``sentinel_username`` / ``sentinel_password`` query parameters.
+
+Why this works unchanged on a cluster: every multi-key operation rollcall does (the gallery's
+hash + meta + packed MULTI/EXEC, RENAME of staging onto results, progress) uses keys that share a
+hash tag (``rollcall_contract.keys``), and redis-py's cluster pipeline runs a transaction when all
+of its keys are in one slot. SCAN on a ``RedisCluster`` (``scan_iter``) walks every primary.
+
+``parse`` is pure (table-tested in tests/test_redisclient.py); passwords never reach a repr or a
+log line (``redact``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.exceptions
+import redis.sentinel
+
+from rollcall_contract import redistls
+
+Kind = Literal["single", "cluster", "sentinel"]
+
+SINGLE_SCHEMES = frozenset({"redis", "rediss", "unix"})
+CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
+SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})
+DEFAULT_PORT = {"cluster": 6379, "sentinel": 26379}
+SENTINEL_QUERY = frozenset({"sentinel_username", "sentinel_password"})
+
+# Errors after which the same work can succeed if tried again: the server is unreachable, still
+# loading, a failover is under way (a demoted master answers writes with READONLY, the sentinels
+# name no master yet, a cluster slot has no primary). The job exits TRANSIENT on these.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,  # includes sentinel's MasterNotFoundError
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed Redis URL: what to connect to and how. Secrets are kept out of ``repr``."""
+
+    kind: Kind
+    tls: bool
+    url: str = field(repr=False)  # the original URL (single node: handed to from_url)
+    nodes: tuple[tuple[str, int], ...] = ()  # cluster startup nodes or sentinels
+    service: str = ""  # sentinel master name
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+def _hosts(netloc: str, kind: Kind) -> tuple[tuple[str, int], ...]:
+    """``host:port[,host:port...]`` (IPv6 in brackets) after the ``user:pass@`` part."""
+    hostlist = netloc.rpartition("@")[2]
+    out: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        if not item:
+            raise ValueError(f"empty host in a {kind} Redis URL")
+        if item.startswith("["):
+            host, sep, rest = item[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ValueError(f"bad IPv6 host in a {kind} Redis URL")
+            port_text = rest[1:]
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise ValueError(f"empty host in a {kind} Redis URL")
+        try:
+            port = int(port_text) if port_text else DEFAULT_PORT[kind]
+        except ValueError:
+            raise ValueError(f"bad port in a {kind} Redis URL") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"port out of range in a {kind} Redis URL")
+        out.append((host, port))
+    return tuple(out)
+
+
+def _userinfo(netloc: str) -> tuple[str | None, str | None]:
+    if "@" not in netloc:
+        return None, None
+    info = netloc.rpartition("@")[0]
+    user, sep, password = info.partition(":")
+    return (unquote(user) or None), (unquote(password) if sep else None)
+
+
+def _db(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError("the Redis database must be a number")
+    return int(text)
+
+
+def parse(url: str) -> Target:
+    """The topology, nodes and credentials of ``url``; ValueError (naming no secret) if malformed."""
+    scheme, netloc, path, query, fragment = urlsplit(url)
+    scheme = scheme.lower()
+    if scheme in SINGLE_SCHEMES:
+        return Target("single", scheme == "rediss", url)
+    if scheme not in CLUSTER_SCHEMES | SENTINEL_SCHEMES:
+        raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
+    if fragment:
+        raise ValueError("a Redis URL takes no #fragment")
+    kind: Kind = "cluster" if scheme in CLUSTER_SCHEMES else "sentinel"
+    tls = scheme.startswith("rediss")
+    user, password = _userinfo(netloc)
+    nodes = _hosts(netloc, kind)
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    segments = [s for s in path.split("/") if s]
+    if kind == "cluster":
+        if params:
+            raise ValueError("a Redis Cluster URL takes no query parameters")
+        if len(segments) > 1 or (segments and _db(segments[0]) != 0):
+            raise ValueError("Redis Cluster has database 0 only")
+        return Target("cluster", tls, url, nodes, username=user, password=password)
+    unknown = set(params) - SENTINEL_QUERY
+    if unknown:
+        raise ValueError(f"unknown Redis Sentinel URL parameters: {sorted(unknown)}")
+    if not 1 <= len(segments) <= 2:
+        raise ValueError("a Redis Sentinel URL ends in /<master-name>[/<db>]")
+    return Target(
+        "sentinel",
+        tls,
+        url,
+        nodes,
+        service=unquote(segments[0]),
+        db=_db(segments[1]) if len(segments) == 2 else 0,
+        username=user,
+        password=password,
+        sentinel_username=params.get("sentinel_username") or None,
+        sentinel_password=params.get("sentinel_password") or None,
+    )
+
+
+def redact(url: str) -> str:
+    """``url`` with its passwords (userinfo and ``sentinel_password``) replaced by ``***``."""
+    try:
+        scheme, netloc, path, query, fragment = urlsplit(url)
+    except ValueError:
+        return "<unparseable redis url>"
+    if "@" in netloc:
+        info, _, hosts = netloc.rpartition("@")
+        user, sep, _ = info.partition(":")
+        netloc = f"{user}:***@{hosts}" if sep else netloc
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{k}={'***' if 'password' in k else quote(v, safe='')}" for k, v in pairs)
+    return urlunsplit((scheme, netloc, path, query, fragment))
+
+
+def _tls_options(target: Target, ca_file: Path | str | None) -> dict[str, Any]:
+    """``ssl=True`` plus CA verification for a TLS target; a CA file without TLS is refused."""
+    if not target.tls:
+        # redistls refuses a CA file with a plain URL; with a TLS URL it adds verification options
+        return redistls.client_options("redis://", ca_file)
+    return {"ssl": True, **redistls.client_options("rediss://", ca_file)}
+
+
+def _auth(username: str | None, password: str | None) -> dict[str, Any]:
+    return {k: v for k, v in (("username", username), ("password", password)) if v is not None}
+
+
+def _sentinel_kwargs(
+    target: Target, options: dict[str, Any], tls: dict[str, Any]
+) -> dict[str, Any]:
+    """Options for the connections to the sentinels: the caller's timeouts, TLS, their own auth."""
+    timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+    return {**timeouts, **tls, **_auth(target.sentinel_username, target.sentinel_password)}
+
+
+def sync_client(url: str, ca_file: Path | str | None = None, **options: Any) -> redis.Redis:
+    """A blocking client for ``url`` (any topology); ``options`` are redis-py connection options
+    (timeouts, read size) applied to every node.
+
+    Typed as ``redis.Redis``: ``RedisCluster`` is a separate class but serves the same commands
+    rollcall sends (the topology tests run each one on a real cluster).
+    """
+    target = parse(url)
+    tls = _tls_options(target, ca_file)
+    if target.kind == "single":
+        return redis.Redis.from_url(url, **options, **tls)
+    auth = _auth(target.username, target.password)
+    if target.kind == "cluster":
+        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.nodes]  # type: ignore[no-untyped-call]
+        return cast(
+            redis.Redis, redis.cluster.RedisCluster(startup_nodes=nodes, **auth, **options, **tls)
+        )
+    # redis-py leaves Sentinel and master_for unannotated
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options, tls), **options, **tls
+    )
+    master = sentinel.master_for(target.service, db=target.db, **auth)  # type: ignore[no-untyped-call]
+    return cast(redis.Redis, master)
+
+
+def async_client(
+    url: str, ca_file: Path | str | None = None, **options: Any
+) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`sync_client` (API and operator)."""
+    target = parse(url)
+    tls = _tls_options(target, ca_file)
+    if target.kind == "single":
+        return redis.asyncio.Redis.from_url(url, **options, **tls)
+    auth = _auth(target.username, target.password)
+    if target.kind == "cluster":
+        nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.nodes]
+        client = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **auth, **options, **tls)
+        return cast(redis.asyncio.Redis, client)
+    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options, tls), **options, **tls
+    )
+    return cast(redis.asyncio.Redis, sentinel.master_for(target.service, db=target.db, **auth))

@@ -1,0 +1,284 @@
+"""Every Redis operation of the job, the API and the operator on a real Redis Cluster (3 primaries,
+a replica each) and on a real Sentinel group whose master is SIGKILLed while a job writes results.
+
+Clients come from ``rollcall_contract.redisclient`` with the URL schemes the chart accepts, and
+authenticate as the components' own ACL users (a per-school job user, the API, the operator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, cast
+
+import numpy as np
+import pytest
+import redis
+
+from redistopo import Cluster, SentinelGroup
+from redistopo_fixtures import TENANTS, Users
+from rollcall_api.erasure import Eraser
+from rollcall_api.store import Store
+from rollcall_contract import keys, redisclient
+from rollcall_contract.results import IncompleteResults, decode_results
+from rollcall_job.gallery import GalleryMeta, GalleryStore
+from rollcall_job.progress import redis_sink
+from rollcall_job.results import read_results, write_results
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+META = GalleryMeta("dlib-resnet-v1", 8, "euclidean")
+CLASSES = [f"grade{g}-{s}" for g in range(5, 9) for s in "abc"]
+
+
+def _embeddings(seed: int, n: int) -> dict[str, np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    return {
+        f"s-{seed}-{i}": rng.standard_normal((2, META.dim)).astype(np.float32) for i in range(n)
+    }
+
+
+def _documents(uid: str, students: int = 40) -> dict[str, Any]:
+    return {
+        "summary": {"job": uid, "present": students},
+        "attendance": {
+            f"s-{i:03d}": {"status": "present", "score": i / 100} for i in range(students)
+        },
+        "photos": [{"path": f"p{i}.jpg", "faces": i % 5} for i in range(students)],
+    }
+
+
+# --- Cluster --------------------------------------------------------------------------------------
+
+
+def test_cluster_keys_of_many_classes_spread_over_every_primary(
+    redis_cluster_topology: Cluster,
+) -> None:
+    """Each gallery's hash/meta/packed share a slot, each job's results/staging/progress share a
+    slot, and the classes and jobs of three schools land on all three primaries."""
+    cluster = redis_cluster_topology
+    gallery_ports, job_ports = set(), set()
+    for tenant in TENANTS:
+        for name in CLASSES:
+            group = [
+                f(tenant, name, META.model_id)
+                for f in (keys.gallery, keys.gallery_meta, keys.gallery_packed)
+            ]
+            slots = {cluster.keyslot(k) for k in group}
+            assert len(slots) == 1, group
+            gallery_ports.add(cluster.port_of_slot(slots.pop()))
+            uid = f"uid-{tenant}-{name}"
+            group = [
+                keys.job_results(tenant, uid),
+                keys.job_results_staging(tenant, uid, "pod-1"),
+                keys.job_progress(tenant, uid),
+            ]
+            slots = {cluster.keyslot(k) for k in group}
+            assert len(slots) == 1, group
+            job_ports.add(cluster.port_of_slot(slots.pop()))
+    primaries = set(cluster.primaries().values())
+    assert gallery_ports == primaries
+    assert job_ports == primaries
+
+
+def test_cluster_enrol_and_identify_read_galleries_on_every_shard(
+    redis_cluster_topology: Cluster, topology_users: Users
+) -> None:
+    """The job's own GalleryStore (WATCH + MULTI/EXEC of hash, meta, packed) as each school's job
+    user; the packed copy is on the shard of its gallery; identify's loads (roster or not) agree."""
+    cluster = redis_cluster_topology
+    used_ports = set()
+    for t, tenant in enumerate(TENANTS):
+        client = redisclient.sync_client(cluster.url(*topology_users.job(tenant)))
+        store = GalleryStore(client, tenant)
+        for c, name in enumerate(CLASSES):
+            first, more = _embeddings(100 * t + c, 3), _embeddings(1000 + 100 * t + c, 2)
+            store.put(name, META, first)
+            store.put(name, META, more)  # WATCH/MULTI/EXEC again, reading the stored rows
+            packed = keys.gallery_packed(tenant, name, META.model_id)
+            port = cluster.port_of_slot(cluster.keyslot(packed))
+            used_ports.add(port)
+            with cluster.admin(port) as shard:
+                assert shard.exists(packed) == 1  # on that primary itself, not redirected
+            everyone = store.load(name, META)
+            assert sorted(everyone.student_ids) == sorted([*first, *more])
+            roster = [next(iter(more)), "s-not-enrolled"]
+            some = store.load(name, META, roster)
+            assert list(some.student_ids) == roster[:1] and list(some.missing) == roster[1:]
+            np.testing.assert_array_equal(some.embeddings, more[roster[0]])
+        client.close()
+    assert used_ports == set(cluster.primaries().values())
+
+
+def test_cluster_results_progress_idempotency_and_erasure(
+    redis_cluster_topology: Cluster, topology_users: Users
+) -> None:
+    """Jobs publish results (staging + RENAME in one slot) and progress; the API reads both with
+    its async cluster client, claims/releases idempotency keys (EVAL), and erases a student
+    (SCAN over every primary, WATCH/MULTI/EXEC per gallery and per results hash)."""
+    cluster = redis_cluster_topology
+    tenant = TENANTS[0]
+    job = redisclient.sync_client(cluster.url(*topology_users.job(tenant)))
+    uids = [f"uid-{i}" for i in range(12)]
+    for uid in uids:
+        write_results(job, tenant, uid, "pod-0", _documents(uid), ttl_seconds=600, chunk_bytes=512)
+        redis_sink(job, tenant, uid, 600)(7, 9)
+        assert read_results(job, tenant, uid) == _documents(uid)
+    store = GalleryStore(job, tenant)
+    store.put("erase-me", META, _embeddings(1, 3) | {"s-000": np.ones((1, META.dim), np.float32)})
+    result_ports = {
+        cluster.port_of_slot(cluster.keyslot(keys.job_results(tenant, u))) for u in uids
+    }
+    assert len(result_ports) == 3
+
+    async def api_side() -> None:
+        api = redisclient.async_client(cluster.url(*topology_users.api()))
+        operator = redisclient.async_client(cluster.url(*topology_users.operator()))
+        try:
+            store_ = Store(api)
+            await store_.ping()
+            for uid in uids:
+                assert await store_.results(tenant, uid) == _documents(uid)
+                assert await store_.progress(tenant, uid) == (7, 9)
+            # the operator's progress loop: one non-transactional pipeline over many slots
+            pipe = operator.pipeline(transaction=False)
+            for uid in uids:
+                pipe.hmget(keys.job_progress(tenant, uid), "done", "total")
+            assert await pipe.execute() == [[b"7", b"9"]] * len(uids)
+            claim = await store_.claim(tenant, "retry-1", "rj-1", "fp", 60)
+            assert claim.won and await store_.holds(tenant, "retry-1", claim)
+            again = await store_.claim(tenant, "retry-1", "rj-2", "fp2", 60)
+            assert not again.won and again.name == "rj-1"
+            await store_.release(tenant, "retry-1", claim)
+            assert not await store_.holds(tenant, "retry-1", claim)
+            eraser = Eraser(api)
+            erased = await eraser.erase_student(tenant, "erase-me", "s-000")
+            assert erased.class_found and erased.templates == 1
+            # every results document names s-000 (attendance), on all three primaries
+            assert erased.results == len(uids)
+            for uid in uids:
+                assert await store_.results(tenant, uid) is None
+            whole = await eraser.erase_class(tenant, "erase-me")
+            assert whole.templates == 3 and whole.models == [META.model_id]
+        finally:
+            await api.aclose()
+            await operator.aclose()
+
+    asyncio.run(api_side())
+    assert store.meta("erase-me", META.model_id) is None
+    admin = redisclient.sync_client(cluster.url(*topology_users.admin()))
+    for key in (keys.gallery, keys.gallery_meta, keys.gallery_packed):
+        assert admin.exists(key(tenant, "erase-me", META.model_id)) == 0
+    admin.close()
+    job.close()
+
+
+def test_cluster_job_user_cannot_reach_another_school(
+    redis_cluster_topology: Cluster, topology_users: Users
+) -> None:
+    """The per-school ACL holds on every shard: school A's job user is refused school B's keys."""
+    cluster = redisclient.sync_client(redis_cluster_topology.url(*topology_users.job(TENANTS[0])))
+    for uid in [f"uid-{i}" for i in range(6)]:  # keys on several shards
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            cluster.hgetall(keys.job_results(TENANTS[1], uid))
+    cluster.close()
+
+
+# --- Sentinel -------------------------------------------------------------------------------------
+
+
+class Reader(threading.Thread):
+    """Polls the results key through its own sentinel client; records what a reader could see."""
+
+    def __init__(self, url: str, tenant: str, uid: str) -> None:
+        super().__init__(daemon=True)
+        self.client = redisclient.sync_client(url, socket_timeout=2, socket_connect_timeout=1)
+        self.key = keys.job_results(tenant, uid)
+        self.seen: list[str] = []  # "none", "whole", "partial", per successful read
+        self.documents: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                raw = cast(dict[bytes, bytes], self.client.hgetall(self.key))
+            except redisclient.TRANSIENT_ERRORS:
+                time.sleep(0.05)
+                continue
+            if not raw:
+                self.seen.append("none")
+                continue
+            try:
+                doc = decode_results({k.decode(): v.decode() for k, v in raw.items()})
+            except IncompleteResults:
+                self.seen.append("partial")
+                continue
+            self.seen.append("whole")
+            if not self.documents or self.documents[-1] != doc:
+                self.documents.append(doc)
+        self.client.close()
+
+
+def test_sentinel_master_killed_while_a_job_writes_results(
+    redis_sentinel_topology: SentinelGroup, topology_users: Users
+) -> None:
+    """SIGKILL the master while the job (its school's ACL user) is staging results: each attempt
+    either publishes on the promoted master or fails with an error the job maps to TRANSIENT;
+    retried like the Job's backoff, the results appear whole, exactly once, and no reader ever
+    sees a half-written document."""
+    group = redis_sentinel_topology
+    tenant, uid = TENANTS[1], "uid-failover"
+    url = group.url(*topology_users.job(tenant))
+    documents = _documents(uid, students=400)
+    reader = Reader(url, tenant, uid)
+    reader.start()
+    outcomes: list[str] = []
+
+    def job() -> None:
+        # one client per attempt, as each retried pod has its own process
+        for attempt in range(20):
+            client = redisclient.sync_client(url, socket_timeout=2, socket_connect_timeout=1)
+            try:
+                write_results(
+                    client, tenant, uid, f"pod-{attempt}", documents,
+                    ttl_seconds=600, chunk_bytes=64,
+                )  # fmt: skip
+                outcomes.append("published")
+                return
+            except redisclient.TRANSIENT_ERRORS as e:
+                outcomes.append(f"transient:{type(e).__name__}")
+                time.sleep(0.5)
+            except Exception as e:  # anything else: the job would exit 1, not TRANSIENT
+                outcomes.append(f"other:{type(e).__name__}:{e}")
+                return
+            finally:
+                client.close()
+
+    watcher = redisclient.sync_client(group.url(*topology_users.admin()))
+    staging = keys.job_results_staging(tenant, uid, "pod-0")
+    writer = threading.Thread(target=job, daemon=True)
+    writer.start()
+    deadline = time.monotonic() + 30
+    while not watcher.exists(staging):  # the job is writing: kill the master now
+        assert time.monotonic() < deadline and writer.is_alive(), outcomes
+        time.sleep(0.001)
+    watcher.close()
+    killed = group.kill_master()
+    writer.join(90)
+    promoted = group.wait_promoted(killed)
+    time.sleep(0.5)  # the reader polls the promoted master a little longer
+    reader.stop.set()
+    reader.join(10)
+
+    assert outcomes and outcomes[-1] == "published", outcomes
+    assert all(o.startswith("transient:") for o in outcomes[:-1]), outcomes
+    assert len(outcomes) >= 2, f"the kill landed after the publish: {outcomes}"
+    assert promoted != killed
+    assert "partial" not in reader.seen
+    assert reader.documents == [documents]  # whole, one version, exactly once
+    first_whole = reader.seen.index("whole")
+    assert set(reader.seen[first_whole:]) == {"whole"}  # once visible it stays visible
+    after = redisclient.sync_client(url)
+    assert read_results(after, tenant, uid) == documents
+    after.close()
