@@ -29,7 +29,7 @@ import kopf
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from rollcall_contract import keys, redistls
+from rollcall_contract import keys, redisclient
 from rollcall_contract.model import KIND, TERMINAL_PHASES, Phase, parse_spec
 from rollcall_operator import metrics, refusals, webhook
 from rollcall_operator.builder import (
@@ -125,8 +125,9 @@ class Runtime:
     @classmethod
     async def open(cls, settings: OperatorSettings) -> Runtime:
         kube = await Kube.open(settings)
-        tls = redistls.client_options(settings.redis_url, settings.redis_ca_file)
-        redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, **tls)
+        redis = redisclient.async_client(
+            settings.redis_url, settings.redis_ca_file, socket_timeout=5
+        )
         return cls(settings, kube, redis)
 
     def start(self) -> None:
