@@ -145,14 +145,18 @@ class Metrics:
 
 
 class RequestContextMiddleware:
-    """Request id in/out (X-Request-ID), one structured access-log line, request metrics."""
+    """Request id in/out (X-Request-ID), one structured access-log line, request metrics.
+
+    ``/healthz`` passes straight through: a liveness probe must not wait on anything shared (the
+    log handler's lock, the metric locks a scrape holds), so it answers while a school floods.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") == "/healthz":
             await self.app(scope, receive, send)
             return
         rid = ""
