@@ -105,10 +105,16 @@ def test_resolver_filter_keeps_only_public_answers() -> None:
 
 
 class Server:
-    """A loopback HTTP server that records requests and answers with ``body_bytes`` of zeros."""
+    """A loopback HTTP server that records requests and answers with ``body_bytes`` of zeros.
 
-    def __init__(self, body_bytes: int = 0) -> None:
+    With ``hold_first`` the first request waits for ``release`` before it is answered (a POST still
+    in flight when the sender dies); ``arrived`` is set once it came.
+    """
+
+    def __init__(self, body_bytes: int = 0, hold_first: bool = False) -> None:
         self.requests: list[dict[str, str]] = []
+        self.arrived = threading.Event()
+        self.release = threading.Event()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -117,12 +123,15 @@ class Server:
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append(dict(self.headers.items()))
-                self.send_response(200)
-                self.send_header("Content-Length", str(body_bytes))
-                self.end_headers()
+                if hold_first and len(outer.requests) == 1:
+                    outer.arrived.set()
+                    outer.release.wait(60)
                 chunk = b"\0" * (1 << 20)
                 sent = 0
                 try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(body_bytes))
+                    self.end_headers()
                     while sent < body_bytes:
                         n = min(len(chunk), body_bytes - sent)
                         self.wfile.write(chunk[:n])
@@ -138,6 +147,7 @@ class Server:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 

@@ -8,9 +8,7 @@ servers reached by the name ``localhost`` (the CRD refuses literal non-public ad
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,12 @@ pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
 def webhook_status(rjs: K, name: str) -> dict[str, Any]:
     return rjs.status(name).get("webhook") or {}
+
+
+def signing_secret(rjs: K, value: str = "s") -> None:
+    """The namespace's own signing Secret, under the name the test operator is configured with."""
+    rjs.core.create_namespaced_secret(rjs.ns, {
+        "metadata": {"name": "hook"}, "stringData": {"hmac": value}})  # fmt: skip
 
 
 def delivered(rjs: K, name: str) -> Callable[[], bool]:
@@ -78,8 +82,7 @@ def test_loopback_callback_is_never_contacted_without_the_allowlist(
 ) -> None:  # fmt: skip
     receiver = Receiver()
     try:
-        k.core.create_namespaced_secret(k.ns, {
-            "metadata": {"name": "hook"}, "stringData": {"hmac": "s"}})  # fmt: skip
+        signing_secret(k)
         start_operator(webhook_allow_cidrs="[]", webhook_allow_hosts="[]")
         k.create(rj_body("probe", callback={"url": receiver.url}))
         k.phase_is("probe", "Succeeded")
@@ -92,48 +95,15 @@ def test_loopback_callback_is_never_contacted_without_the_allowlist(
         receiver.close()
 
 
-class Gate:
-    """A receiver whose first POST hangs until ``open()``; later POSTs answer 200 at once."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[dict[str, str], bytes]] = []
-        self.arrived = threading.Event()
-        self.release = threading.Event()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.posts.append((dict(self.headers.items()), body))
-                if len(outer.posts) == 1:
-                    outer.arrived.set()
-                    outer.release.wait(60)
-                with contextlib.suppress(OSError):
-                    self.send_response(200)
-                    self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://localhost:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-
-
 def test_an_attempt_is_counted_before_it_is_sent(
     k: K, start_operator: Callable[..., Operator], script: Script, photos: str,  # noqa: F811
 ) -> None:  # fmt: skip
     """A POST that kills the operator (OOM) is on record, so restarts cannot repeat it forever."""
-    gate = Gate()
+    gate = Server(hold_first=True)
     try:
-        k.core.create_namespaced_secret(k.ns, {
-            "metadata": {"name": "hook"}, "stringData": {"hmac": "s"}})  # fmt: skip
+        signing_secret(k)
         op = start_operator(webhook_max_attempts="2")
-        k.create(rj_body("crash", callback={"url": gate.url}))
+        k.create(rj_body("crash", callback={"url": f"http://localhost:{gate.port}/hook"}))
         assert gate.arrived.wait(60), op.logs()
         hook = webhook_status(k, "crash")
         assert (hook.get("attempts"), hook.get("delivered")) == (1, False)  # before any answer
@@ -141,7 +111,7 @@ def test_an_attempt_is_counted_before_it_is_sent(
         gate.release.set()
         start_operator(webhook_max_attempts="2")
         wait_for(delivered(k, "crash"), "second attempt")
-        assert webhook_status(k, "crash")["attempts"] == 2 and len(gate.posts) == 2
+        assert webhook_status(k, "crash")["attempts"] == 2 and len(gate.requests) == 2
     finally:
         gate.close()
 
@@ -152,8 +122,7 @@ def test_a_huge_answer_leaves_the_operator_flat_and_the_next_job_runs(
     """The review's crash loop: a 600 MiB answer grew the operator by 1.2 GiB until OOM-killed."""
     flood = Server(body_bytes=200 << 20)
     try:
-        k.core.create_namespaced_secret(k.ns, {
-            "metadata": {"name": "hook"}, "stringData": {"hmac": "s"}})  # fmt: skip
+        signing_secret(k)
         op = start_operator()
         assert op.proc is not None
         with PeakRSS(op.proc.pid) as rss:
@@ -178,10 +147,8 @@ def test_each_namespace_signs_with_its_own_secret_only(
         kb = K(k8s_api, other)
         local_volume(kb.core, other, "photos", tmp_path / "b", read_only=True)
         node_agent.use(other, script)
-        k.core.create_namespaced_secret(k.ns, {
-            "metadata": {"name": "hook"}, "stringData": {"hmac": "secret-a"}})  # fmt: skip
-        kb.core.create_namespaced_secret(other, {
-            "metadata": {"name": "hook"}, "stringData": {"hmac": "secret-b"}})  # fmt: skip
+        signing_secret(k, "secret-a")
+        signing_secret(kb, "secret-b")
         start_operator(namespaces=json.dumps([k.ns, other]))
         k.create(rj_body("a", callback={"url": receiver.url}))
         kb.create(rj_body("b", callback={"url": receiver.url}))
