@@ -12,14 +12,18 @@ import gc
 import http.server
 import ipaddress
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from localk8s import _make_pki
 from rollcall_operator import egress, webhook
 from rollcall_operator.egress import Allowlist, EgressDenied, vet_address, vet_url, vetted
 from rollcall_operator.settings import OperatorSettings
@@ -221,6 +225,38 @@ async def test_vetted_address_is_connected_with_the_original_host_header(server:
     got = await send(f"http://hooks.school.example:{server.port}/h", allow, dns)
     assert got.delivered and dns.calls == 1
     assert server.requests[0]["Host"] == f"hooks.school.example:{server.port}"
+
+
+async def test_tls_is_verified_against_the_original_name_not_the_vetted_address(
+    tmp_path: Path,
+) -> None:
+    """The connection goes to the vetted IP, yet SNI and certificate checks use the URL's name."""
+    _make_pki(tmp_path)  # a CA and a serving cert for localhost, kubernetes.default.svc, ...
+    server = Server()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(tmp_path / "apiserver.crt", tmp_path / "apiserver.key")
+    names: list[str | None] = []
+
+    def record_sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        names.append(name)
+
+    served.sni_callback = record_sni
+    server.server.socket = served.wrap_socket(server.server.socket, server_side=True)
+    client_ctx = ssl.create_default_context(cafile=tmp_path / "ca.crt")
+    allow = Allowlist.parse(hosts=["kubernetes.default.svc"])
+    dns = FixedDNS("127.0.0.1")
+    connector = aiohttp.TCPConnector(resolver=egress.VettingResolver(allow, dns), ssl=client_ctx)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            url = f"https://kubernetes.default.svc:{server.port}/hook"
+            got = await webhook.post(
+                http, url, b"{}", allow=allow, secret=b"k", delivery="d", timestamp="1", timeout=10
+            )
+    finally:
+        server.close()
+    assert got.delivered and dns.calls == 1
+    assert names == ["kubernetes.default.svc"]
+    assert server.requests[0]["Host"] == f"kubernetes.default.svc:{server.port}"
 
 
 async def test_unreachable_receiver_gets_a_generic_error() -> None:
