@@ -187,6 +187,28 @@ class ControlPlane:
         write_kubeconfig(path, self.server, self.ca_file, user, token)
         return path
 
+    def restart(self, name: str, *, down_seconds: float = 0.0, timeout: float = 120) -> None:
+        """Crash one component (SIGKILL) and start it again with the same flags, ports and data dir.
+
+        For fault tests: etcd comes back with its data, kube-apiserver on its port with its certs.
+        Returns once the restarted component answers its health check (for etcd, once the
+        apiserver is ready again too), so callers measure recovery, not a start-up race.
+        """
+        old = self.processes[name]
+        args = [str(a) for a in old.args]  # type: ignore[union-attr]  # Popen was given a list
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(old.pid, signal.SIGKILL)
+        old.wait(10)
+        time.sleep(down_seconds)
+        _start(name, args, self.workdir, self.processes)
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        if name == "etcd":
+            url = args[args.index("--listen-client-urls") + 1]
+            _wait_http(f"{url}/health", {name: self.processes[name]}, timeout=timeout)
+        if name in ("etcd", "kube-apiserver"):
+            _wait_http(f"{self.server}/readyz", {name: self.processes[name]},
+                       token=self.admin_token, ctx=ctx, timeout=timeout)  # fmt: skip
+
     def logs(self, tail: int = 3000) -> str:
         parts = []
         for name in self.processes:

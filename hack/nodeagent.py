@@ -548,9 +548,24 @@ class NodeAgent:
             with self._lock:
                 self._running.pop(uid, None)
 
-    def _patch_status(self, pod: client.V1Pod, status: dict[str, Any]) -> None:
+    def _patch_status(
+        self, pod: client.V1Pod, status: dict[str, Any], patience: float = 90
+    ) -> None:
+        """Report a pod's status; like a kubelet, keep trying while the apiserver is unreachable
+        or unavailable (a restart), so a finished run is reported once, never run again."""
         name, ns, _ = _pod_id(pod)
-        self.core.patch_namespaced_pod_status(name, ns, {"status": status})
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.core.patch_namespaced_pod_status(name, ns, {"status": status})
+                return
+            except ApiException as exc:
+                if exc.status not in (429, 500, 502, 503, 504) or time.monotonic() > deadline:
+                    raise
+            except Exception:  # connection refused/reset while the apiserver restarts
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+            time.sleep(0.5)
 
     @staticmethod
     def _conditions(*, ready: bool) -> list[dict[str, str]]:
