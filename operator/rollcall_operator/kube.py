@@ -136,6 +136,20 @@ class Kube:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data[key])
 
+    async def kueue_workload(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        """The Workload Kueue made for a Job; None without Kueue, its RBAC, or a Workload yet."""
+        try:
+            resp = await self.custom.list_namespaced_custom_object(
+                "kueue.x-k8s.io", "v1beta2", namespace, "workloads",
+                label_selector=f"kueue.x-k8s.io/job-uid={job_uid}", _preload_content=False,
+            )  # fmt: skip
+            items = (await _json(resp))["items"]
+        except ApiException as e:
+            if e.status in (403, 404):
+                return None
+            raise
+        return items[0] if items else None
+
     # --- RecognitionJobs ------------------------------------------------------------------------
     async def read_rj(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

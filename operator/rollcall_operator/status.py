@@ -30,6 +30,7 @@ _FAILURE_REASONS = {
     "DeadlineExceeded": "DeadlineExceeded",
 }
 _MAX_MESSAGE = 1024
+KUEUE_WAITING = "waiting for Kueue admission"
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,31 @@ def _last_failure(pods: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def kueue_reason(workload: Mapping[str, Any] | None) -> str | None:
+    """Kueue's own words on why it has not admitted a Workload (QuotaReserved, then Admitted).
+
+    Kueue keeps them on the Workload it made for the Job, not on the Job itself.
+    """
+    for kind in ("QuotaReserved", "Admitted"):
+        for cond in (workload or {}).get("status", {}).get("conditions") or []:
+            if cond.get("type") == kind and cond.get("status") == "False":
+                text = cond.get("message") or cond.get("reason")
+                if text:
+                    return str(text)
+    return None
+
+
 def observe_job(
-    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, kueue: bool = False
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    *,
+    kueue: bool = False,
+    kueue_detail: str | None = None,
 ) -> Observed:
-    """Map a Job (and its pods, possibly none) to one phase, a reason and the run's numbers."""
+    """Map a Job (and its pods, possibly none) to one phase, a reason and the run's numbers.
+
+    ``kueue_detail``: Kueue's reason for holding a suspended Job (see ``kueue_reason``).
+    """
     status = job.get("status") or {}
     spec = job.get("spec") or {}
     attempts = int(status.get("succeeded", 0)) + int(status.get("failed", 0))
@@ -163,7 +185,8 @@ def observe_job(
     if suspended:
         if kueue:
             return Observed(
-                Phase.QUEUED, "WaitingForKueue", "Kueue has not admitted the Job yet",
+                Phase.QUEUED, "WaitingForKueue",
+                _clip(f"{KUEUE_WAITING}: {kueue_detail}" if kueue_detail else KUEUE_WAITING),
                 attempts, start, None, None, True,
             )  # fmt: skip
         return Observed(
@@ -298,11 +321,12 @@ def job_status_patch(
     *,
     now: str,
     kueue: bool = False,
+    kueue_detail: str | None = None,
     generation: int | None = None,
     result_key: str | None = None,
 ) -> dict[str, Any] | None:
     """The RJ status merge patch that reflects ``job`` (None when the status already says it)."""
-    seen = observe_job(job, pods, kueue=kueue)
+    seen = observe_job(job, pods, kueue=kueue, kueue_detail=kueue_detail)
     extra: dict[str, Any] = {
         "jobName": job["metadata"]["name"],
         "resultKey": result_key,
