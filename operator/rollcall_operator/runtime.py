@@ -43,7 +43,13 @@ from rollcall_operator.kube import ApiException, Kube, StaleStatus
 from rollcall_operator.quantities import over_bounds
 from rollcall_operator.queue import AdmissionQueue, Entry, entry_for, parse_time
 from rollcall_operator.settings import OperatorSettings
-from rollcall_operator.status import job_status_patch, phase_patch, progress_patch, waiting_patch
+from rollcall_operator.status import (
+    job_status_patch,
+    kueue_reason,
+    phase_patch,
+    progress_patch,
+    waiting_patch,
+)
 
 log = logging.getLogger("rollcall.operator")
 MANAGED_LABEL_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -53,6 +59,8 @@ PatchSource = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any
 # Conditional writes re-read and retry on conflict; more than a few in a row means a hot loop.
 _STATUS_WRITE_ATTEMPTS = 12
 _ADMIT_RETRY_SECONDS = 5.0
+# How often Kueue's reason for a Job it holds is re-read (it changes on the Workload, not the Job).
+_KUEUE_POLL_SECONDS = 5.0
 
 
 def now_iso() -> str:
@@ -134,6 +142,7 @@ class Runtime:
         self.http = webhook.session(self.settings.egress_allowlist())
         self.tasks.append(asyncio.create_task(self._admission_loop(), name="rollcall-admission"))
         self.tasks.append(asyncio.create_task(self._progress_loop(), name="rollcall-progress"))
+        self.tasks.append(asyncio.create_task(self._kueue_loop(), name="rollcall-kueue"))
 
     async def close(self) -> None:
         pending = [*self.tasks, *self.fold_tasks.values(), *self.webhooks.values(), *self.readmits]
@@ -542,14 +551,34 @@ class Runtime:
         selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
         pods = await self.kube.list_pods(namespace, selector) if needs_pods else []
         kueue = bool((rj.get("spec") or {}).get("queue"))
+        detail = None
+        if kueue and (job.get("spec") or {}).get("suspend") and not _finished(job):
+            detail = kueue_reason(await self.kube.kueue_workload(namespace, job["metadata"]["uid"]))
         generation = rj["metadata"].get("generation")
         await self.write_status(
             rj,
             lambda cur: job_status_patch(
-                cur, job, pods, now=now_iso(), kueue=kueue, generation=generation,
-                result_key=result_key(namespace, rj_uid),
+                cur, job, pods, now=now_iso(), kueue=kueue, kueue_detail=detail,
+                generation=generation, result_key=result_key(namespace, rj_uid),
             ),
         )  # fmt: skip
+
+    async def _kueue_loop(self) -> None:
+        """Re-fold the Jobs Kueue holds back, so their RJs carry Kueue's current reason."""
+        while True:
+            await asyncio.sleep(_KUEUE_POLL_SECONDS)
+            waiting = [
+                rj["metadata"] for rj in self.rjs.values()
+                if (rj.get("status") or {}).get("reason") == "WaitingForKueue"
+            ]  # fmt: skip
+            for meta in waiting:
+                try:
+                    job = await self.kube.read_job(meta["namespace"], job_name(meta["name"]))
+                except ApiException as e:
+                    log.warning("reading a Job Kueue holds failed: %s", e.status)
+                    continue
+                if job is not None:
+                    self.fold(job)
 
     # --- progress --------------------------------------------------------------------------------------
     async def _progress_loop(self) -> None:
