@@ -230,6 +230,7 @@ CAN_I = [
     ("operator", "create", "jobs.batch", "home", False),
     ("operator", "list", "pods", "a", True),
     ("operator", "get", "pods", "a", True),
+    ("operator", "watch", "pods", "a", True),  # the pod watch: Unschedulable reasons
     ("operator", "create", "pods", "a", False),
     ("operator", "delete", "pods", "a", False),
     ("operator", "create", "events", "a", True),

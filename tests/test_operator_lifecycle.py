@@ -542,7 +542,7 @@ OPERATOR_NAMESPACE_RULES: list[dict[str, Any]] = [
     # the Jobs it creates, suspends and watches; their pods for exit codes and messages
     {"apiGroups": ["batch"], "resources": ["jobs"],
      "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     # the namespace's webhook signing Secret (its name is the operator's setting, not the RJ's)
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # Events on transitions

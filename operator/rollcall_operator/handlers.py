@@ -7,7 +7,9 @@
   registered, so kopf writes no diff-base or progress annotation to any RJ;
 - ``spec.runPolicy.suspend`` changes (seen in RJ events, compared in memory, so no kopf field
   handler and no extra annotation write per RJ): suspend/resume the Job;
-- Job events (our label only): fold the Job's state into its RJ's status.
+- Job events (our label only): fold the Job's state into its RJ's status;
+- pod events (our label only): fold the pod's Job when the scheduler's verdict on the pod changes
+  (Unschedulable and why, or placed at last), which changes nothing on the Job itself.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rollcall_operator.settings import get_settings
 
 RJ = (GROUP, VERSION, PLURAL)
 JOBS = ("batch", "v1", "jobs")
+PODS = ("", "v1", "pods")
 
 
 def _rt(memo: kopf.Memo) -> Runtime:
@@ -96,3 +99,8 @@ async def rj_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
 @kopf.on.event(*JOBS, labels=MANAGED_SELECTOR)
 async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _rt(memo).fold(dict(body), deleted=type == "DELETED")
+
+
+@kopf.on.event(*PODS, labels=MANAGED_SELECTOR)
+async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _rt(memo).pod_seen(dict(body), deleted=type == "DELETED")

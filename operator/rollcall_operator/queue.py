@@ -67,6 +67,21 @@ def entry_for(body: Mapping[str, Any], trust_kueue: bool = False) -> Entry:
     )
 
 
+def job_slot(entry: Entry, job_suspended: bool, kueue: bool) -> str:
+    """What an unfinished Job that already exists for ``entry`` means for the caps.
+
+    "hold": it runs (or may run) and holds a slot; "park": its RJ suspended it, so it holds none
+    (the slot goes to the next RJ); "wait": its RJ was resumed while the Job is still suspended,
+    so it waits for a slot like a new RJ and is resumed on admission. Kueue's Jobs always "hold":
+    Kueue, not the RJ's suspend, decides when they run.
+    """
+    if kueue:
+        return "hold"
+    if entry.suspended:
+        return "park"
+    return "wait" if job_suspended else "hold"
+
+
 @dataclass(frozen=True)
 class Slot:
     namespace: str

@@ -40,8 +40,9 @@ from rollcall_operator.builder import (
     result_key,
 )
 from rollcall_operator.kube import ApiException, Kube, StaleStatus
+from rollcall_operator.pods import schedule_verdict
 from rollcall_operator.quantities import over_bounds
-from rollcall_operator.queue import AdmissionQueue, Entry, entry_for, parse_time
+from rollcall_operator.queue import AdmissionQueue, Entry, entry_for, job_slot, parse_time
 from rollcall_operator.settings import OperatorSettings
 from rollcall_operator.status import (
     job_status_patch,
@@ -74,11 +75,15 @@ def _finished(job: Mapping[str, Any]) -> bool:
     )
 
 
-def _controller(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def _controller(job: Mapping[str, Any], kind: str = KIND) -> Mapping[str, Any] | None:
     for ref in job["metadata"].get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == KIND:
+        if ref.get("controller") and ref.get("kind") == kind:
             return ref  # type: ignore[no-any-return]
     return None
+
+
+def _job_suspended(job: Mapping[str, Any]) -> bool:
+    return bool((job.get("spec") or {}).get("suspend"))
 
 
 def _rv(obj: Mapping[str, Any]) -> int:
@@ -129,6 +134,10 @@ class Runtime:
         # RJ uids this process has admitted (queued, re-attached or refused) once already
         self.admitted: set[str] = set()
         self.readmits: set[asyncio.Task[None]] = set()
+        # unfinished Jobs by uid (from Job events), so a pod event can fold its Job without a read
+        self.jobs: dict[str, dict[str, Any]] = {}
+        # pod uid -> the scheduler's (reason, message) while it cannot place the pod
+        self.unschedulable: dict[str, tuple[str, str | None]] = {}
 
     @classmethod
     async def open(cls, settings: OperatorSettings) -> Runtime:
@@ -174,8 +183,14 @@ class Runtime:
                     continue
                 entry = entry_for(rj, self.settings.trust_kueue)
                 if uid in jobs:
-                    if entry.capped and not _finished(jobs[uid]):
-                        self.queue.hold(uid, entry.namespace, entry.gpus)
+                    job = jobs[uid]
+                    if entry.capped and not _finished(job):
+                        kueue = bool((rj.get("spec") or {}).get("queue"))
+                        use = job_slot(entry, _job_suspended(job), kueue)
+                        if use == "hold":
+                            self.queue.hold(uid, entry.namespace, entry.gpus)
+                        elif use == "wait":
+                            self.queue.submit(entry)
                 else:
                     self.queue.submit(entry)
         log.info(
@@ -410,7 +425,14 @@ class Runtime:
         ref = _controller(existing) if existing else None
         if existing is not None and ref is not None and ref.get("uid") == entry.uid:
             # Made by an earlier run of this operator: adopt it, and fold it now, since a Job that
-            # already finished sends no further events to fold.
+            # already finished sends no further events to fold. A Job its RJ suspended, and then
+            # resumed while the caps were full, is resumed now that it has its slot again.
+            kueue = bool(rj["spec"].get("queue"))
+            use = job_slot(
+                entry_for(rj, self.settings.trust_kueue), _job_suspended(existing), kueue
+            )
+            if use == "wait" and not _finished(existing):
+                await self._suspend_job(rj, False)
             self.fold(existing)
             return True
         log.info(
@@ -475,10 +497,14 @@ class Runtime:
         ref = _controller(job) if job else None
         if job is not None and ref is not None and ref.get("uid") == uid:
             if not _finished(job):
-                self.hold(rj)
-                desired = bool(((rj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
-                if bool((job.get("spec") or {}).get("suspend")) != desired:
-                    await self._suspend_job(rj, desired)  # changed while we were down
+                entry = entry_for(rj, self.settings.trust_kueue)
+                use = job_slot(entry, _job_suspended(job), bool(rj["spec"].get("queue")))
+                if use == "hold":
+                    self.hold(rj)
+                elif use == "wait":
+                    self.submit(rj)  # resumed while we were down: resumed once it has a slot
+                elif not _job_suspended(job):
+                    await self._suspend_job(rj, True)  # suspended while we were down
             self.fold(job)
             return
         self.submit(rj)
@@ -494,7 +520,14 @@ class Runtime:
         self.queue.set_suspended(uid, desired)
         self.queued_reason.pop(uid, None)
         self.wake.set()
-        await self._suspend_job(rj, desired)
+        if (rj.get("spec") or {}).get("queue"):
+            return  # Kueue owns .spec.suspend of its Jobs, and their slots
+        if desired:
+            self.queue.release(uid)  # a suspended Job frees its slot for the next RJ
+            await self._suspend_job(rj, True)
+        elif (rj.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+            # back in line: admission creates the Job, or resumes it, once a slot is free
+            self.submit(rj)
 
     async def _suspend_job(self, rj: Mapping[str, Any], desired: bool) -> None:
         meta = rj["metadata"]
@@ -514,6 +547,10 @@ class Runtime:
     def fold(self, job: Mapping[str, Any], deleted: bool = False) -> None:
         """Schedule folding ``job`` into its RJ; events arriving meanwhile are coalesced."""
         uid = job["metadata"]["uid"]
+        if deleted or _finished(job):
+            self.jobs.pop(uid, None)
+        else:
+            self.jobs[uid] = dict(job)
         self.fold_latest[uid] = {**job, "_deleted": deleted}
         if uid not in self.fold_tasks:
             task = asyncio.create_task(self._fold_loop(uid), name=f"rollcall-fold-{uid}")
@@ -579,6 +616,25 @@ class Runtime:
                     continue
                 if job is not None:
                     self.fold(job)
+
+    def pod_seen(self, pod: Mapping[str, Any], deleted: bool = False) -> None:
+        """Fold a pod's Job when the scheduler's verdict on the pod changed.
+
+        A Job does not change when the scheduler cannot place its pod (nor when it finally
+        does, until the pod runs), so without this the RJ would keep the reason it had when the
+        Job was created. Other pod changes fold nothing here: the Job's own events cover them.
+        """
+        uid = pod["metadata"]["uid"]
+        verdict = None if deleted else schedule_verdict(pod)
+        if verdict == self.unschedulable.get(uid):
+            return
+        if verdict is None:
+            del self.unschedulable[uid]
+        else:
+            self.unschedulable[uid] = verdict
+        ref = _controller(pod, "Job")
+        if ref is not None and (job := self.jobs.get(ref["uid"])) is not None:
+            self.fold(job)
 
     # --- progress --------------------------------------------------------------------------------------
     async def _progress_loop(self) -> None:
