@@ -89,7 +89,11 @@ def private_etc_command(upper: Path, work: Path) -> list[str]:
         raise KueueUnavailable("`unshare` is missing: cannot give Kueue its metrics cert path")
     flags = "-m" if os.geteuid() == 0 else "-Urm"
     mount = f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc"
-    return ["unshare", flags, "sh", "-c", f'{mount} && exec "$@"', "kueue-in-private-etc"]
+    prefix = ["unshare", flags, "sh", "-c", f'{mount} && exec "$@"', "kueue-in-private-etc"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:  # no CAP_SYS_ADMIN, no user namespaces, no overlayfs
+        raise KueueUnavailable(f"no private /etc overlay for Kueue's metrics cert: {probe.stderr}")
+    return prefix
 
 
 def configuration(

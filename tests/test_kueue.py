@@ -12,6 +12,7 @@ build, no private mount namespace for its fixed metrics-cert path).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import functools
@@ -25,7 +26,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kueuerig import Kueue, KueueUnavailable, kueue
+from kueuerig import Kueue, KueueUnavailable, kueue, served_webhooks
 from localk8s import ControlPlane, local_volume, restricted_namespace, wait_for
 from nodeagent import NodeAgent
 from rollcall_contract import labels
@@ -210,6 +211,41 @@ def test_a_suspended_kueue_job_waits_with_kueues_reason(
     assert (seen.phase.value, seen.reason) == ("Queued", "WaitingForKueue")
     assert seen.message is not None and seen.message.startswith(KUEUE_WAITING)
     assert seen.message == message if message else len(seen.message) <= 1024
+
+
+def hook(name: str, *groups: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "clientConfig": {"service": {"name": "webhook-service", "path": f"/mutate-{name}"}},
+        "rules": [{"apiGroups": list(groups), "resources": ["x"]}],
+        "failurePolicy": "Fail",
+    }
+
+
+@pytest.mark.parametrize(
+    ("groups", "kept"),
+    [
+        (("batch",), True),  # the enabled integration
+        (("kueue.x-k8s.io",), True),  # Kueue's own types
+        (("apps",), False),  # Deployments/StatefulSets: integrations this manager does not run
+        (("",), False),  # pods: a Fail webhook on every pod of the cluster would be fatal
+        (("batch", "apps"), False),
+        ((), False),
+    ],
+    ids=["batch", "kueue", "apps", "core", "mixed", "none"],
+)
+def test_only_served_webhooks_are_installed_as_loopback_urls(
+    groups: tuple[str, ...], kept: bool
+) -> None:
+    doc = {"webhooks": [hook("w", *groups)]}
+    got = served_webhooks(doc, "https://127.0.0.1:9443", b"PEM")
+    assert len(got) == int(kept)
+    for h in got:
+        assert h["clientConfig"] == {
+            "url": "https://127.0.0.1:9443/mutate-w",
+            "caBundle": base64.b64encode(b"PEM").decode(),
+        }
+        assert h["failurePolicy"] == "Fail" and h["rules"] == doc["webhooks"][0]["rules"]
 
 
 @pytest.mark.k8s
