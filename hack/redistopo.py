@@ -46,7 +46,8 @@ def _admin_client(port: int, acl: Acl | None, **kw: object) -> redis.Redis:
 
 def _data_config(workdir: Path, acl: Acl | None, extra: str = "") -> str:
     """redis.conf lines for a data node: the ACL file, and replication as admin."""
-    lines = [extra]
+    # replicas sync at once (the default waits 5 s for more replicas to share one transfer)
+    lines = [extra, "repl-diskless-sync-delay 0"]
     if acl is not None:
         aclfile = workdir / "users.acl"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,7 @@ class Cluster:
 
     def primaries(self) -> dict[str, int]:
         """Node id -> port of every primary, from the cluster's own view."""
-        with self.admin(self.nodes[0].port) as c:
+        with self.admin(self._live().port) as c:
             nodes = c.cluster("NODES")  # "host:port" -> {"node_id", "flags", ...}
         return {
             str(n["node_id"]): int(addr.rsplit(":", 1)[1])
@@ -101,14 +102,23 @@ class Cluster:
 
     def port_of_slot(self, slot: int) -> int:
         """The port of the primary serving ``slot`` (CLUSTER SLOTS)."""
-        with self.admin(self.nodes[0].port) as c:
+        with self.admin(self._live().port) as c:
             for start, end, primary, *_ in c.execute_command("CLUSTER SLOTS"):
                 if int(start) <= slot <= int(end):
                     return int(primary[1])
         raise LookupError(f"slot {slot} is not served")
 
+    def kill(self, port: int) -> None:
+        """SIGKILL one node's process (no shutdown, no last write)."""
+        node = next(n for n in self.nodes if n.port == port)
+        node.process.kill()
+        node.process.wait()
+
+    def _live(self) -> RedisServer:
+        return next(n for n in self.nodes if n.process.poll() is None)
+
     def keyslot(self, key: str) -> int:
-        with self.admin(self.nodes[0].port) as c:
+        with self.admin(self._live().port) as c:
             return int(c.execute_command("CLUSTER KEYSLOT", key))
 
 
@@ -117,11 +127,14 @@ def _cluster_ok(cluster: Cluster) -> bool:
         with cluster.admin(node.port) as c:
             info = c.cluster("INFO")
             nodes = c.cluster("NODES").values()
+            replication = c.info("replication")
         if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != 6:
             return False
         roles = [str(n["flags"]).split(",") for n in nodes]
         if sum("slave" in r for r in roles) != 3 or sum("master" in r for r in roles) != 3:
             return False  # CLUSTER REPLICATE has not reached this node by gossip yet
+        if replication["role"] == "slave" and replication.get("master_link_status") != "up":
+            return False  # a replica that never synced refuses to fail over
     return True
 
 

@@ -64,6 +64,13 @@ def redis_cluster_topology(
 
 
 @pytest.fixture
+def redis_cluster_to_break(tmp_path: Path, topology_users: Users) -> Iterator[Cluster]:
+    """A cluster of its own for a test that kills a node."""
+    with redis_cluster(tmp_path / "cluster", topology_users.acl) as cluster:
+        yield cluster
+
+
+@pytest.fixture
 def redis_sentinel_topology(tmp_path: Path, topology_users: Users) -> Iterator[SentinelGroup]:
     """A master, two replicas and three sentinels, ACL users loaded; one per test, because tests
     kill its master."""

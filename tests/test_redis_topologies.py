@@ -8,8 +8,13 @@ authenticate as the components' own ACL users (a per-school job user, the API, t
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -21,10 +26,13 @@ from redistopo_fixtures import TENANTS, Users
 from rollcall_api.erasure import Eraser
 from rollcall_api.store import Store
 from rollcall_contract import keys, redisclient
+from rollcall_contract.jobenv import ExitCode, JobSettings
 from rollcall_contract.results import IncompleteResults, decode_results
+from rollcall_job.__main__ import main
 from rollcall_job.gallery import GalleryMeta, GalleryStore
 from rollcall_job.progress import redis_sink
 from rollcall_job.results import read_results, write_results
+from toyfaces import ToyEngine, photo, save
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -185,6 +193,65 @@ def test_cluster_job_user_cannot_reach_another_school(
     cluster.close()
 
 
+# --- the job's own entry point -------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``run_job(url, tenant, uid, mode)``: the recognition container's ``main`` with a toy engine,
+    enrolling ann/bob/cy or identifying a photo of ann and bob; returns (exit code, termination)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    for sid in ("ann", "bob", "cy"):
+        save(tmp_path / "enroll" / sid / "1.png", photo([(sid, 10, 10, 60)]))
+    save(tmp_path / "in" / "1.png", photo([("ann", 10, 10, 40), ("bob", 100, 10, 40)]))
+
+    def loader(settings: JobSettings, min_face_px: int) -> ToyEngine:
+        return ToyEngine(min_face_px=min_face_px)
+
+    def run(url: str, tenant: str, uid: str, mode: str) -> tuple[int, dict[str, Any]]:
+        env = {
+            "ROLLCALL_JOB_NAMESPACE": tenant,
+            "ROLLCALL_JOB_NAME": f"rj-{uid}",
+            "ROLLCALL_JOB_UID": uid,
+            "ROLLCALL_MODE": mode,
+            "ROLLCALL_CLASS_CODE": "6B",
+            "ROLLCALL_GALLERY": "6b",
+            "ROLLCALL_ROSTER": json.dumps(["ann", "bob", "cy"]),
+            "ROLLCALL_INPUT_DIR": str(tmp_path / ("enroll" if mode == "enroll" else "in")),
+            "ROLLCALL_REDIS_URL": url,
+            "ROLLCALL_TERMINATION_LOG": str(tmp_path / "termination-log"),
+            "ROLLCALL_PROGRESS_INTERVAL_SECONDS": "0",
+        }
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        code = main([], engine_loader=loader)
+        doc: dict[str, Any] = json.loads((tmp_path / "termination-log").read_text())
+        return code, doc
+
+    yield run
+    root.handlers[:], root.level = handlers, level
+
+
+def test_cluster_job_entrypoint_enrolls_and_identifies(
+    redis_cluster_topology: Cluster, topology_users: Users, run_job: Any
+) -> None:
+    """``python -m rollcall_job`` itself, as school C's job user on a ``redis+cluster://`` URL."""
+    tenant = TENANTS[2]
+    url = redis_cluster_topology.url(*topology_users.job(tenant))
+    code, term = run_job(url, tenant, "uid-enroll", "enroll")
+    assert code == ExitCode.OK and term["summary"]["enrolled"] == 3
+    code, term = run_job(url, tenant, "uid-identify", "identify")
+    assert code == ExitCode.OK, term
+    assert term["resultKey"] == keys.job_results(tenant, "uid-identify")
+    client = redisclient.sync_client(url)
+    results = read_results(client, tenant, "uid-identify")
+    assert results is not None and results["attendance"]["absent"] == ["cy"]
+    progress = client.hmget(keys.job_progress(tenant, "uid-identify"), ["done", "total"])
+    assert progress == [b"1", b"1"]
+    client.close()
+
+
 # --- Sentinel -------------------------------------------------------------------------------------
 
 
@@ -220,24 +287,25 @@ class Reader(threading.Thread):
         self.client.close()
 
 
-def test_sentinel_master_killed_while_a_job_writes_results(
-    redis_sentinel_topology: SentinelGroup, topology_users: Users
-) -> None:
-    """SIGKILL the master while the job (its school's ACL user) is staging results: each attempt
-    either publishes on the promoted master or fails with an error the job maps to TRANSIENT;
-    retried like the Job's backoff, the results appear whole, exactly once, and no reader ever
-    sees a half-written document."""
-    group = redis_sentinel_topology
-    tenant, uid = TENANTS[1], "uid-failover"
-    url = group.url(*topology_users.job(tenant))
-    documents = _documents(uid, students=400)
+@dataclass
+class Failover:
+    """What a job and a reader saw while a node was killed under them."""
+
+    outcomes: list[str]  # per attempt: "published", "transient:<error>" or "other:<error>"
+    reader: Reader
+
+
+def _publish_through_a_kill(
+    url: str, admin_url: str, tenant: str, uid: str, documents: dict[str, Any], kill: Any
+) -> Failover:
+    """Run the job's results write (retried like the Job's backoff, one client per attempt as
+    each pod is its own process) and call ``kill()`` once the first attempt is staging."""
     reader = Reader(url, tenant, uid)
     reader.start()
     outcomes: list[str] = []
 
     def job() -> None:
-        # one client per attempt, as each retried pod has its own process
-        for attempt in range(20):
+        for attempt in range(30):
             client = redisclient.sync_client(url, socket_timeout=2, socket_connect_timeout=1)
             try:
                 write_results(
@@ -255,30 +323,108 @@ def test_sentinel_master_killed_while_a_job_writes_results(
             finally:
                 client.close()
 
-    watcher = redisclient.sync_client(group.url(*topology_users.admin()))
+    watcher = redisclient.sync_client(admin_url)
     staging = keys.job_results_staging(tenant, uid, "pod-0")
     writer = threading.Thread(target=job, daemon=True)
     writer.start()
     deadline = time.monotonic() + 30
-    while not watcher.exists(staging):  # the job is writing: kill the master now
+    while not watcher.exists(staging):  # the job is writing: kill now
         assert time.monotonic() < deadline and writer.is_alive(), outcomes
         time.sleep(0.001)
     watcher.close()
-    killed = group.kill_master()
-    writer.join(90)
-    promoted = group.wait_promoted(killed)
-    time.sleep(0.5)  # the reader polls the promoted master a little longer
+    kill()
+    writer.join(120)
+    time.sleep(0.5)  # the reader polls the new primary a little longer
     reader.stop.set()
     reader.join(10)
+    return Failover(outcomes, reader)
 
+
+def _assert_published_whole_once(seen: Failover, documents: dict[str, Any]) -> None:
+    outcomes, reader = seen.outcomes, seen.reader
     assert outcomes and outcomes[-1] == "published", outcomes
     assert all(o.startswith("transient:") for o in outcomes[:-1]), outcomes
     assert len(outcomes) >= 2, f"the kill landed after the publish: {outcomes}"
-    assert promoted != killed
     assert "partial" not in reader.seen
     assert reader.documents == [documents]  # whole, one version, exactly once
     first_whole = reader.seen.index("whole")
     assert set(reader.seen[first_whole:]) == {"whole"}  # once visible it stays visible
+
+
+def test_sentinel_master_killed_while_a_job_writes_results(
+    redis_sentinel_topology: SentinelGroup, topology_users: Users
+) -> None:
+    """SIGKILL the master while the job (its school's ACL user) is staging results: each attempt
+    either publishes on the promoted master or fails with an error the job maps to TRANSIENT;
+    retried like the Job's backoff, the results appear whole, exactly once, and no reader ever
+    sees a half-written document."""
+    group = redis_sentinel_topology
+    tenant, uid = TENANTS[1], "uid-failover"
+    url = group.url(*topology_users.job(tenant))
+    documents = _documents(uid, students=400)
+    killed: list[int] = []
+    seen = _publish_through_a_kill(
+        url, group.url(*topology_users.admin()), tenant, uid, documents,
+        lambda: killed.append(group.kill_master()),
+    )  # fmt: skip
+    assert group.wait_promoted(killed[0]) != killed[0]
+    _assert_published_whole_once(seen, documents)
     after = redisclient.sync_client(url)
     assert read_results(after, tenant, uid) == documents
     after.close()
+
+
+def test_cluster_primary_killed_while_a_job_writes_results(
+    redis_cluster_to_break: Cluster, topology_users: Users
+) -> None:
+    """The same on a cluster: SIGKILL the primary that owns the job's slot mid-write; its replica
+    takes the slot over and the results still appear whole, once."""
+    cluster = redis_cluster_to_break
+    tenant, uid = TENANTS[2], "uid-cluster-failover"
+    url = cluster.url(*topology_users.job(tenant))
+    slot = cluster.keyslot(keys.job_results(tenant, uid))
+    owner = cluster.port_of_slot(slot)
+    documents = _documents(uid, students=400)
+    seen = _publish_through_a_kill(
+        url, cluster.url(*topology_users.admin()), tenant, uid, documents,
+        lambda: cluster.kill(owner),
+    )  # fmt: skip
+    assert cluster.port_of_slot(slot) != owner
+    _assert_published_whole_once(seen, documents)
+    after = redisclient.sync_client(url)
+    assert read_results(after, tenant, uid) == documents
+    after.close()
+
+
+def test_sentinel_job_entrypoint_exits_transient_or_finishes_across_a_failover(
+    redis_sentinel_topology: SentinelGroup, topology_users: Users, run_job: Any
+) -> None:
+    """The job's ``main`` on a ``redis+sentinel://`` URL: right after the master is killed it exits
+    TRANSIENT (the Job retries it) or, if the promotion came first, finishes; retried like the
+    Job's backoff until the sentinels agree on the promoted master, it finishes with whole results."""
+    group = redis_sentinel_topology
+    tenant = TENANTS[0]
+    url = group.url(*topology_users.job(tenant))
+    code, term = run_job(url, tenant, "uid-enroll", "enroll")
+    assert code == ExitCode.OK, term
+    # the enrolment is on every replica before the kill (WAIT), so the promoted one has the gallery
+    admin = redisclient.sync_client(group.url(*topology_users.admin()))
+    wait = admin.execute_command("WAIT", len(group.replicas), 10_000)  # type: ignore[no-untyped-call]
+    assert wait == len(group.replicas)
+    admin.close()
+    group.kill_master()
+    codes = []
+    for _ in range(30):
+        code, term = run_job(url, tenant, "uid-identify", "identify")
+        codes.append(code)
+        if code != ExitCode.TRANSIENT:
+            break
+        assert term["reason"] == "Transient"
+        assert topology_users.job(tenant)[1] not in term["error"] and ":***@" in term["error"]
+        time.sleep(0.5)
+    assert codes[-1] == ExitCode.OK, (codes, term)
+    assert set(codes[:-1]) <= {ExitCode.TRANSIENT}
+    client = redisclient.sync_client(url)
+    results = read_results(client, tenant, "uid-identify")
+    assert results is not None and results["attendance"]["absent"] == ["cy"]
+    client.close()
