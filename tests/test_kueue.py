@@ -303,6 +303,7 @@ def test_kueue_admits_rollcall_jobs_in_quota_order_across_schools(
         f"Kueue's reason in b1's status (now {b.status('b1')})",
     )
     message = b.status("b1")["message"]
+    print(f"b1 status while held: {waiting['phase']} / {waiting['reason']} / {message}")
     assert message.startswith("waiting for Kueue admission")
     assert script.seen.get("b1") is None and not b.pods("b1")
 
