@@ -12,7 +12,7 @@ import contextlib
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -60,12 +60,12 @@ def _data_config(workdir: Path, acl: Acl | None, extra: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wait(what: str, check: object, timeout: float = 30) -> None:
+def _wait(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            if check():  # type: ignore[operator]
+            if check():
                 return
         except redis.RedisError as e:
             last = e
@@ -280,7 +280,3 @@ def sentinel_group(
         group = SentinelGroup(master, tuple(reps), tuple(sents), acl)
         _wait("sentinels to find replicas and each other", lambda: _sentinels_see(group, replicas))
         yield group
-
-
-def ports(servers: Sequence[RedisServer]) -> list[int]:
-    return [s.port for s in servers]
