@@ -138,7 +138,6 @@ class Kueue:
     proc: subprocess.Popen[bytes]
     webhook_url: str
     health_url: str
-    started_s: float
     installed: list[tuple[str, str]] = field(default_factory=list)
 
     def logs(self, tail: int = 4000) -> str:
@@ -265,7 +264,6 @@ def kueue(
         str(root / "bin" / "kueue"), f"--config={workdir / 'config.yaml'}", "--zap-log-level=info",
     ]  # fmt: skip
     env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
-    started = time.monotonic()
     with (workdir / "kueue.log").open("ab") as log:
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -277,7 +275,6 @@ def kueue(
         proc=proc,
         webhook_url=f"https://127.0.0.1:{webhook_port}",
         health_url=f"http://127.0.0.1:{health_port}/readyz",
-        started_s=started,
     )
     try:
         _wait_ready(kq, timeout)
