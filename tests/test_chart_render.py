@@ -492,7 +492,9 @@ def test_api_may_only_handle_recognitionjobs_in_the_school_namespaces(
                 "apiGroups": [GROUP],
                 "resources": [PLURAL],
                 "verbs": ["create", "get", "list", "watch", "delete"],
-            }
+            },
+            # erase records: create-only, so the API cannot read other Events of the school
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
         ]
     bindings = find(docs, "RoleBinding", f"{FULL}-api")
     assert {b["metadata"]["namespace"] for b in bindings} == {"school-a", "school-b"}
@@ -516,7 +518,7 @@ def test_operator_rules_are_what_its_code_calls(tools_bin: Path, tmp_path: Path)
         (GROUP, f"{PLURAL}/status"): {"get", "patch"},
         (GROUP, f"{PLURAL}/finalizers"): {"update"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
-        ("", "pods"): {"get", "list"},
+        ("", "pods"): {"get", "list", "watch"},  # the pod watch: Unschedulable reasons
         ("", "events"): {"create"},
         ("", "secrets"): {"get"},
         ("kueue.x-k8s.io", "workloads"): {"list"},
