@@ -310,7 +310,7 @@ def _publish_through_a_kill(
             try:
                 write_results(
                     client, tenant, uid, f"pod-{attempt}", documents,
-                    ttl_seconds=600, chunk_bytes=64,
+                    ttl_seconds=600, chunk_bytes=64, replicas=redisclient.parse(url).replicas,
                 )  # fmt: skip
                 outcomes.append("published")
                 return
@@ -378,10 +378,12 @@ def test_cluster_primary_killed_while_a_job_writes_results(
     redis_cluster_to_break: Cluster, topology_users: Users
 ) -> None:
     """The same on a cluster: SIGKILL the primary that owns the job's slot mid-write; its replica
-    takes the slot over and the results still appear whole, once."""
+    takes the slot over and the results still appear whole, once. With one replica per shard the
+    promoted primary has none left to confirm a write, so this URL opts out (``replicas=0``);
+    with the default the job would exit TRANSIENT until the lost node is back."""
     cluster = redis_cluster_to_break
     tenant, uid = TENANTS[2], "uid-cluster-failover"
-    url = cluster.url(*topology_users.job(tenant))
+    url = cluster.url(*topology_users.job(tenant)) + "?replicas=0"
     slot = cluster.keyslot(keys.job_results(tenant, uid))
     owner = cluster.port_of_slot(slot)
     documents = _documents(uid, students=400)
@@ -427,4 +429,48 @@ def test_sentinel_job_entrypoint_exits_transient_or_finishes_across_a_failover(
     client = redisclient.sync_client(url)
     results = read_results(client, tenant, "uid-identify")
     assert results is not None and results["attendance"]["absent"] == ["cy"]
+    client.close()
+
+
+def test_results_count_as_written_only_once_a_replica_holds_them(
+    redis_sentinel_topology: SentinelGroup, topology_users: Users
+) -> None:
+    """Replication is asynchronous: with the replicas gone, the master still takes the publish, but
+    the job's WAIT sees no replica confirm it and raises NotReplicated (TRANSIENT: the Job retries
+    and publishes again) instead of reporting a result a failover could lose."""
+    group = redis_sentinel_topology
+    tenant = TENANTS[1]
+    url = group.url(*topology_users.job(tenant))
+    wanted = redisclient.parse(url).replicas
+    assert wanted == 1  # the default for a Sentinel (and Cluster) URL
+    client = redisclient.sync_client(url)
+    write_results(client, tenant, "uid-ok", "pod-0", _documents("uid-ok"), ttl_seconds=60,
+                  replicas=len(group.replicas))  # fmt: skip
+    for replica in group.replicas:
+        replica.process.kill()
+        replica.process.wait()
+    with pytest.raises(redisclient.NotReplicated) as info:
+        write_results(client, tenant, "uid-lone", "pod-0", _documents("uid-lone"),
+                      ttl_seconds=60, replicas=wanted)  # fmt: skip
+    assert isinstance(info.value, redisclient.TRANSIENT_ERRORS)
+    assert read_results(client, tenant, "uid-lone") == _documents("uid-lone")  # on the master only
+    client.close()
+
+
+def test_cluster_results_wait_on_the_primary_of_their_own_slot(
+    redis_cluster_topology: Cluster, topology_users: Users
+) -> None:
+    """On a cluster WAIT goes to the primary owning the results key (a keyless command would go
+    to any node): each publish, on every shard, is confirmed by that shard's replica."""
+    cluster = redis_cluster_topology
+    tenant = TENANTS[1]
+    client = redisclient.sync_client(cluster.url(*topology_users.job(tenant)))
+    ports = set()
+    for uid in [f"uid-wait-{i}" for i in range(12)]:
+        key = write_results(client, tenant, uid, "pod-0", _documents(uid), ttl_seconds=60,
+                            replicas=1)  # fmt: skip
+        ports.add(cluster.port_of_slot(cluster.keyslot(key)))
+    assert ports == set(cluster.primaries().values())
+    with pytest.raises(redisclient.NotReplicated):  # each shard has one replica, not two
+        redisclient.wait_replicas(client, keys.job_results(tenant, "uid-wait-0"), 2, 200)
     client.close()

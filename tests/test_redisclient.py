@@ -21,23 +21,40 @@ PARSED: list[tuple[str, Target]] = [
     ("unix:///run/redis.sock", Target("single", False, "unix:///run/redis.sock")),
     (
         "redis+cluster://a:7000,b:7001,[::1]:7002",
-        Target("cluster", False, "", (("a", 7000), ("b", 7001), ("::1", 7002))),
+        Target("cluster", False, "", (("a", 7000), ("b", 7001), ("::1", 7002)), replicas=1),
     ),
+    ("redis+cluster://a:7000?replicas=0", Target("cluster", False, "", (("a", 7000),))),
     (
         "rediss+cluster://rollcall-api:p%40ss@c1/0",
-        Target("cluster", True, "", (("c1", 6379),), username="rollcall-api", password="p@ss"),
+        Target(
+            "cluster",
+            True,
+            "",
+            (("c1", 6379),),
+            username="rollcall-api",
+            password="p@ss",
+            replicas=1,
+        ),
     ),
     (
         "redis+sentinel://s1:26379,s2,s3:26380/rollcall",
-        Target("sentinel", False, "", (("s1", 26379), ("s2", 26379), ("s3", 26380)), "rollcall"),
+        Target(
+            "sentinel",
+            False,
+            "",
+            (("s1", 26379), ("s2", 26379), ("s3", 26380)),
+            "rollcall",
+            replicas=1,
+        ),
     ),
     (
-        "rediss+sentinel://job:pw@s1/mymaster/3?sentinel_username=sen&sentinel_password=x%26y",
-        Target("sentinel", True, "", (("s1", 26379),), "mymaster", 3, "job", "pw", "sen", "x&y"),
+        "rediss+sentinel://job:pw@s1/mymaster/3?sentinel_username=sen&sentinel_password=x%26y"
+        "&replicas=2",
+        Target("sentinel", True, "", (("s1", 26379),), "mymaster", 3, "job", "pw", "sen", "x&y", 2),
     ),
     (
         "redis+sentinel://:only-pass@s1:26379/m",
-        Target("sentinel", False, "", (("s1", 26379),), "m", password="only-pass"),
+        Target("sentinel", False, "", (("s1", 26379),), "m", password="only-pass", replicas=1),
     ),
 ]
 
@@ -52,7 +69,8 @@ def test_parse(url: str, want: Target) -> None:
 REFUSED: list[tuple[str, str]] = [
     ("http://r:6379", "unsupported Redis URL scheme"),
     ("redis+cluster://a:7000/1", "database 0 only"),
-    ("redis+cluster://a:7000?ssl=true", "no query parameters"),
+    ("redis+cluster://a:7000?ssl=true", "unknown Redis cluster URL parameters"),
+    ("redis+cluster://a:7000?replicas=one", "replicas in a Redis URL must be a number"),
     ("redis+cluster://a:7000,,b:7001", "empty host"),
     ("redis+cluster://a:x", "bad port"),
     ("redis+cluster://a:70000", "out of range"),
@@ -60,7 +78,7 @@ REFUSED: list[tuple[str, str]] = [
     ("redis+sentinel://s1:26379", r"/<master-name>\[/<db>\]"),
     ("redis+sentinel://s1:26379/m/0/extra", r"/<master-name>\[/<db>\]"),
     ("redis+sentinel://s1:26379/m/zero", "must be a number"),
-    ("redis+sentinel://s1/m?password=x", "unknown Redis Sentinel URL parameters"),
+    ("redis+sentinel://s1/m?password=x", "unknown Redis sentinel URL parameters"),
     ("redis+sentinel://s1/m#frag", "no #fragment"),
 ]
 

@@ -42,6 +42,7 @@ JOB_COMMANDS: tuple[str, ...] = (
     "get", "set", "del", "expire", "rename",
     "hgetall", "hmget", "hlen", "hset",
     "watch", "unwatch", "multi", "exec", "discard",
+    "wait",  # results reached a replica before the job reports success (cluster, Sentinel)
     *CLUSTER_CLIENT_COMMANDS,
 )  # fmt: skip
 OPERATOR_COMMANDS: tuple[str, ...] = ("ping", "select", "hmget", *CLUSTER_CLIENT_COMMANDS)

@@ -12,6 +12,12 @@ The URL says which topology; the components never branch on it:
   password are the data nodes'; sentinels that require their own credentials take them from the
   ``sentinel_username`` / ``sentinel_password`` query parameters.
 
+Replication is asynchronous: a master that dies right after acknowledging a write can take it
+with it. On a cluster or Sentinel URL the job therefore waits, after publishing its results, until
+``replicas`` replicas (query parameter, default 1; ``?replicas=0`` for a cluster without replicas)
+hold them (``wait_replicas``: WAIT on the key's own primary), and exits TRANSIENT otherwise, so a
+retry publishes them again instead of a Succeeded job whose results vanished in a failover.
+
 Why this works unchanged on a cluster: every multi-key operation rollcall does (the gallery's
 hash + meta + packed MULTI/EXEC, RENAME of staging onto results, progress) uses keys that share a
 hash tag (``rollcall_contract.keys``), and redis-py's cluster pipeline runs a transaction when all
@@ -44,13 +50,22 @@ SINGLE_SCHEMES = frozenset({"redis", "rediss", "unix"})
 CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
 SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})
 DEFAULT_PORT = {"cluster": 6379, "sentinel": 26379}
-SENTINEL_QUERY = frozenset({"sentinel_username", "sentinel_password"})
+SENTINEL_QUERY = frozenset({"sentinel_username", "sentinel_password", "replicas"})
+CLUSTER_QUERY = frozenset({"replicas"})
+DEFAULT_REPLICAS = 1  # what a cluster or sentinel write must reach before a job reports success
+REPLICA_WAIT_MS = 2000  # well inside any socket timeout the components set
+
+
+class NotReplicated(redis.exceptions.ConnectionError):
+    """The server took the write but too few replicas confirmed it in time: a failover now could
+    lose it, so the work is retried (TRANSIENT) rather than reported done."""
+
 
 # Errors after which the same work can succeed if tried again: the server is unreachable, still
 # loading, a failover is under way (a demoted master answers writes with READONLY, the sentinels
 # name no master yet, a cluster slot has no primary). The job exits TRANSIENT on these.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,  # includes sentinel's MasterNotFoundError
+    redis.exceptions.ConnectionError,  # includes MasterNotFoundError and NotReplicated
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ReadOnlyError,
@@ -74,6 +89,7 @@ class Target:
     password: str | None = field(default=None, repr=False)
     sentinel_username: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    replicas: int = 0  # replicas a job's results must reach (WAIT) before it reports success
 
 
 def _hosts(netloc: str, kind: Kind) -> tuple[tuple[str, int], ...]:
@@ -132,15 +148,18 @@ def parse(url: str) -> Target:
     nodes = _hosts(netloc, kind)
     params = dict(parse_qsl(query, keep_blank_values=True))
     segments = [s for s in path.split("/") if s]
+    unknown = set(params) - (CLUSTER_QUERY if kind == "cluster" else SENTINEL_QUERY)
+    if unknown:
+        raise ValueError(f"unknown Redis {kind} URL parameters: {sorted(unknown)}")
+    replicas = params.get("replicas", str(DEFAULT_REPLICAS))
+    if not replicas.isdigit():
+        raise ValueError("replicas in a Redis URL must be a number")
     if kind == "cluster":
-        if params:
-            raise ValueError("a Redis Cluster URL takes no query parameters")
         if len(segments) > 1 or (segments and _db(segments[0]) != 0):
             raise ValueError("Redis Cluster has database 0 only")
-        return Target("cluster", tls, url, nodes, username=user, password=password)
-    unknown = set(params) - SENTINEL_QUERY
-    if unknown:
-        raise ValueError(f"unknown Redis Sentinel URL parameters: {sorted(unknown)}")
+        return Target(
+            "cluster", tls, url, nodes, username=user, password=password, replicas=int(replicas)
+        )
     if not 1 <= len(segments) <= 2:
         raise ValueError("a Redis Sentinel URL ends in /<master-name>[/<db>]")
     return Target(
@@ -154,6 +173,7 @@ def parse(url: str) -> Target:
         password=password,
         sentinel_username=params.get("sentinel_username") or None,
         sentinel_password=params.get("sentinel_password") or None,
+        replicas=int(replicas),
     )
 
 
@@ -171,6 +191,22 @@ def redact(url: str) -> str:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = "&".join(f"{k}={'***' if 'password' in k else quote(v, safe='')}" for k, v in pairs)
     return urlunsplit((scheme, netloc, path, query, fragment))
+
+
+def wait_replicas(
+    client: redis.Redis, key: str, replicas: int, timeout_ms: int = REPLICA_WAIT_MS
+) -> None:
+    """Block until ``replicas`` replicas of the primary holding ``key`` have every write this
+    connection made; NotReplicated if fewer confirm within ``timeout_ms``. No-op for 0."""
+    if replicas <= 0:
+        return
+    if isinstance(client, redis.cluster.RedisCluster):
+        node = client.get_node_from_key(key)
+        acked = client.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
+    else:
+        acked = client.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+    if int(acked) < replicas:
+        raise NotReplicated(f"{acked} of {replicas} Redis replicas confirmed the write in time")
 
 
 def _tls_options(target: Target, ca_file: Path | str | None) -> dict[str, Any]:

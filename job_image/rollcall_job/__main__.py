@@ -171,6 +171,7 @@ def _identify(
         _attempt(),
         result.documents,
         ttl_seconds=settings.result_ttl_seconds,
+        replicas=redisclient.parse(settings.redis_url).replicas,
     )
     summary: dict[str, Any] = result.documents["summary"]
     if result.photos_ok == 0:
@@ -220,6 +221,7 @@ def _enroll(
         _attempt(),
         outcome.documents,
         ttl_seconds=settings.result_ttl_seconds,
+        replicas=redisclient.parse(settings.redis_url).replicas,
     )
     summary: dict[str, Any] = outcome.documents["summary"]
     if not outcome.students:

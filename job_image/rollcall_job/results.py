@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import redis
 
-from rollcall_contract import keys
+from rollcall_contract import keys, redisclient
 from rollcall_contract.results import CHUNK_BYTES, IncompleteResults, decode_results, encode_results
 
 __all__ = ["IncompleteResults", "decode_results", "read_results", "write_results"]
@@ -29,11 +29,14 @@ def write_results(
     ttl_seconds: int,
     chunk_bytes: int = CHUNK_BYTES,
     before_publish: Callable[[], None] | None = None,
+    replicas: int = 0,
 ) -> str:
     """Stage ``documents`` (field -> JSON-able) and publish them atomically; returns the final key.
 
     Large fields are split over ``field``, ``field:1``, ``field:2``... with ``parts`` recording how
     many, so no single command is huge. ``before_publish`` is a test seam before the rename.
+    ``replicas``: how many replicas must hold the result before it counts as written (a cluster or
+    Sentinel URL's ``replicas``); fewer raise ``redisclient.NotReplicated`` (TRANSIENT).
     """
     fields = encode_results(documents, chunk_bytes=chunk_bytes)
     staging = keys.job_results_staging(tenant, job_uid, attempt)
@@ -57,6 +60,7 @@ def write_results(
     pipe.execute_command("RENAME", staging, final)  # type: ignore[no-untyped-call]
     pipe.expire(final, ttl_seconds)
     pipe.execute()
+    redisclient.wait_replicas(client, final, replicas)
     return final
 
 
