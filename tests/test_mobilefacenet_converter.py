@@ -14,7 +14,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rollcall_job.faces import read_image
 from rollcall_job.models.assets import photo
-from rollcall_job.models.mobilefacenet import fetch_tflite, make_batch_dynamic, tflite_to_onnx
+from rollcall_job.models.mobilefacenet import (
+    fetch_tflite,
+    fold_prelu,
+    make_batch_dynamic,
+    tflite_to_onnx,
+)
 
 
 def _fixed_batch_graph(batch: int, target: list[int]) -> onnx.ModelProto:
@@ -117,3 +122,51 @@ def test_onnx_conversion_agrees_with_the_tflite_runtime(tflite_path: Path) -> No
     # Different faces give clearly different embeddings (the check above is not on noise).
     a, b = reference / np.linalg.norm(reference, axis=1, keepdims=True)
     assert float(a @ b) < 0.5
+
+
+def _prelu_as_tflite2onnx_spells_it(half_slopes: npt.NDArray[np.float32]) -> onnx.ModelProto:
+    """Relu(x) + Reshape(k) * (x - Abs(x)) over (n, C, 4, 4): the converter's PReLU spelling."""
+    channels = half_slopes.size
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Abs", ["x"], ["a"]),
+        helper.make_node("Sub", ["x", "a"], ["d"]),
+        helper.make_node("Reshape", ["k", "k_shape"], ["k3"]),
+        helper.make_node("Mul", ["k3", "d"], ["m"]),
+        helper.make_node("Add", ["r", "m"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(half_slopes.astype(np.float32), "k"),
+        numpy_helper.from_array(np.array([channels, 1, 1], dtype=np.int64), "k_shape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "prelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", channels, 4, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize(
+    "slopes",
+    [[0.25, 0.25], [-1.5, 0.0, 9.0], [1.0, -9.0, 0.5, 2.0]],
+    ids=["leaky", "negative-zero-steep", "mixed"],
+)
+def test_prelu_folded_into_convolutions_computes_the_same(slopes: list[float]) -> None:
+    slope = np.array(slopes, dtype=np.float32)
+    model = _prelu_as_tflite2onnx_spells_it((slope / 2).astype(np.float32))
+    folded = fold_prelu(model)
+    assert {n.op_type for n in folded.graph.node} == {"Relu", "Conv", "Add"}
+    x = np.random.default_rng(0).normal(size=(3, slope.size, 4, 4)).astype(np.float32) * 3
+    expected = np.where(x > 0, x, slope[None, :, None, None] * x)
+    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_run(folded, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_prelu_refuses_a_graph_without_the_pattern() -> None:
+    with pytest.raises(ValueError, match="no PReLU"):
+        fold_prelu(_fixed_batch_graph(2, [2, 6]))
