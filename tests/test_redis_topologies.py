@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 import redis
 
+from redisrig import free_port
 from redistopo import Cluster, SentinelGroup
 from redistopo_fixtures import TENANTS, Users
 from rollcall_api.erasure import Eraser
+from rollcall_api.errors import ApiError
 from rollcall_api.store import Store
 from rollcall_contract import keys, redisclient
 from rollcall_contract.jobenv import ExitCode, JobSettings
@@ -474,3 +476,23 @@ def test_cluster_results_wait_on_the_primary_of_their_own_slot(
     with pytest.raises(redisclient.NotReplicated):  # each shard has one replica, not two
         redisclient.wait_replicas(client, keys.job_results(tenant, "uid-wait-0"), 2, 200)
     client.close()
+
+
+def test_an_unreachable_cluster_is_unavailable_not_a_crash(run_job: Any) -> None:
+    """redis-py raises RedisClusterException (not a RedisError) when no cluster node answers: the
+    API still answers 503 and the job still exits TRANSIENT."""
+    url = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+
+    async def api_side() -> None:
+        client = redisclient.async_client(url, socket_connect_timeout=1)
+        with pytest.raises(ApiError) as info:
+            await Store(client).ping()
+        assert info.value.status == 503
+        with pytest.raises(ApiError) as info:
+            await Eraser(client).erase_class(TENANTS[0], "6b")
+        assert info.value.status == 503
+        await client.aclose()
+
+    asyncio.run(api_side())
+    code, term = run_job(url, TENANTS[0], "uid-nowhere", "identify")
+    assert code == ExitCode.TRANSIENT and term["reason"] == "Transient", term

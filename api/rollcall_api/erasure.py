@@ -32,11 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
 from rollcall_api.errors import ApiError
 from rollcall_api.store import redis_unavailable
-from rollcall_contract import keys
+from rollcall_contract import keys, redisclient
 from rollcall_contract import results as results_codec
 
 log = logging.getLogger("rollcall_api.erasure")
@@ -141,7 +141,7 @@ class Eraser:
             # Results too when the class gallery is gone (erased earlier): they may still name them.
             for key in await self._scan(results_pattern(tenant)):
                 out.results += await self._drop_results(key, student)
-        except RedisError as exc:
+        except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
         return out
 
@@ -197,7 +197,7 @@ class Eraser:
                 students, _ = await pipe.execute()
                 out.templates += int(students)
                 out.models.append(ck.model_id)
-        except RedisError as exc:
+        except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
         out.class_found = bool(out.models)
         return out

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from rollcall_api.errors import ApiError
-from rollcall_contract import keys
+from rollcall_contract import keys, redisclient
 from rollcall_contract import results as results_codec
 
 log = logging.getLogger("rollcall_api.store")
@@ -51,7 +50,7 @@ class Store:
     async def ping(self) -> None:
         try:
             await self.redis.ping()
-        except (RedisError, OSError) as exc:
+        except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
 
     async def claim(self, namespace: str, key: str, name: str, fingerprint: str, ttl: int) -> Claim:
@@ -67,7 +66,7 @@ class Store:
                     text = existing.decode() if isinstance(existing, bytes) else str(existing)
                     data = json.loads(text)
                     return Claim(False, str(data["name"]), str(data["fingerprint"]), text)
-        except (RedisError, OSError) as exc:
+        except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
         raise ApiError(503, "idempotency key is churning, retry later")
 
@@ -75,7 +74,7 @@ class Store:
         """Whether the Idempotency-Key still holds ``claim`` (not released, not expired)."""
         try:
             value = await self.redis.get(keys.idempotency(namespace, key))
-        except (RedisError, OSError) as exc:
+        except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
         return value is not None and _text(value) == claim.raw
 
@@ -83,7 +82,7 @@ class Store:
         """Give up a claim whose job could not be created, so a retry can create it."""
         try:
             await self.redis.eval(_RELEASE, 1, keys.idempotency(namespace, key), claim.raw)
-        except (RedisError, OSError) as exc:
+        except redisclient.ERRORS as exc:
             log.warning("idempotency claim not released", extra={"error": repr(exc)})
 
     async def progress(self, namespace: str, uid: str) -> tuple[int, int] | None:
@@ -91,7 +90,7 @@ class Store:
         try:
             key = keys.job_progress(namespace, uid)
             done, total = await self.redis.hmget(key, ["done", "total"])
-        except (RedisError, OSError) as exc:
+        except redisclient.ERRORS as exc:
             log.warning("progress not read", extra={"error": repr(exc)})
             return None
         if done is None or total is None:
@@ -105,7 +104,7 @@ class Store:
         """The published results (field -> decoded JSON); None if the job wrote none."""
         try:
             raw = await self.redis.hgetall(keys.job_results(namespace, uid))
-        except (RedisError, OSError) as exc:
+        except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
         if not raw:
             return None

@@ -72,6 +72,13 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.MasterDownError,
+    redis.exceptions.RedisClusterException,  # no reachable cluster node (not a RedisError)
+)
+# Everything a Redis call can raise for a reason outside the caller: what the API turns into 503.
+ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.RedisError,
+    OSError,
+    redis.exceptions.RedisClusterException,
 )
 
 
