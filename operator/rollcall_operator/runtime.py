@@ -468,8 +468,11 @@ class Runtime:
             return
         try:
             await self.ensure_known(rj)
-        except ApiException as e:
-            log.warning("admitting %s failed (%s), retrying", rj["metadata"]["name"], e.status)
+        except (ApiException, aiohttp.ClientError, OSError) as e:
+            # an apiserver restart surfaces as a connection error, not an answer: retry it too,
+            # or the RJ would stay un-admitted until its next event
+            why = getattr(e, "status", None) or type(e).__name__
+            log.warning("admitting %s failed (%s), retrying", rj["metadata"]["name"], why)
             self.admitted.discard(uid)
             self._readmit_later(uid)
 
