@@ -224,6 +224,12 @@ def _tls_options(target: Target, ca_file: Path | str | None) -> dict[str, Any]:
     return {"ssl": True, **redistls.client_options("rediss://", ca_file)}
 
 
+def _url_tls(tls: dict[str, Any]) -> dict[str, Any]:
+    """For ``from_url``: the rediss:// scheme already picks the TLS connection class, which takes
+    no ``ssl`` flag of its own (only the cluster and sentinel clients want it)."""
+    return {k: v for k, v in tls.items() if k != "ssl"}
+
+
 def _auth(username: str | None, password: str | None) -> dict[str, Any]:
     return {k: v for k, v in (("username", username), ("password", password)) if v is not None}
 
@@ -246,7 +252,7 @@ def sync_client(url: str, ca_file: Path | str | None = None, **options: Any) -> 
     target = parse(url)
     tls = _tls_options(target, ca_file)
     if target.kind == "single":
-        return redis.Redis.from_url(url, **options, **tls)
+        return redis.Redis.from_url(url, **options, **_url_tls(tls))
     auth = _auth(target.username, target.password)
     if target.kind == "cluster":
         nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.nodes]  # type: ignore[no-untyped-call]
@@ -268,7 +274,7 @@ def async_client(
     target = parse(url)
     tls = _tls_options(target, ca_file)
     if target.kind == "single":
-        return redis.asyncio.Redis.from_url(url, **options, **tls)
+        return redis.asyncio.Redis.from_url(url, **options, **_url_tls(tls))
     auth = _auth(target.username, target.password)
     if target.kind == "cluster":
         nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.nodes]
