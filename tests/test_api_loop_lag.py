@@ -187,11 +187,9 @@ async def test_no_blocking_call_under_concurrent_load(rig: Rig) -> None:
     assert set(statuses) <= {200, 202}, statuses
     assert statuses.count(202) >= 70
     assert not blocking(slow), blocking(slow)
-    # The typical wake-up stays prompt. The tail is not asserted: 50 requests that arrive together
-    # queue their (short) steps in one loop turn, and shared runners preempt us; a blocking call is
-    # caught above, step by step, which the tail could only hint at.
-    p50 = probe.percentile(0.5)
-    assert p50 < 0.025, f"event-loop lag p50 {p50 * 1000:.0f} ms"
+    # No lag figure is asserted: on shared runners the scheduler preempts the loop for tens of ms
+    # (a p50 of 39 ms was seen on a busy 2-core machine with nothing blocking). A blocking call is
+    # caught above, step by step, by its wall time against its CPU time; figures go to the bench.
 
 
 async def test_the_probe_catches_a_blocking_call(rig: Rig) -> None:
