@@ -42,8 +42,13 @@ def _full_log(op: Operator) -> str:
     return op.log.read_text(errors="replace")
 
 
-def _paused(op: Operator) -> bool:
-    return "Pausing operations in favour of" in _full_log(op)
+def _priorities(api: client.ApiClient, namespace: str) -> dict[str, int]:
+    """kopf's peering status: each live replica's identity (POD_ID, as the chart sets it) and the
+    priority it drew."""
+    peering: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(  # type: ignore[assignment]
+        "kopf.dev", "v1", namespace, "kopfpeerings", PEERING
+    )
+    return {peer: int(info["priority"]) for peer, info in (peering.get("status") or {}).items()}
 
 
 def test_a_standby_replica_takes_over_from_a_killed_active_one_without_duplicates(
@@ -53,16 +58,23 @@ def test_a_standby_replica_takes_over_from_a_killed_active_one_without_duplicate
     start_operator: Callable[..., Operator],  # noqa: F811
     script: Script,  # noqa: F811
     photos: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _peering(k8s_api, namespace)
     chart_like: dict[str, Any] = {"peering_name": PEERING, "peering_lifetime_seconds": LIFETIME}
-    first = start_operator(**chart_like)
-    second = start_operator(**chart_like)
-    # one of the two sees the other's higher priority and pauses; neither pauses itself for a tie
-    wait_for(lambda: _paused(first) or _paused(second), "one replica pauses", timeout=90)
-    active, standby = (second, first) if _paused(first) else (first, second)
-    assert not _paused(active)
-    assert "Pausing all operators, including self" not in _full_log(first) + _full_log(second)
+    replicas: dict[str, Operator] = {}
+    for pod in ("operator-a", "operator-b"):
+        monkeypatch.setenv("POD_ID", pod)  # the chart sets it from the pod's name
+        replicas[pod] = start_operator(**chart_like)
+    wait_for(lambda: set(_priorities(k8s_api, namespace)) == set(replicas), "both peers", 60)
+    drawn = _priorities(k8s_api, namespace)
+    # distinct random priorities: the higher one is active, the other stands by (a tie would
+    # have paused both)
+    assert len(set(drawn.values())) == 2, drawn
+    active_id = max(drawn, key=lambda pod: drawn[pod])
+    active = replicas[active_id]
+    standby = next(op for pod, op in replicas.items() if pod != active_id)
+    assert "Pausing all operators, including self" not in "".join(map(_full_log, replicas.values()))
 
     before = [f"before-{i}" for i in range(3)]
     for name in before:
