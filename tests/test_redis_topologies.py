@@ -305,6 +305,12 @@ def _publish_through_a_kill(
     reader = Reader(url, tenant, uid)
     reader.start()
     outcomes: list[str] = []
+    killed = threading.Event()
+
+    def hold_first_publish(attempt: int) -> Any:
+        # the first attempt has staged everything: its RENAME waits for the kill, so the kill
+        # always lands mid-write however fast this machine stages
+        return (lambda: killed.wait(30)) if attempt == 0 else None
 
     def job() -> None:
         for attempt in range(30):
@@ -313,6 +319,7 @@ def _publish_through_a_kill(
                 write_results(
                     client, tenant, uid, f"pod-{attempt}", documents,
                     ttl_seconds=600, chunk_bytes=64, replicas=redisclient.parse(url).replicas,
+                    before_publish=hold_first_publish(attempt),
                 )  # fmt: skip
                 outcomes.append("published")
                 return
@@ -335,6 +342,7 @@ def _publish_through_a_kill(
         time.sleep(0.001)
     watcher.close()
     kill()
+    killed.set()
     writer.join(120)
     time.sleep(0.5)  # the reader polls the new primary a little longer
     reader.stop.set()
