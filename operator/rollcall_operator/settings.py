@@ -8,9 +8,10 @@ Complex values (lists, dicts) are JSON in the environment.
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,14 +24,33 @@ ENV_PREFIX = "ROLLCALL_OPERATOR_"
 # Job settings the builder takes from each RJ (its namespace decides which school's keys it may
 # touch) or from its namespace's Secret: one value for every job would break tenant separation.
 _PER_RJ_SETTINGS = frozenset({"job_namespace", "job_name", "job_uid", "redis_url"})
+# The digest form the chart accepts (values.schema.json): what registries report for an image.
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+
+
+def check_image_reference(value: str) -> str:
+    """Refuse a job image reference no kubelet can pull: ``repo@latest``, ``@sha256:...``, blanks.
+
+    The apiserver stores any non-blank image string, so a malformed one would otherwise surface as
+    InvalidImageName on every job pod, far from the setting that caused it.
+    """
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"image {value!r}: empty or contains whitespace")
+    name, at, digest = value.partition("@")
+    if at and (not name or not _DIGEST.fullmatch(digest)):
+        raise ValueError(f"image {value!r}: expected repository@sha256:<64 lowercase hex digits>")
+    return value
 
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     # --- the Job's pod ---------------------------------------------------------------------
-    image: str = "ghcr.io/rollcall/rollcall-job:0.1.0"
-    image_pull_policy: str = "IfNotPresent"
+    image: str = Field(
+        default="ghcr.io/rollcall/rollcall-job:0.1.0",
+        description="repository:tag, or repository@sha256:<hex> to pin one image (digest wins).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     command: list[str] | None = Field(default=None, description="Override the image's entrypoint.")
     args: list[str] | None = None
     container_name: str = "recognize"
@@ -69,6 +89,11 @@ class OperatorSettings(BaseSettings):
         default_factory=dict,
         description="Extra ROLLCALL_* settings for the container, e.g. PROVIDERS.",
     )
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return check_image_reference(value)
 
     @field_validator("extra_env")
     @classmethod

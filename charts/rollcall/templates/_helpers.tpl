@@ -85,10 +85,31 @@ ServiceAccount names.
 {{- end }}
 
 {{/*
-Images: repository:tag, the tag defaulting to the chart's appVersion.
+Every image reference the chart renders comes from here: (dict "ctx" $ "image" .Values.x.image).
+repository@digest when image.digest is set (a digest names one image for good; a tag can be moved
+to another), else repository:tag, the tag defaulting to the chart's appVersion. values.schema.json
+checks the digest's form, so `digest: latest` fails the install instead of every pull.
 */}}
 {{- define "rollcall.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
 {{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The helm test pod's image: the API image's own reference (digest included) unless tests.image sets
+something; then its repository, tag (default: the API image's tag) and digest.
+*/}}
+{{- define "rollcall.tests.image" -}}
+{{- $api := .Values.api.image }}
+{{- $own := .Values.tests.image }}
+{{- $image := $api }}
+{{- if or $own.repository $own.tag $own.digest }}
+{{- $image = dict "repository" (default $api.repository $own.repository) "tag" (default $api.tag $own.tag) "digest" $own.digest }}
+{{- end }}
+{{- include "rollcall.image" (dict "ctx" . "image" $image) }}
 {{- end }}
 
 {{/*
