@@ -427,6 +427,11 @@ def control_plane(
                     # lifecycle controller runs as in a real cluster: it lifts the not-ready taint.
                     "--node-monitor-period",
                     "2s",
+                    # A Node silent this long is marked unreachable (default 50 s); its pods are
+                    # then evicted once their not-ready/unreachable tolerations run out. Four node
+                    # agent heart-beats (5 s) fit in it, so a busy machine does not flap.
+                    "--node-monitor-grace-period",
+                    "20s",
                     "--concurrent-job-syncs",
                     "20",
                 ],

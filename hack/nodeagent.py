@@ -7,6 +7,11 @@ status (Running, then Succeeded/Failed with exit code and termination message) b
 so the Job controller really counts completions and failures. A deleted pod's process is stopped and
 the pod is removed with grace period 0, as a kubelet would.
 
+``kill()`` plays a machine that dies: heart-beats stop and nothing more is written to the apiserver,
+so the node lifecycle controller marks the Node unreachable and evicts its pods, which then stay
+Terminating as on a real dead node. Each agent counts the GPUs its running pods hold (``gpu_peak``),
+so tests can check that the scheduler never over-commits a node.
+
 Limits, on purpose: one container per pod (init containers and sidecars are not run), no images (the
 command must exist on this machine), no network isolation, no resource enforcement.
 """
@@ -278,6 +283,8 @@ class NodeAgent:
         cpu: str = "64",
         memory: str = "256Gi",
         labels: dict[str, str] | None = None,
+        taints: list[dict[str, str]] | None = None,
+        heartbeat_seconds: float = 5.0,
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
@@ -286,11 +293,16 @@ class NodeAgent:
         self.runners: dict[str, Runner] = {}
         self.gpus, self.gpu_resource, self.cpu, self.memory = gpus, gpu_resource, cpu, memory
         self.labels = labels or {}
+        self.taints = taints or []
         self._stop = threading.Event()
+        self._dead = threading.Event()
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.heartbeat_seconds = 5.0
+        self.heartbeat_seconds = heartbeat_seconds
+        self.gpus_in_use = 0  # GPUs held by the pods running here now (guarded by _lock)
+        self.gpu_peak = 0  # the most ever held at once
+        self.ran: list[str] = []  # names of the pods started here, in order
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -320,6 +332,15 @@ class NodeAgent:
         for t in self._threads:
             t.join(5)
 
+    def kill(self) -> None:
+        """Die like a machine: no more heart-beats, no status, no pod removal; processes stop."""
+        self._dead.set()
+        self.stop()
+
+    @property
+    def dead(self) -> bool:
+        return self._dead.is_set()
+
     def use(self, namespace: str, runner: Runner | None) -> None:
         """Run this namespace's pods with ``runner`` (None restores the default)."""
         if runner is None:
@@ -347,6 +368,7 @@ class NodeAgent:
                     **self.labels,
                 },
             },
+            "spec": {"taints": self.taints},
         }
         with contextlib.suppress(ApiException):
             self.core.delete_node(self.name)
@@ -446,6 +468,8 @@ class NodeAgent:
                     time.sleep(0.5)
 
     def _handle(self, pod: client.V1Pod) -> None:
+        if self._dead.is_set():
+            return
         uid = _pod_id(pod).uid
         assert pod.metadata is not None  # checked by _pod_id; restated for the type checker
         if pod.metadata.deletion_timestamp is not None:
@@ -469,6 +493,8 @@ class NodeAgent:
         ).start()
 
     def _remove(self, pod: client.V1Pod) -> None:
+        if self._dead.is_set():
+            return
         name, ns, uid = _pod_id(pod)
         with contextlib.suppress(ApiException):
             self.core.delete_namespaced_pod(
@@ -482,6 +508,11 @@ class NodeAgent:
         name, ns, uid = _pod_id(pod)
         container = _spec(pod).containers[0]
         started = _now()
+        gpus = self._gpus(pod)
+        with self._lock:
+            self.gpus_in_use += gpus
+            self.gpu_peak = max(self.gpu_peak, self.gpus_in_use)
+            self.ran.append(name)
         try:
             self._patch_status(
                 pod,
@@ -511,6 +542,11 @@ class NodeAgent:
             except Exception as exc:
                 log.exception("runner failed for %s/%s", ns, name)
                 outcome = Outcome(128, f"node agent runner error: {type(exc).__name__}")
+            # the GPU is free before the scheduler can learn so from the pod's final status
+            self._release(gpus)
+            gpus = 0
+            if self._dead.is_set():
+                return
             if cancelled.is_set():
                 self._remove(pod)
                 return
@@ -545,8 +581,21 @@ class NodeAgent:
             if exc.status != 404:
                 log.warning("status update failed for %s/%s: %s", ns, name, exc.reason)
         finally:
+            self._release(gpus)
             with self._lock:
                 self._running.pop(uid, None)
+
+    def _gpus(self, pod: client.V1Pod) -> int:
+        """The GPUs the pod's containers ask for (limits; requests equal them for extended ones)."""
+        total = 0
+        for c in _spec(pod).containers:
+            limits = (c.resources.limits if c.resources is not None else None) or {}
+            total += int(limits.get(self.gpu_resource, 0))
+        return total
+
+    def _release(self, gpus: int) -> None:
+        with self._lock:
+            self.gpus_in_use -= gpus
 
     def _patch_status(
         self, pod: client.V1Pod, status: dict[str, Any], patience: float = 90
@@ -555,7 +604,7 @@ class NodeAgent:
         or unavailable (a restart), so a finished run is reported once, never run again."""
         name, ns, _ = _pod_id(pod)
         deadline = time.monotonic() + patience
-        while True:
+        while not self._dead.is_set():
             try:
                 self.core.patch_namespaced_pod_status(name, ns, {"status": status})
                 return
@@ -577,3 +626,64 @@ class NodeAgent:
             {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
             {"type": "Ready", "status": flag, "lastTransitionTime": now},
         ]
+
+
+POOL_LABEL = "rollcall.io/test-pool"
+
+
+@dataclass(frozen=True)
+class NodePool:
+    """Several node agents that only pods placed on ``name`` land on (a label and a taint), so a
+    test owns its nodes while other Nodes of the session's control plane stay out of the way."""
+
+    name: str
+    agents: list[NodeAgent]
+
+    @property
+    def node_selector(self) -> dict[str, str]:
+        return {POOL_LABEL: self.name}
+
+    @property
+    def tolerations(self) -> list[dict[str, str]]:
+        return [
+            {"key": POOL_LABEL, "operator": "Equal", "value": self.name, "effect": "NoSchedule"}
+        ]
+
+    def agent(self, node: str) -> NodeAgent:
+        return next(a for a in self.agents if a.name == node)
+
+    @classmethod
+    def start(
+        cls, api: client.ApiClient, name: str, runner: Runner, *, nodes: int, gpus: int
+    ) -> NodePool:
+        taint = {"key": POOL_LABEL, "value": name, "effect": "NoSchedule"}
+        agents = [
+            NodeAgent(
+                api,
+                f"{name}-{i}",
+                runner,
+                gpus=gpus,
+                cpu="8",
+                memory="32Gi",
+                labels={POOL_LABEL: name},
+                taints=[taint],
+            )
+            for i in range(nodes)
+        ]
+        pool = cls(name, agents)
+        try:
+            for agent in agents:
+                agent.start()
+        except BaseException:
+            pool.remove()
+            raise
+        return pool
+
+    def remove(self) -> None:
+        """Stop every agent and delete its Node (PodGC then fails and removes pods left on it)."""
+        core = client.CoreV1Api(self.agents[0].api) if self.agents else None
+        for agent in self.agents:
+            agent.stop()
+            if core is not None:
+                with contextlib.suppress(ApiException):
+                    core.delete_node(agent.name)

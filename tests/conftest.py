@@ -26,7 +26,7 @@ from localk8s import (
     restricted_namespace,
 )
 from localk8s import control_plane as start_control_plane
-from nodeagent import NodeAgent, ProcessRunner
+from nodeagent import NodeAgent, NodePool, ProcessRunner, Runner
 from redisrig import RedisServer, redis_server
 
 pytest_plugins = ["redistopo_fixtures"]  # Redis Cluster and Sentinel topologies (hack/)
@@ -159,3 +159,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
         if names & {"control_plane", "kubeconfig", "k8s_api", "namespace", "gpu_node", "crds"}:
             item.add_marker(pytest.mark.k8s)
+
+
+@pytest.fixture
+def node_pool(
+    k8s_api: client.ApiClient, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., NodePool]]:
+    """Factory: ``node_pool(runner, nodes=4, gpus=2)`` starts Ready Nodes of this test's own pool.
+
+    Only pods with the pool's node selector and toleration land there (operator settings
+    ``node_selector``/``tolerations``); the Nodes are deleted after the test.
+    """
+    pools: list[NodePool] = []
+
+    def start(runner: Runner, *, nodes: int = 4, gpus: int = 2) -> NodePool:
+        name = f"pool-{uuid.uuid4().hex[:6]}"
+        pools.append(NodePool.start(k8s_api, name, runner, nodes=nodes, gpus=gpus))
+        return pools[-1]
+
+    yield start
+    for pool in pools:
+        pool.remove()

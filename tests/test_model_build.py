@@ -1,4 +1,5 @@
-"""The model build publishes a complete directory once, reuses it, and the test photos resolve."""
+"""The model build publishes a complete directory once, reuses it, reproduces it byte for byte,
+and the test photos resolve."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import cv2
 import pytest
 
 from rollcall_job.models.assets import PHOTO_NAMES, photo
-from rollcall_job.models.build import MANIFEST, build_models
+from rollcall_job.models.build import BUILD_PINS, MANIFEST, build_models
 from rollcall_job.models.cards import (
     DETECTOR_CARD,
     DETECTOR_FAMILIES,
@@ -39,6 +40,13 @@ def test_build_writes_models_cards_and_manifest_then_reuses_them(tmp_path: Path)
         for role in card.files:
             assert card.path(role, out).is_file()
             assert card.files[role] in manifest["sha256"]
+    # Reproducible: the cached build (another process, another hash seed) has the same bytes,
+    # so the hashes its cards record are the ones any rebuild from the pinned packages writes.
+    cached = build_models()
+    for path in sorted(out.glob("**/*.card.json")):
+        card = load_card(path)
+        assert card.sha256 and card.sha256 == load_card(cached / path.relative_to(out)).sha256
+    assert manifest["sources"]["sha256"] == {f"{p.name}=={p.version}": p.sha256 for p in BUILD_PINS}
     stamp = (out / MANIFEST).stat().st_mtime_ns
     assert build_models(out) == out
     assert (out / MANIFEST).stat().st_mtime_ns == stamp  # warm: nothing rebuilt

@@ -43,8 +43,10 @@ from rollcall_job.models.cards import (
 )
 def test_builtin_cards_round_trip_through_json(card: ModelCard, tmp_path: Path) -> None:
     path = tmp_path / "x.card.json"
-    write_card(card, path)
-    assert load_card(path) == card
+    hashed = card.model_copy(update={"sha256": dict.fromkeys(card.files, "0" * 64)})
+    for each in (card, hashed):
+        write_card(each, path)
+        assert load_card(path) == each
 
 
 @pytest.mark.parametrize(
@@ -106,6 +108,9 @@ def test_dlib_template_is_a_symmetric_face_inside_the_chip() -> None:
         ({"layout": "CHWN"}, "layout"),
         ({"colour": "GRAY"}, "colour"),
         ({"surprise": 1}, "surprise"),
+        ({"sha256": {"weights": "0" * 64}}, "sha256 names a role"),
+        ({"sha256": {"model": "ABC"}}, "64 lowercase hex"),
+        ({"sha256": {"model": "F" * 64}}, "64 lowercase hex"),
     ],
 )
 def test_incomplete_or_wrong_embedder_cards_are_refused(

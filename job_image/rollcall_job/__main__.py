@@ -65,17 +65,21 @@ EngineLoader = Callable[[JobSettings, int], Engine[Any]]
 
 def load_engine(settings: JobSettings, min_face_px: int) -> Engine[Any]:
     from rollcall_job.faces import load_engine as load
+    from rollcall_job.models.integrity import IntegrityError
 
     model_dir = resolve_model_dir(settings)
     if not model_dir.is_dir():
         raise BadInput(f"model directory {model_dir} does not exist (run `make models`)")
-    return load(
-        model_dir,
-        providers=settings.providers or None,
-        threads=settings.threads,
-        batch_size=settings.batch_size,
-        min_face_px=min_face_px,
-    )
+    try:
+        return load(
+            model_dir,
+            providers=settings.providers or None,
+            threads=settings.threads,
+            batch_size=settings.batch_size,
+            min_face_px=min_face_px,
+        )
+    except IntegrityError as e:  # a corrupt or swapped model file: a retry reads the same bytes
+        raise BadInput(str(e)) from None
 
 
 def _attempt() -> str:

@@ -2,7 +2,9 @@
 
 Everything model-specific (input size, colour order, normalisation, layout, template, metric)
 comes from the cards in the model directory, so swapping the embedder for a school's own ONNX
-model is a matter of files, not code. Logs carry counts and timings only, never face data.
+model is a matter of files, not code. Each file a card records a sha256 for is checked before
+its session opens (``ModelFileMismatch`` otherwise). Logs carry counts and timings only, never
+face data.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rollcall_job.align import warp_face
 from rollcall_job.models.cache import models_dir
 from rollcall_job.models.cards import EMBEDDER_CARD, ModelCard, detector_card_name, load_card
 from rollcall_job.models.detection import Detector
+from rollcall_job.models.integrity import verify_card_files
 from rollcall_job.runtime import Model, load_model
 
 log = logging.getLogger(__name__)
@@ -156,6 +159,7 @@ def open_detector(
     spin: bool = False,
 ) -> Detector:
     """The card's detector family around its ONNX sessions (same providers as the embedder)."""
+    verify_card_files(card, model_dir)
 
     def session(role: str) -> Model:
         return load_model(
@@ -204,6 +208,7 @@ def load_engine(
     embedder_card = load_card(model_dir / EMBEDDER_CARD)
     if detector_card.kind != "detector" or embedder_card.kind != "embedder":
         raise ValueError("the detector / embedder cards describe the wrong kinds")
+    verify_card_files(embedder_card, model_dir)  # the detector's, in open_detector
     found = open_detector(detector_card, model_dir, providers=providers, threads=threads, spin=spin)
     embedder = load_model(
         embedder_card.path("model", model_dir),

@@ -20,10 +20,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from rollcall_job.models.cache import cache_root
+from rollcall_job.models.pins import spec
 from rollcall_job.models.sdists import extract_member, sdist_path
 
-_FACE_RECOGNITION = ("face_recognition", "1.3.0", "tests/test_images/")
-_INSIGHTFACE = ("insightface", "2.1", "insightface/data/images/")
+_FACE_RECOGNITION = (*spec("pypi", "face_recognition"), "tests/test_images/")
+_INSIGHTFACE = (*spec("pypi", "insightface"), "insightface/data/images/")
 
 SOURCES: dict[str, tuple[str, str, str]] = {
     **dict.fromkeys(

