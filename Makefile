@@ -26,16 +26,36 @@ system: ## Debian packages the tests need (redis-server)
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(UV):
-	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+# The uv that wrote uv.lock (the Dockerfile's UV_VERSION is the same; tests/test_lock.py checks).
+UV_VERSION := 0.13.9
+comma := ,
+SYNC_FLAGS := $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) --group dev
 
-$(VENV)/.installed: pyproject.toml | $(UV)
+$(UV):
+	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+
+# Installs exactly what uv.lock pins (hash-checked), the project itself editable. --locked refuses a
+# lock that no longer matches pyproject.toml instead of re-resolving behind the reviewer's back.
+# --inexact: tools a developer added by hand stay; a fresh clone (CI) holds only the lock.
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) venv --quiet --seed --allow-existing -p $(PYTHON_VERSION) $(VENV)
-	$(UV) pip install --quiet -p $(VENV) -e ".[$(EXTRAS)]" --group dev
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --quiet --locked --inexact -p $(PYTHON_VERSION) $(SYNC_FLAGS)
 	touch $@
 
+.PHONY: lock-check
+lock-check: | $(UV)
+	@$(UV) lock --check --offline --quiet || { echo "uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock" >&2; exit 1; }
+
 .PHONY: venv
-venv: $(VENV)/.installed ## the Python env with every component's extras and the dev group
+venv: lock-check $(VENV)/.installed ## the Python env from uv.lock: every component's extras and the dev group
+
+.PHONY: lock
+lock: | $(UV) ## re-resolve uv.lock after editing pyproject.toml (LOCK_ARGS=--upgrade to take newer releases)
+	$(UV) lock $(LOCK_ARGS)
+
+.PHONY: sbom
+sbom: venv ## CycloneDX SBOMs of each image's locked Python environment into dist/sbom/
+	$(PY) hack/sbom.py --uv $(UV) --out dist/sbom
 
 .PHONY: controlplane
 controlplane: ## build etcd + kube-apiserver + controller-manager + scheduler (cached by version)
