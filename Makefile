@@ -26,7 +26,7 @@ system: ## Debian packages the tests need (redis-server)
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The uv that wrote uv.lock (the Dockerfile's UV_VERSION is the same; tests/test_lock.py checks).
+# The uv that wrote uv.lock (the Dockerfile's UV_VERSION is the same; tests/test_dockerfile.py checks).
 UV_VERSION := 0.13.9
 comma := ,
 SYNC_FLAGS := $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) --group dev

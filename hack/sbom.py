@@ -32,7 +32,7 @@ class Image:
 
 
 # api/operator (and the CPU job twin) run on the Dockerfile's PYTHON_IMAGE (python:3.11.11); the
-# shipped job image on CUDA_IMAGE, Ubuntu 24.04, whose python3 is 3.12.3 (tests/test_lock.py).
+# shipped job image on CUDA_IMAGE, Ubuntu 24.04, whose python3 is 3.12.3 (tests/test_dockerfile.py).
 IMAGES: dict[str, Image] = {
     "api": Image("api", "3.11.11"),
     "operator": Image("operator", "3.11.11"),

@@ -260,6 +260,11 @@ def test_lock_stage_exports_what_each_build_stage_installs_as_make_sbom_does() -
     # The SBOMs (hack/sbom.py) describe exactly what the images install.
     assert args[: len(sbom.export_args('"$extra"'))] == sbom.export_args('"$extra"')
     assert {sbom.IMAGES[name].extra for name in ("api", "operator", "gpu")} <= installed
+    # ...for the Python each image runs: the SBOM narrows the export's markers to it.
+    python_tag = build_args()["PYTHON_IMAGE"].split(":")[1].split("-")[0]
+    assert sbom.IMAGES["api"].python == sbom.IMAGES["operator"].python == python_tag
+    assert "ubuntu24.04" in build_args()["CUDA_IMAGE"]  # python3 3.12.3
+    assert sbom.IMAGES["gpu"].python == "3.12.3"
     for name, stage in stages().items():
         for line in stage:
             if match := re.match(r"COPY --from=lock /lock/(\w+)\.txt", line):
