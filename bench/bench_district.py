@@ -50,6 +50,7 @@ from district import (  # noqa: E402
     busy_share,
     evenness,
     first_starts,
+    peak_overlap,
     per_school,
     period_gap,
     plan_day,
@@ -160,6 +161,8 @@ class DayResult:
     makespan: float
     ideal: float  # sum of pod run time / GPUs: the makespan if the pool never idled
     pods: int
+    node_peaks: dict[str, int]  # the most pods a node ran at once
+    gpus_per_node: int
     results_found: int
     writes: Counter[tuple[str, str, str]]
     cpu: dict[str, float]
@@ -363,6 +366,8 @@ def run_day(kind: str, args: argparse.Namespace) -> DayResult:
         ],
     )
     notes = [] if done else [f"TIMED OUT: {len(ended)} of {total} RJs ended"]
+    if any(peak > args.gpus_per_node for peak in peak_overlap(runs).values()):
+        notes.append("a node ran more pods at once than it has GPUs")
     if len(all_waits) < total:
         notes.append(f"{total - len(all_waits)} RJs never started a pod")
     return DayResult(
@@ -377,6 +382,8 @@ def run_day(kind: str, args: argparse.Namespace) -> DayResult:
         makespan=makespan,
         ideal=sum(run_seconds) / gpus,
         pods=len(runs),
+        node_peaks=peak_overlap(runs),
+        gpus_per_node=args.gpus_per_node,
         results_found=found,
         writes=writes,
         cpu=cpu,
@@ -407,6 +414,9 @@ def report(r: DayResult) -> None:
     print(f"  evenness, max/min of per-school mean wait: {r.evenness:.2f}")
     print(f"  makespan {r.makespan:.1f} s; pool-never-idle makespan {r.ideal:.1f} s; "
           f"GPU busy share {100 * r.busy:.1f} %")  # fmt: skip
+    over = {n: p for n, p in r.node_peaks.items() if p > r.gpus_per_node}
+    print(f"  most pods running at once per node: {sorted(r.node_peaks.values())} "
+          f"(GPUs per node {r.gpus_per_node}; over-committed: {over or 'none'})")  # fmt: skip
     total = sum(r.writes.values())
     print(f"  apiserver writes: {total} ({total / r.rjs:.2f} per RJ); the largest:")
     for (verb, resource, sub), count in r.writes.most_common(8):
@@ -471,9 +481,11 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     kinds = ["single", "cluster"] if args.both else [args.redis]
-    results = {kind: run_day(kind, args) for kind in kinds}
-    for r in results.values():
-        report(r)
+    results: dict[str, DayResult] = {}
+    for kind in kinds:  # each report as soon as its day ends: a later failure keeps it
+        results[kind] = run_day(kind, args)
+        report(results[kind])
+        sys.stdout.flush()
     if args.both:
         ratios(results["single"], results["cluster"])
     if args.json:

@@ -156,6 +156,22 @@ def first_starts(runs: Iterable[PodRun]) -> dict[str, float]:
     return starts
 
 
+def peak_overlap(runs: Iterable[PodRun]) -> dict[str, int]:
+    """Node -> the most pods it ran at the same moment (a pod ending as another starts is not
+    counted twice): never above the node's GPUs if the scheduler kept to their capacity."""
+    events: dict[str, list[tuple[float, int]]] = {}
+    for run in runs:
+        events.setdefault(run.node, []).extend([(run.start, 1), (run.end, -1)])
+    peaks: dict[str, int] = {}
+    for node, evs in events.items():
+        now = peak = 0
+        for _, step in sorted(evs):  # at equal times -1 sorts first
+            now += step
+            peak = max(peak, now)
+        peaks[node] = peak
+    return peaks
+
+
 def segments(
     created: Mapping[str, float], stages: Sequence[tuple[str, Mapping[str, float]]]
 ) -> dict[str, list[float]]:

@@ -18,6 +18,7 @@ from district import (
     busy_share,
     evenness,
     first_starts,
+    peak_overlap,
     per_school,
     period_gap,
     plan_day,
@@ -129,3 +130,17 @@ def test_segments_split_each_wait_between_consecutive_stages() -> None:
         ("start", {"a": 3.0}),
     ]
     assert segments(created, stages) == {"admit": [2.0, 0.5], "pod": [0.5, 2.0], "start": [0.5]}
+
+
+@pytest.mark.parametrize(
+    ("spans", "peaks"),
+    [
+        ([("n0", 0.0, 2.0), ("n0", 1.0, 3.0), ("n1", 0.0, 1.0)], {"n0": 2, "n1": 1}),
+        ([("n0", 0.0, 1.0), ("n0", 1.0, 2.0)], {"n0": 1}),  # back to back: one GPU
+        ([("n0", 0.0, 5.0), ("n0", 1.0, 2.0), ("n0", 1.5, 3.0)], {"n0": 3}),
+        ([], {}),
+    ],
+)
+def test_peak_overlap(spans: list[tuple[str, float, float]], peaks: dict[str, int]) -> None:
+    runs = [PodRun("s", f"j{i}", f"u{i}", n, a, b, 0) for i, (n, a, b) in enumerate(spans)]
+    assert peak_overlap(runs) == peaks
