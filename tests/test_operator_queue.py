@@ -6,7 +6,11 @@ from typing import Any
 
 import pytest
 
+from rollcall_operator.cache import CachedRJ
 from rollcall_operator.queue import AdmissionQueue, Entry, entry_for
+
+# the fields the contract model requires; each case adds what it is about
+BASE_SPEC: dict[str, Any] = {"classCode": "c", "images": {"claimName": "p"}, "roster": ["s1"]}
 
 
 def e(
@@ -20,7 +24,7 @@ def e(
     timeout: int | None = None,
     gpus: int = 1,
 ) -> Entry:
-    return Entry(uid, ns, uid, priority, created, capped, suspended, timeout, {}, gpus)
+    return Entry(uid, ns, uid, priority, created, capped, suspended, timeout, gpus)
 
 
 def uids(entries: list[Entry]) -> list[str]:
@@ -87,8 +91,8 @@ def test_trusted_kueue_entries_bypass_the_cap() -> None:
 def test_what_counts_against_the_caps(
     body_spec: dict[str, Any], trust: bool, capped: bool, gpus: int
 ) -> None:
-    body = {"metadata": {"uid": "u", "namespace": "n", "name": "r"}, "spec": body_spec}
-    got = entry_for(body, trust_kueue=trust)
+    body = {"metadata": {"uid": "u", "namespace": "n", "name": "r"}, "spec": BASE_SPEC | body_spec}
+    got = entry_for(CachedRJ.of(body), trust_kueue=trust)
     assert (got.capped, got.gpus) == (capped, gpus)
 
 
@@ -179,14 +183,16 @@ def test_entry_for_reads_the_body() -> None:
             "name": "r",
             "creationTimestamp": "2026-11-27T10:00:00Z",
         },
-        "spec": {
+        "spec": BASE_SPEC
+        | {
             "priority": 3,
             "resources": {"gpus": 1},
             "queue": "lq",
             "runPolicy": {"suspend": True, "queueTimeoutSeconds": 60},
         },
     }
-    got = entry_for(body)
+    rj = CachedRJ.of(body)
+    got = entry_for(rj)
     assert (got.priority, got.capped, got.suspended, got.timeout) == (3, True, True, 60)
-    assert not entry_for(body, trust_kueue=True).capped
+    assert not entry_for(rj, trust_kueue=True).capped
     assert got.created == 1795773600.0

@@ -15,6 +15,7 @@ import pytest
 
 from localk8s import wait_for
 from nodeagent import NodeAgent
+from rollcall_operator.cache import CachedRJ
 from rollcall_operator.pods import schedule_verdict
 from rollcall_operator.queue import entry_for, job_slot
 from test_operator_lifecycle import (  # noqa: F401  (fixtures used by name)
@@ -29,12 +30,17 @@ from test_operator_lifecycle import (  # noqa: F401  (fixtures used by name)
 )
 
 
-def _rj(suspend: bool, queue: str | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"runPolicy": {"suspend": suspend}}
+def _rj(suspend: bool, queue: str | None = None) -> CachedRJ:
+    spec: dict[str, Any] = {
+        "classCode": "c",
+        "images": {"claimName": "p"},
+        "roster": ["s1"],
+        "runPolicy": {"suspend": suspend},
+    }
     if queue:
         spec["queue"] = queue
     meta = {"uid": "u1", "namespace": "ns", "name": "rj", "creationTimestamp": None}
-    return {"metadata": meta, "spec": spec}
+    return CachedRJ.of({"metadata": meta, "spec": spec})
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client
 
 from rollcall_contract.model import GROUP, PLURAL, TERMINAL_PHASES, VERSION, Phase
+from rollcall_operator.cache import CachedRJ
 from rollcall_operator.kube import ApiException
 from rollcall_operator.runtime import Runtime
 from rollcall_operator.settings import OperatorSettings
@@ -54,13 +55,11 @@ async def runtimes(
         await b.close()
 
 
-async def _create(
-    rt: Runtime, custom: client.CustomObjectsApi, ns: str, name: str
-) -> dict[str, Any]:
+async def _create(rt: Runtime, custom: client.CustomObjectsApi, ns: str, name: str) -> CachedRJ:
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _rj(name))
     rj = await rt.kube.read_rj(ns, name)
     assert rj is not None
-    return rj
+    return CachedRJ.of(rj)
 
 
 def _get(custom: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
@@ -80,14 +79,14 @@ async def test_concurrent_increments_from_two_caches_are_never_lost(
     a, b = runtimes
     custom = client.CustomObjectsApi(k8s_api)
     rj = await _create(a, custom, namespace, "increments")
-    a.remember(rj)
-    b.remember(rj)
+    a.cache.remember(rj.body)
+    b.cache.remember(rj.body)
     rng = random.Random(7)
 
     async def writer(rt: Runtime, n: int) -> None:
         for _ in range(n):
             await asyncio.sleep(rng.random() * 0.01)
-            assert await rt.write_status(rj, _attempts)
+            assert await rt.status.write(rj, _attempts)
 
     await asyncio.gather(writer(a, 15), writer(b, 15))
     got = _get(custom, namespace, "increments")
@@ -103,8 +102,8 @@ async def test_fold_and_admission_racing_never_move_a_phase_backwards(
     custom = client.CustomObjectsApi(k8s_api)
     name = f"race-{seed}"
     rj = await _create(fold, custom, namespace, name)
-    fold.remember(rj)
-    admission.remember(rj)
+    fold.cache.remember(rj.body)
+    admission.cache.remember(rj.body)
     rng = random.Random(seed)
     seen: list[str] = []
 
@@ -120,13 +119,13 @@ async def test_fold_and_admission_racing_never_move_a_phase_backwards(
         # admission keeps saying "Queued" from whatever its own cache holds
         for i in range(12):
             await asyncio.sleep(rng.random() * 0.02)
-            await admission.mark_queued(rj, "WaitingForSlot", f"round {i}")
+            await admission.status.mark_queued(rj, "WaitingForSlot", f"round {i}")
 
     async def run() -> None:
         await asyncio.sleep(rng.random() * 0.05)
-        await fold.set_phase(rj, Phase.RUNNING, "PodRunning", None)
+        await fold.status.set_phase(rj, Phase.RUNNING, "PodRunning", None)
         await asyncio.sleep(rng.random() * 0.05)
-        await fold.set_phase(rj, Phase.SUCCEEDED, "Completed", None)
+        await fold.status.set_phase(rj, Phase.SUCCEEDED, "Completed", None)
 
     watcher = asyncio.create_task(watch())
     try:
@@ -147,15 +146,15 @@ async def test_the_server_refuses_to_revive_a_finished_rj(
     a, _ = runtimes
     custom = client.CustomObjectsApi(k8s_api)
     rj = await _create(a, custom, namespace, "final")
-    a.remember(rj)
-    await a.set_phase(rj, Phase.FAILED, "BadInput", "no photos")
-    uid = rj["metadata"]["uid"]
+    a.cache.remember(rj.body)
+    await a.status.set_phase(rj, Phase.FAILED, "BadInput", "no photos")
+    uid = rj.uid
     # a writer that skips every client-side check and the precondition
     with pytest.raises(ApiException) as err:
         await a.kube.patch_rj_status(namespace, "final", uid, {"phase": "Running"})
     assert err.value.status == 422
     assert "phase is final" in str(err.value.body)
     # the runtime's own writer meets the same refusal, re-reads and writes nothing
-    assert not await a.write_status(rj, {"phase": "Queued"})
+    assert not await a.status.write(rj, {"phase": "Queued"})
     got = _get(custom, namespace, "final")
     assert got["status"]["phase"] == "Failed"

@@ -79,26 +79,21 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.probe(id="queue")
 def probe(memo: kopf.Memo, **_: Any) -> dict[str, int]:
     """Liveness payload: the queue's size (the endpoint answers only while the loop runs)."""
-    rt = _rt(memo)
-    return {"waiting": len(rt.queue.waiting), "running": len(rt.queue.running)}
+    queue = _rt(memo).admission.queue
+    return {"waiting": len(queue.waiting), "running": len(queue.running)}
 
 
 @kopf.on.event(*RJ)
 async def rj_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    rt = _rt(memo)
     if type == "DELETED":
-        rt.forget(body["metadata"]["uid"])
-        return
-    rj = dict(body)
-    rt.remember(rj)
-    await rt.admit(rj)
-    rt.maybe_deliver(rj)
-    await rt.track_suspend(rj)
+        _rt(memo).rj_gone(body["metadata"]["uid"])
+    else:
+        await _rt(memo).rj_seen(dict(body))
 
 
 @kopf.on.event(*JOBS, labels=MANAGED_SELECTOR)
 async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _rt(memo).fold(dict(body), deleted=type == "DELETED")
+    _rt(memo).job_seen(dict(body), deleted=type == "DELETED")
 
 
 @kopf.on.event(*PODS, labels=MANAGED_SELECTOR)

@@ -17,10 +17,10 @@ not the operator, chose to name a queue.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any
+
+from rollcall_operator.cache import CachedRJ
+from rollcall_operator.times import parse_time
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class Entry:
     capped: bool  # counts against the caps (all but Kueue-managed RJs of a Kueue-trusting setup)
     suspended: bool
     timeout: int | None  # spec.runPolicy.queueTimeoutSeconds
-    body: Mapping[str, Any] = field(compare=False, repr=False)
     gpus: int = 1
+    rj: CachedRJ | None = field(default=None, compare=False, repr=False)  # as it was submitted
 
     @property
     def order(self) -> tuple[int, float, str]:
@@ -42,28 +42,26 @@ class Entry:
         return (-self.priority, self.created, self.name)
 
 
-def parse_time(stamp: str | None) -> float:
-    if not stamp:
-        return 0.0
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+def entry_for(rj: CachedRJ, trust_kueue: bool = False) -> Entry:
+    """The queue entry of an RJ, read from its spec as the contract model parsed it.
 
-
-def entry_for(body: Mapping[str, Any], trust_kueue: bool = False) -> Entry:
-    """The queue entry of an RJ body (spec already validated by the CRD schema)."""
-    meta, spec = body["metadata"], body.get("spec") or {}
-    policy = spec.get("runPolicy") or {}
-    gpus = int((spec.get("resources") or {}).get("gpus", 1))
+    Only an RJ whose spec the model accepts can queue (admission fails the others first).
+    """
+    spec = rj.spec
+    if spec is None:
+        raise ValueError(f"RJ {rj.namespace}/{rj.name} has an invalid spec: {rj.spec_error}")
+    policy = spec.run_policy
     return Entry(
-        uid=meta["uid"],
-        namespace=meta["namespace"],
-        name=meta["name"],
-        priority=int(spec.get("priority", 0)),
-        created=parse_time(meta.get("creationTimestamp")),
-        capped=not (trust_kueue and spec.get("queue")),
-        suspended=bool(policy.get("suspend", False)),
-        timeout=policy.get("queueTimeoutSeconds"),
-        body=body,
-        gpus=gpus,
+        uid=rj.uid,
+        namespace=rj.namespace,
+        name=rj.name,
+        priority=spec.priority,
+        created=parse_time(rj.meta.get("creationTimestamp")),
+        capped=not (trust_kueue and spec.queue),
+        suspended=policy.suspend,
+        timeout=policy.queue_timeout_seconds,
+        gpus=spec.resources.gpus,
+        rj=rj,
     )
 
 
