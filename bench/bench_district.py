@@ -45,11 +45,13 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_operator_burst import _healthy, create_all, write_counts  # noqa: E402
 from district import (  # noqa: E402
+    Life,
     Planned,
     Wait,
     busy_share,
     evenness,
     first_starts,
+    idle_while_waiting,
     peak_overlap,
     per_school,
     period_gap,
@@ -144,6 +146,11 @@ def _label_uid(obj: Any) -> str | None:
     return (obj.metadata.labels or {}).get(RJ_UID)
 
 
+def _job_stages(job: Any) -> list[str]:
+    done = any(c.type == "Complete" and c.status == "True" for c in job.status.conditions or [])
+    return ["job", "job complete"] if done else ["job"]
+
+
 def _pod_stages(pod: Any) -> list[str]:
     return ["pod", "bound"] if pod.spec.node_name else ["pod"]
 
@@ -160,9 +167,13 @@ class DayResult:
     busy: float
     makespan: float
     ideal: float  # sum of pod run time / GPUs: the makespan if the pool never idled
+    mean_run: float  # seconds a pod ran, on average
+    idle_waiting: float  # GPU-seconds idle while an RJ the caps allowed was waiting
+    endings: dict[str, Wait]  # pod end -> Job Complete -> RJ Succeeded
     pods: int
     node_peaks: dict[str, int]  # the most pods a node ran at once
     gpus_per_node: int
+    gpus: int
     results_found: int
     writes: Counter[tuple[str, str, str]]
     cpu: dict[str, float]
@@ -302,7 +313,7 @@ def run_day(kind: str, args: argparse.Namespace) -> DayResult:
             )  # fmt: skip
             job_watch = FirstSeen(
                 client.BatchV1Api(api).list_job_for_all_namespaces, (), _label_uid,
-                lambda _: ["job"], label_selector=RJ_UID,
+                _job_stages, label_selector=RJ_UID,
             )  # fmt: skip
             pod_watch = FirstSeen(
                 client.CoreV1Api(api).list_pod_for_all_namespaces, (), _label_uid, _pod_stages,
@@ -365,6 +376,21 @@ def run_day(kind: str, args: argparse.Namespace) -> DayResult:
             ("node agent (bound -> runs)", starts),
         ],
     )
+    last_ends: dict[str, float] = {}
+    for run in runs:
+        last_ends[run.uid] = max(run.end, last_ends.get(run.uid, 0.0))
+    endings = segments(
+        last_ends,
+        [
+            ("job controller (pod ends -> Job Complete)", job_watch.seen.get("job complete", {})),
+            ("operator (Job Complete -> RJ ended)", {u: t for u, (t, _) in ended.items()}),
+        ],
+    )
+    lives = [
+        Life(school, at, starts[uid], last_ends[uid])
+        for uid, (school, at) in created.items()
+        if uid in starts
+    ]
     notes = [] if done else [f"TIMED OUT: {len(ended)} of {total} RJs ended"]
     if any(peak > args.gpus_per_node for peak in peak_overlap(runs).values()):
         notes.append("a node ran more pods at once than it has GPUs")
@@ -381,9 +407,13 @@ def run_day(kind: str, args: argparse.Namespace) -> DayResult:
         busy=busy_share(run_seconds, gpus, makespan),
         makespan=makespan,
         ideal=sum(run_seconds) / gpus,
+        mean_run=statistics.fmean(run_seconds) if run_seconds else float("nan"),
+        idle_waiting=idle_while_waiting(lives, gpus, args.school_cap),
+        endings={name: wait_figures(name, v) for name, v in endings.items() if v},
         pods=len(runs),
         node_peaks=peak_overlap(runs),
         gpus_per_node=args.gpus_per_node,
+        gpus=gpus,
         results_found=found,
         writes=writes,
         cpu=cpu,
@@ -411,9 +441,15 @@ def report(r: DayResult) -> None:
     print("  where the wait went (p50 / p99 / mean seconds per RJ):")
     for name, f in r.stages.items():
         print(f"    {name:<30} {f.p50:7.2f} {f.p99:7.2f} {f.mean:7.2f}")
+    print("  and how a pod's end reached its RJ (p50 / p99 / mean seconds):")
+    for name, f in r.endings.items():
+        print(f"    {name:<42} {f.p50:6.2f} {f.p99:6.2f} {f.mean:6.2f}")
     print(f"  evenness, max/min of per-school mean wait: {r.evenness:.2f}")
     print(f"  makespan {r.makespan:.1f} s; pool-never-idle makespan {r.ideal:.1f} s; "
-          f"GPU busy share {100 * r.busy:.1f} %")  # fmt: skip
+          f"GPU busy share {100 * r.busy:.1f} %; mean pod run {r.mean_run:.2f} s")  # fmt: skip
+    lost = r.idle_waiting / (r.makespan * r.gpus)
+    print(f"  GPU time idle while an RJ the caps allowed was waiting: {r.idle_waiting:.0f} GPU-s "
+          f"({100 * lost:.1f} % of the pool's time; {r.idle_waiting / max(r.pods, 1):.2f} s per pod)")  # fmt: skip
     over = {n: p for n, p in r.node_peaks.items() if p > r.gpus_per_node}
     print(f"  most pods running at once per node: {sorted(r.node_peaks.values())} "
           f"(GPUs per node {r.gpus_per_node}; over-committed: {over or 'none'})")  # fmt: skip
@@ -443,10 +479,8 @@ def ratios(single: DayResult, cluster: DayResult) -> None:
         "queue-wait p99": (cluster.overall.p99, single.overall.p99),
         "evenness": (cluster.evenness, single.evenness),
         "GPU busy share": (cluster.busy, single.busy),
-        "mean pod run time": (
-            cluster.ideal / max(cluster.pods, 1),
-            single.ideal / max(single.pods, 1),
-        ),
+        "mean pod run time": (cluster.mean_run, single.mean_run),
+        "GPU idle while work waited": (cluster.idle_waiting, single.idle_waiting),
         "Redis CPU s": (redis_cpu(cluster), redis_cpu(single)),
         "node agents CPU s": (cluster.cpu["node agents"], single.cpu["node agents"]),
         "operator CPU s": (cluster.cpu["operator"], single.cpu["operator"]),

@@ -172,6 +172,48 @@ def peak_overlap(runs: Iterable[PodRun]) -> dict[str, int]:
     return peaks
 
 
+@dataclass(frozen=True)
+class Life:
+    """One RJ's life as the bench saw it (unix seconds): created, its first pod's start, the end
+    of its last pod."""
+
+    school: str
+    created: float
+    start: float
+    end: float
+
+
+def idle_while_waiting(lives: Iterable[Life], gpus: int, school_cap: int) -> float:
+    """GPU-seconds the pool sat idle while an RJ that the caps would have let in was waiting.
+
+    Between consecutive events the state is constant: per school, RJs running and RJs waiting
+    (created, not started). A school may start ``min(waiting, cap - running)`` more; the pool
+    could start ``min(free GPUs, that sum)``; integrated over time. Zero for a pool that hands
+    a freed GPU to the next admissible RJ at once; what the control plane's hand-off costs
+    otherwise (the queueing that caps and a full pool impose is not counted)."""
+    events: list[tuple[float, int, str, str]] = []  # time, order, school, what
+    for life in lives:
+        events += [(life.created, 0, life.school, "created"), (life.start, 1, life.school, "start")]
+        events.append((life.end, 2, life.school, "end"))
+    events.sort()
+    running: dict[str, int] = {}
+    waiting: dict[str, int] = {}
+    lost, last = 0.0, events[0][0] if events else 0.0
+    for at, _, school, what in events:
+        free = max(0, gpus - sum(running.values()))
+        admissible = sum(min(w, max(0, school_cap - running.get(s, 0))) for s, w in waiting.items())
+        lost += min(free, admissible) * (at - last)
+        last = at
+        if what == "created":
+            waiting[school] = waiting.get(school, 0) + 1
+        elif what == "start":
+            waiting[school] -= 1
+            running[school] = running.get(school, 0) + 1
+        else:
+            running[school] -= 1
+    return lost
+
+
 def segments(
     created: Mapping[str, float], stages: Sequence[tuple[str, Mapping[str, float]]]
 ) -> dict[str, list[float]]:

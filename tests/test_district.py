@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from district import (
+    Life,
     PodRun,
     busy_share,
     evenness,
     first_starts,
+    idle_while_waiting,
     peak_overlap,
     per_school,
     period_gap,
@@ -144,3 +146,27 @@ def test_segments_split_each_wait_between_consecutive_stages() -> None:
 def test_peak_overlap(spans: list[tuple[str, float, float]], peaks: dict[str, int]) -> None:
     runs = [PodRun("s", f"j{i}", f"u{i}", n, a, b, 0) for i, (n, a, b) in enumerate(spans)]
     assert peak_overlap(runs) == peaks
+
+
+@pytest.mark.parametrize(
+    ("lives", "gpus", "cap", "idle"),
+    [
+        # handed over at once: a second RJ starts as the first ends on the one GPU
+        ([("a", 0, 0, 2), ("a", 0, 2, 4)], 1, 2, 0.0),
+        # one GPU idle for 1 s between the first's end (2) and the second's start (3)
+        ([("a", 0, 0, 2), ("a", 0, 3, 5)], 1, 2, 1.0),
+        # two GPUs; the second RJ waits 1 s although a GPU is free: 1 GPU-second lost
+        ([("a", 0, 0, 2), ("b", 0, 1, 3)], 2, 2, 1.0),
+        # the school's cap (1) forbids the second RJ while the first runs: nothing lost
+        ([("a", 0, 0, 2), ("a", 0, 2, 4)], 2, 1, 0.0),
+        # ... but once the first ends, its wait counts (3 to 4)
+        ([("a", 0, 0, 3), ("a", 0, 4, 5)], 2, 1, 1.0),
+        # 3 RJs wait 4 s on 2 free GPUs: 2 GPU x 4 s; the third then waits for a full pool: 0
+        ([("a", 0, 4, 5), ("b", 0, 4, 5), ("c", 0, 5, 6)], 2, 1, 8.0),
+        ([], 8, 2, 0.0),
+    ],
+)
+def test_idle_while_waiting(
+    lives: list[tuple[str, float, float, float]], gpus: int, cap: int, idle: float
+) -> None:
+    assert idle_while_waiting([Life(*life) for life in lives], gpus, cap) == pytest.approx(idle)
