@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -175,6 +176,7 @@ class DayResult:
     gpus_per_node: int
     gpus: int
     results_found: int
+    events: Counter[str]  # Events in the school namespaces, by the component that posted them
     writes: Counter[tuple[str, str, str]]
     cpu: dict[str, float]
     wall: float  # the whole run's seconds including start-up
@@ -205,9 +207,32 @@ def _cpu(proc: psutil.Process) -> float:
     return 0.0
 
 
+SNAPSHOT = {  # what the operator and node-agent processes run, copied once per bench run
+    "operator": "rollcall_operator",
+    "contract": "rollcall_contract",
+    "job_image": "rollcall_job",
+    "hack": "",
+}
+
+
+def snapshot(dest: Path) -> Path:
+    """Copy the operator, contract, job and rig code as they are now into ``dest``.
+
+    Both topologies' days then run the same code even while the working tree changes under a
+    long run (the tree is shared), so their RATIO lines compare Redis and nothing else."""
+    for top, package in SNAPSHOT.items():
+        shutil.copytree(
+            REPO / top / package, dest / top / package,
+            ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "controlplane", "kueue"),
+        )  # fmt: skip
+    return dest
+
+
 def _spawn(
-    name: str, argv: list[str], env: dict[str, str], workdir: Path
+    name: str, argv: list[str], env: dict[str, str], workdir: Path, src: Path
 ) -> subprocess.Popen[bytes]:
+    path = os.pathsep.join(str(src / top) for top in SNAPSHOT)
+    env = {**env, "PYTHONPATH": path}
     with (workdir / f"{name}.log").open("ab") as log:
         return subprocess.Popen(
             argv, env={**os.environ, **env}, stdout=subprocess.PIPE if name == "nodes" else log,
@@ -245,7 +270,7 @@ def _has_default_sa(core: Any, ns: str) -> bool:
         return False
 
 
-def run_day(kind: str, args: argparse.Namespace) -> DayResult:
+def run_day(kind: str, args: argparse.Namespace, src: Path) -> DayResult:
     began = time.monotonic()
     schools = max(1, round(50 * args.scale))
     day = plan_day(schools, args.classes, args.periods, seed=args.seed)
@@ -271,11 +296,11 @@ def run_day(kind: str, args: argparse.Namespace) -> DayResult:
         record = work / "pods.jsonl"
         nodes = _spawn(
             "nodes",
-            [sys.executable, str(REPO / "hack" / "district.py"), "--kubeconfig", str(cp.kubeconfig),
+            [sys.executable, str(src / "hack" / "district.py"), "--kubeconfig", str(cp.kubeconfig),
              "--nodes", str(args.nodes), "--gpus", str(args.gpus_per_node), "--redis-url", url,
              "--record", str(record), "--min-seconds", str(args.min_seconds),
              "--max-seconds", str(args.max_seconds)],
-            {}, work,
+            {}, work, src,
         )  # fmt: skip
         health = f"http://127.0.0.1:{free_port()}/healthz"
         operator = _spawn(
@@ -293,6 +318,7 @@ def run_day(kind: str, args: argparse.Namespace) -> DayResult:
                 "ROLLCALL_OPERATOR_LOG_LEVEL": "WARNING",
             },
             work,
+            src,
         )
         try:
             assert nodes.stdout is not None
@@ -351,6 +377,11 @@ def run_day(kind: str, args: argparse.Namespace) -> DayResult:
             for uid, (school, _) in created.items():
                 pipe.exists(keys.job_results(school, uid))
             found = sum(int(x) for x in pipe.execute())
+            events = Counter(
+                e.reporting_component or (e.source.component if e.source else "") or "?"
+                for e in client.CoreV1Api(api).list_event_for_all_namespaces().items
+                if e.involved_object.namespace in names
+            )
             store.close()
         finally:
             _stop(operator)
@@ -415,6 +446,7 @@ def run_day(kind: str, args: argparse.Namespace) -> DayResult:
         gpus_per_node=args.gpus_per_node,
         gpus=gpus,
         results_found=found,
+        events=events,
         writes=writes,
         cpu=cpu,
         wall=time.monotonic() - began,
@@ -458,6 +490,8 @@ def report(r: DayResult) -> None:
     for (verb, resource, sub), count in r.writes.most_common(8):
         name = f"{resource}/{sub}" if sub else resource
         print(f"    {verb:<6} {name:<28} {count:>7}  {count / r.rjs:6.2f} per RJ")
+    by_source = ", ".join(f"{k} {v / r.rjs:.2f}" for k, v in r.events.most_common())
+    print(f"    Events per RJ, by who posted them: {by_source}")
     cores = sum(r.cpu.values()) / r.makespan
     print(f"  CPU seconds during the day (all together {sum(r.cpu.values()):.0f} s, "
           f"{cores:.2f} cores on average):")  # fmt: skip
@@ -516,10 +550,12 @@ def main() -> int:
     args = ap.parse_args()
     kinds = ["single", "cluster"] if args.both else [args.redis]
     results: dict[str, DayResult] = {}
-    for kind in kinds:  # each report as soon as its day ends: a later failure keeps it
-        results[kind] = run_day(kind, args)
-        report(results[kind])
-        sys.stdout.flush()
+    with tempfile.TemporaryDirectory(prefix="rollcall-district-src-") as src:
+        code = snapshot(Path(src))
+        for kind in kinds:  # each report as soon as its day ends: a later failure keeps it
+            results[kind] = run_day(kind, args, code)
+            report(results[kind])
+            sys.stdout.flush()
     if args.both:
         ratios(results["single"], results["cluster"])
     if args.json:
