@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from rollcall_contract.model import Resources
 from rollcall_operator.quantities import JobBounds, over_bounds, parse_quantity
 from rollcall_operator.refusals import CREATE_FORBIDDEN, QUOTA_EXCEEDED, classify
 from rollcall_operator.settings import OperatorSettings
@@ -47,7 +48,7 @@ BOUNDS = JobBounds(max_gpus=2, max_cpu="8", max_memory="32Gi")
     ],
 )
 def test_over_bounds(resources: dict[str, Any], problem: str | None) -> None:
-    got = over_bounds({"resources": resources}, BOUNDS)
+    got = over_bounds(Resources.model_validate(resources), BOUNDS)
     if problem is None:
         assert got is None
     else:
@@ -55,7 +56,7 @@ def test_over_bounds(resources: dict[str, Any], problem: str | None) -> None:
 
 
 def test_unbounded_settings_let_anything_the_schema_allows_through() -> None:
-    assert over_bounds({"resources": {"cpu": "999k", "gpus": 8}}, JobBounds()) is None
+    assert over_bounds(Resources(cpu="999k", gpus=8), JobBounds()) is None
 
 
 def test_settings_bound_gpus_by_the_smallest_cap() -> None:

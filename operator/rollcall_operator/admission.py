@@ -230,10 +230,10 @@ class Admission:
     async def _create_job(self, entry: Entry) -> bool:
         """True when the RJ has its Job (made now, or earlier) or needs none any more."""
         rj = self._latest(entry)
-        if rj is None or rj.terminal:
+        if rj is None or rj.terminal or rj.spec is None:  # ``admit`` fails an invalid spec
             self.queue.release(entry.uid)
             return True
-        if (why := over_bounds(rj.body.get("spec") or {}, self.settings.job_bounds())) is not None:
+        if (why := over_bounds(rj.spec.resources, self.settings.job_bounds())) is not None:
             self.queue.release(entry.uid)
             await self.writer.set_phase(rj, Phase.FAILED, "ResourcesExceedLimit", why)
             return True
@@ -283,7 +283,7 @@ class Admission:
             log.warning("invalid spec of %s: %s", rj.name, message[:300])
             await self.writer.set_phase(rj, Phase.FAILED, "InvalidSpec", message[:1000])
             return
-        if (why := over_bounds(rj.body["spec"], self.settings.job_bounds())) is not None:
+        if (why := over_bounds(rj.spec.resources, self.settings.job_bounds())) is not None:
             # the operator's per-job limits (settings), which the CRD schema cannot know
             self.queue.withdraw(rj.uid)  # seeded after a restart, perhaps
             await self.writer.set_phase(rj, Phase.FAILED, "ResourcesExceedLimit", why)

@@ -9,10 +9,10 @@ suffix (n, u, m, "", k, M, G, T, P, E) or a decimal exponent (e/E and an integer
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+
+from rollcall_contract.model import Resources
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {
@@ -57,18 +57,17 @@ class JobBounds:
     max_memory: str = ""
 
 
-def over_bounds(spec: Mapping[str, Any], bounds: JobBounds) -> str | None:
-    """Why the RJ's ``spec.resources`` exceed ``bounds`` (a status message), or None."""
-    res = spec.get("resources") or {}
-    gpus = int(res.get("gpus", 1))
+def over_bounds(resources: Resources, bounds: JobBounds) -> str | None:
+    """Why the RJ's ``spec.resources`` (as the model parsed them, defaults included) exceed
+    ``bounds`` (a status message), or None."""
+    gpus = resources.gpus
     problems = []
     if bounds.max_gpus and gpus > bounds.max_gpus:
         problems.append(f"resources.gpus={gpus} exceeds the limit of {bounds.max_gpus}")
-    for field, default, limit in (
-        ("cpu", "2", bounds.max_cpu),
-        ("memory", "4Gi", bounds.max_memory),
+    for field, value, limit in (
+        ("cpu", resources.cpu, bounds.max_cpu),
+        ("memory", resources.memory, bounds.max_memory),
     ):
-        value = str(res.get(field, default))
         try:
             amount = parse_quantity(value)
         except ValueError:
