@@ -1,26 +1,37 @@
 #!/usr/bin/env bash
-# Build the pinned control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
-# from the Go module proxy into a cache outside the clone, keyed by version, so CI's fresh clones
-# and warm machines reuse it. Prints the bin directory on stdout.
+# Build the pinned control plane from the Go module proxy into a cache outside the clone, keyed by
+# version, so CI's fresh clones and warm machines reuse it. Prints the bin directory on stdout.
+#
+# kube-apiserver, kube-controller-manager and kube-scheduler are one multi-call binary (kube/main.go;
+# one link instead of three), reached through a symlink per component. etcd stays its own module:
+# joining it would lift grpc and OpenTelemetry under the apiserver to etcd's newer versions. The two
+# builds run side by side, so one's link overlaps the other's compile.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
 cache=${ROLLCALL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rollcall}
-bin="$cache/controlplane-k8s-$KUBE_VERSION-etcd-$ETCD_VERSION/bin"
-if [[ -x $bin/etcd && -x $bin/kube-apiserver && -x $bin/kube-controller-manager && -x $bin/kube-scheduler ]]; then
+# "multicall": a new name, so a cache of the three separate binaries is never taken for this one.
+bin="$cache/controlplane-multicall-k8s-$KUBE_VERSION-etcd-$ETCD_VERSION/bin"
+components=(kube-apiserver kube-controller-manager kube-scheduler)
+ready=1
+for c in etcd kube "${components[@]}"; do [[ -x $bin/$c ]] || ready=0; done
+if ((ready)); then
   echo "$bin"; exit 0
 fi
-mkdir -p "$bin.partial"
+rm -rf "$bin.partial" && mkdir -p "$bin.partial"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
 ld="-s -w"
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
 done
-(cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin.partial/etcd" go.etcd.io/etcd/server/v3) >&2
-for c in kube-apiserver kube-controller-manager kube-scheduler; do
-  (cd "$here/kube" && go build -trimpath -tags selinux,notest -ldflags "$ld" -o "$bin.partial/$c" "k8s.io/kubernetes/cmd/$c") >&2
-done
+(cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin.partial/etcd" go.etcd.io/etcd/server/v3) >&2 &
+etcd_pid=$!
+(cd "$here/kube" && go build -trimpath -tags selinux,notest -ldflags "$ld" -o "$bin.partial/kube" .) >&2 || {
+  kill "$etcd_pid" 2>/dev/null; wait "$etcd_pid" || true; exit 1
+}
+wait "$etcd_pid"
+for c in "${components[@]}"; do ln -s kube "$bin.partial/$c"; done
 rm -rf "$bin" && mv "$bin.partial" "$bin"
 echo "$bin"
