@@ -99,11 +99,21 @@ bench: setup ## run every benchmark; each prints figures and side-by-side ratios
 eval: venv models ## embedder cards on registry photos: TAR@FAR, EER, simulated roll call (markdown)
 	$(PY) bench/eval_faces.py
 
+# Independent steps run side by side (the Go build next to the env, then kubectl/helm and the models),
+# each step's output in its own log, one line per step with its time and what remains.
+# make demo needs no Kueue (only tests/test_kueue.py does): only make test builds it.
+SETUP_STEPS := system venv controlplane tools models
+
 .PHONY: setup
-setup: system venv controlplane kueue tools models
+setup: ## what make demo needs: Debian packages, Python env, control plane, kubectl/helm, models
+	@python3 hack/setupsteps.py --make "$(MAKE)" $(SETUP_STEPS)
+
+.PHONY: setup-test
+setup-test: ## what make test needs: setup's steps and Kueue
+	@python3 hack/setupsteps.py --make "$(MAKE)" $(SETUP_STEPS) kueue
 
 .PHONY: test
-test: setup lint ## set everything up, lint, and run the whole suite against real servers
+test: setup-test lint ## set everything up, lint, and run the whole suite against real servers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: demo
