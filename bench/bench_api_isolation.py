@@ -39,12 +39,11 @@ from fastapi import BackgroundTasks, FastAPI
 from kubernetes import client, config, utils
 from redis.asyncio import Redis
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
+from apirig import write_key_file
+from localk8s import control_plane, wait_for
+from redisrig import free_port, redis_server
 
-from apirig import write_key_file  # noqa: E402
-from localk8s import control_plane, wait_for  # noqa: E402
-from redisrig import free_port, redis_server  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 BODY = {
     "classCode": "7B-maths",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ from typing import cast
 import numpy as np
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
 from redisrig import redis_server
 from rollcall_contract import keys
 from rollcall_job.gallery import GalleryMeta, GalleryStore

@@ -24,13 +24,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "job_image"))
+from rollcall_job.faces import FaceEngine, load_engine, read_image
+from rollcall_job.models.assets import photo
+from rollcall_job.models.build import build_models
+from rollcall_job.models.classphoto import tile_photo
 
-from rollcall_job.faces import FaceEngine, load_engine, read_image  # noqa: E402
-from rollcall_job.models.assets import photo  # noqa: E402
-from rollcall_job.models.build import build_models  # noqa: E402
-from rollcall_job.models.classphoto import tile_photo  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 OLD, NEW = "mtcnn", "retinaface"
 TARGET_FACES_PER_S = 300.0

@@ -34,19 +34,18 @@ import psutil
 import yaml
 from kubernetes import client, config, utils, watch
 
+from localk8s import control_plane, wait_for
+from redisrig import free_port
+from rollcall_contract.model import GROUP, PLURAL, VERSION
+from rollcall_operator.builder import build_job
+from rollcall_operator.settings import OperatorSettings
+
 # The kubernetes package's helpers are partly untyped; this script only needs them to run.
 _config: Any = config
 _utils: Any = utils
 _watch: Any = watch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
-
-from localk8s import control_plane, wait_for  # noqa: E402
-from redisrig import free_port  # noqa: E402
-from rollcall_contract.model import GROUP, PLURAL, VERSION  # noqa: E402
-from rollcall_operator.builder import build_job  # noqa: E402
-from rollcall_operator.settings import OperatorSettings  # noqa: E402
 
 
 def rj(i: int) -> dict[str, Any]:

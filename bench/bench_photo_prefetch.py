@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -27,18 +26,17 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "job_image"))
-
-from rollcall_job.faces import FaceEngine, default_model_dir, load_engine  # noqa: E402
-from rollcall_job.models.assets import PHOTO_NAMES, photo  # noqa: E402
-from rollcall_job.photos import (  # noqa: E402
+from rollcall_job.faces import FaceEngine, default_model_dir, load_engine
+from rollcall_job.models.assets import PHOTO_NAMES, photo
+from rollcall_job.photos import (
     Photo,
     PhotoError,
     iter_read,
     list_photos,
     read_or_error,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MAX_BYTES = 40 << 20
 Result = tuple[Photo, npt.NDArray[np.uint8] | PhotoError]

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
 from redisrig import redis_server
 from rollcall_contract import acl
 from rollcall_job.gallery import GalleryMeta, GalleryStore

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from typing import Any
 import numpy as np
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
 from redisrig import redis_server
 from redistopo import redis_cluster, sentinel_group
 from rollcall_contract import redisclient

@@ -33,14 +33,11 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "job_image"))
-
-from rollcall_job.faces import DetectedFace, FaceEngine, load_engine, read_image  # noqa: E402
-from rollcall_job.matcher import Metric  # noqa: E402
-from rollcall_job.models import evaluation as ev  # noqa: E402
-from rollcall_job.models.assets import photo  # noqa: E402
-from rollcall_job.models.build import (  # noqa: E402
+from rollcall_job.faces import DetectedFace, FaceEngine, load_engine, read_image
+from rollcall_job.matcher import Metric
+from rollcall_job.models import evaluation as ev
+from rollcall_job.models.assets import photo
+from rollcall_job.models.build import (
     DEFAULT_EMBEDDER,
     EMBEDDERS,
     SELECTABLE_EMBEDDERS,
@@ -48,9 +45,11 @@ from rollcall_job.models.build import (  # noqa: E402
     link_detectors,
     write_embedder,
 )
-from rollcall_job.models.cache import MODELS_VERSION, cache_root  # noqa: E402
-from rollcall_job.models.cards import EMBEDDER_CARD, ModelCard, load_card  # noqa: E402
-from rollcall_job.models.npm import extract_npm_member  # noqa: E402
+from rollcall_job.models.cache import MODELS_VERSION, cache_root
+from rollcall_job.models.cards import EMBEDDER_CARD, ModelCard, load_card
+from rollcall_job.models.npm import extract_npm_member
+
+ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("eval_faces")
 
