@@ -356,7 +356,9 @@ def test_gpu_and_job_values_reach_the_operator_and_the_jobs_it_builds(
     container = pod["containers"][0]
     assert pod["runtimeClassName"] == "nvidia"
     assert pod["nodeSelector"] == {"pool": "batch", "gpu.example.org/model": "l4"}
-    assert pod["tolerations"] == values["job"]["tolerations"] + values["gpu"]["tolerations"]
+    configured = values["job"]["tolerations"] + values["gpu"]["tolerations"]
+    assert pod["tolerations"][: len(configured)] == configured
+    assert s.node_lost_toleration_seconds == s.lost_pod_timeout_seconds == 60  # chart defaults
     assert container["resources"]["limits"]["amd.com/gpu"] == "1"
     assert container["image"] == "registry.example.org/rollcall-job:1.2.3"
     job_env = env_of(container)
@@ -518,7 +520,8 @@ def test_operator_rules_are_what_its_code_calls(tools_bin: Path, tmp_path: Path)
         (GROUP, f"{PLURAL}/status"): {"get", "patch"},
         (GROUP, f"{PLURAL}/finalizers"): {"update"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
-        ("", "pods"): {"get", "list", "watch"},  # the pod watch: Unschedulable reasons
+        ("", "pods"): {"get", "list", "watch", "delete"},  # the pod watch; stranded pods
+        ("", "pods/status"): {"patch"},  # a pod stranded on an unreachable node marked Failed
         ("", "events"): {"create"},
         ("", "secrets"): {"get"},
         ("kueue.x-k8s.io", "workloads"): {"list"},
@@ -531,6 +534,7 @@ def test_operator_rules_are_what_its_code_calls(tools_bin: Path, tmp_path: Path)
     assert {(r["apiGroups"][0], r["resources"][0]): tuple(r["verbs"]) for r in framework} == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): ("list", "watch"),
         ("", "namespaces"): ("list", "watch"),
+        ("", "nodes"): ("get",),  # is a stranded pod's node unreachable?
     }
 
     no_webhook = render(tools_bin, tmp_path, {"webhook": {"enabled": False}})

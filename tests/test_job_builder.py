@@ -144,7 +144,7 @@ CASES: list[tuple[str, dict[str, Any], OperatorSettings, Any]] = [
         OperatorSettings(runtime_class_name="nvidia"),
         lambda j: (
             "nvidia.com/gpu" not in container(j)["resources"]["limits"]
-            and "tolerations" not in pod(j)
+            and "nvidia.com/gpu" not in [t["key"] for t in pod(j).get("tolerations", [])]
             and "runtimeClassName" not in pod(j)
         ),
     ),

@@ -182,6 +182,28 @@ def _pod_annotations(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[
     return annotations
 
 
+NODE_LOST_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
+def _node_lost_tolerations(
+    settings: OperatorSettings, configured: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Bounded NoExecute tolerations of a lost node, so attendance is retried elsewhere soon.
+
+    Without them the apiserver adds 300 s ones; a toleration the cluster's settings already give
+    for either taint is kept as it is.
+    """
+    seconds = settings.node_lost_toleration_seconds
+    if seconds is None:
+        return []
+    given = {t.get("key") for t in configured}
+    return [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
+        for key in NODE_LOST_TAINTS
+        if key not in given
+    ]
+
+
 def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     """The batch/v1 Job manifest for the RJ ``rj`` (a body as read from the apiserver)."""
     meta = rj["metadata"]
@@ -226,6 +248,7 @@ def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, An
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     tolerations = [*settings.tolerations, *(settings.gpu_tolerations if gpu else [])]
+    tolerations += _node_lost_tolerations(settings, tolerations)
     if tolerations:
         pod_spec["tolerations"] = tolerations
     if settings.runtime_class_name and gpu:

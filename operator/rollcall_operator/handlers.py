@@ -9,7 +9,8 @@
   handler and no extra annotation write per RJ): suspend/resume the Job;
 - Job events (our label only): fold the Job's state into its RJ's status;
 - pod events (our label only): fold the pod's Job when the scheduler's verdict on the pod changes
-  (Unschedulable and why, or placed at last), which changes nothing on the Job itself.
+  (Unschedulable and why, or placed at last), which changes nothing on the Job itself; and fail a
+  pod stranded on an unreachable node (nodeloss.py), so its Job can retry elsewhere.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client import start_http_server
 
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.builder import MANAGED_SELECTOR
+from rollcall_operator.nodeloss import LostPods
 from rollcall_operator.runtime import Runtime
 from rollcall_operator.settings import get_settings
 
@@ -66,12 +68,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         start_http_server(ours.metrics_port)
     rt = await Runtime.open(ours)
     memo["rt"] = rt
+    memo["lost"] = LostPods(rt.kube, ours.lost_pod_timeout_seconds)
     await rt.seed()
     rt.start()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "lost" in memo:
+        await memo["lost"].close()
     if "rt" in memo:
         await _rt(memo).close()
 
@@ -99,3 +104,4 @@ async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 @kopf.on.event(*PODS, labels=MANAGED_SELECTOR)
 async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _rt(memo).pod_seen(dict(body), deleted=type == "DELETED")
+    memo["lost"].seen(body, deleted=type == "DELETED")

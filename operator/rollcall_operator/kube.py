@@ -40,6 +40,16 @@ async def _json(resp: Any) -> Any:
     return json.loads(data)
 
 
+async def _found(call: Awaitable[Any]) -> dict[str, Any] | None:
+    """The object read by ``call``, or None when the apiserver answers 404."""
+    try:
+        return await _json(await call)  # type: ignore[no-any-return]
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
@@ -128,6 +138,38 @@ class Kube:
             )
         )
         return got["items"]  # type: ignore[no-any-return]
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await _found(self.core.read_namespaced_pod(name, namespace, _preload_content=False))
+
+    async def read_node(self, name: str) -> dict[str, Any] | None:
+        return await _found(self.core.read_node(name, _preload_content=False))
+
+    async def fail_pod(self, pod: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Merge-patch a pod's status, conditional on the version read (409 if it changed), then
+        remove it with grace period 0: no kubelet is left to do either."""
+        meta = pod["metadata"]
+        body = {
+            "metadata": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]},
+            "status": dict(status),
+        }
+        await _json(
+            await self.core.patch_namespaced_pod_status(
+                meta["name"], meta["namespace"], body,
+                _content_type=MERGE_PATCH, _preload_content=False,
+            )
+        )  # fmt: skip
+        try:
+            await _json(
+                # with a body the apiserver reads the options from it only, query ignored
+                await self.core.delete_namespaced_pod(
+                    meta["name"], meta["namespace"], _preload_content=False,
+                    body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
+                )
+            )  # fmt: skip
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes:
         resp = await self.core.read_namespaced_secret(name, namespace, _preload_content=False)

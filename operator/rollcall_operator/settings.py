@@ -66,6 +66,25 @@ class OperatorSettings(BaseSettings):
         default_factory=dict, description="Added to GPU Jobs only (e.g. a GPU product label)."
     )
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    node_lost_toleration_seconds: int | None = Field(
+        default=60,
+        ge=0,
+        description="A job pod on a not-ready/unreachable node is evicted (and retried elsewhere) "
+        "this long after the node is marked so; empty: the cluster's default, 300 s.",
+    )
+    lost_pod_timeout_seconds: int | None = Field(
+        default=60,
+        ge=0,
+        description="A job pod evicted from an unreachable node and still Terminating this long "
+        "after its grace period is marked Failed and removed, so its Job retries; empty: never.",
+    )
+
+    @field_validator("node_lost_toleration_seconds", "lost_pod_timeout_seconds", mode="before")
+    @classmethod
+    def _null_is_off(cls, value: object) -> object:
+        # the chart renders a null value as the JSON text "null"
+        return None if value in ("null", "") else value
+
     runtime_class_name: str | None = Field(default=None, description="e.g. nvidia")
     priority_class_name: str | None = None
     service_account_name: str | None = Field(
