@@ -280,7 +280,8 @@ def run_day(kind: str, args: argparse.Namespace, src: Path) -> DayResult:
     gap = period_gap(len(day[0]), mean, gpus, args.slack)
     total = sum(len(b) for b in day)
     print(f"[{kind}] {schools} schools x {args.classes} classes x {args.periods} periods = "
-          f"{total} RJs on {gpus} GPUs; a burst every {gap:.1f} s", flush=True)  # fmt: skip
+          f"{total} RJs on {gpus} GPUs (operator caps: {args.operator_gpus or gpus} GPUs, "
+          f"{args.school_cap} per school); a burst every {gap:.1f} s", flush=True)  # fmt: skip
     with (
         tempfile.TemporaryDirectory(prefix="rollcall-district-") as tmp,
         control_plane(Path(tmp) / "cp") as cp,
@@ -311,7 +312,7 @@ def run_day(kind: str, args: argparse.Namespace, src: Path) -> DayResult:
                 "ROLLCALL_OPERATOR_REDIS_URL": url,
                 "ROLLCALL_OPERATOR_IMAGE": "rollcall-job:local",
                 "ROLLCALL_OPERATOR_COMMAND": '["rollcall-job"]',
-                "ROLLCALL_OPERATOR_MAX_GPUS": str(gpus),
+                "ROLLCALL_OPERATOR_MAX_GPUS": str(args.operator_gpus or gpus),
                 "ROLLCALL_OPERATOR_MAX_GPUS_PER_NAMESPACE": str(args.school_cap),
                 "ROLLCALL_OPERATOR_LIVENESS_ENDPOINT": health,
                 "ROLLCALL_OPERATOR_METRICS_PORT": "0",
@@ -536,6 +537,13 @@ def main() -> int:
     ap.add_argument("--periods", type=int, default=4)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--gpus-per-node", type=int, default=2)
+    ap.add_argument(
+        "--operator-gpus",
+        type=int,
+        default=0,
+        help="the operator's cluster-wide GPU cap; 0: the pool's GPUs. Above the pool, the"
+        " scheduler holds the extra pods Pending and binds one as soon as a GPU frees",
+    )
     ap.add_argument("--school-cap", type=int, default=2, help="GPUs one school may hold at once")
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--max-seconds", type=float, default=3.0)
