@@ -561,7 +561,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=8, help="client threads creating RJs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--timeout", type=float, default=900, help="seconds to wait after the last burst"
+        "--timeout", type=float, default=1800, help="seconds to wait after the last burst"
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
