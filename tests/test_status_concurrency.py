@@ -17,7 +17,7 @@ from typing import Any, cast
 import pytest
 from kubernetes import client
 
-from rollcall_contract.model import GROUP, PLURAL, TERMINAL_PHASES, VERSION, Phase
+from rollcall_contract.model import GROUP, PLURAL, VERSION, Phase
 from rollcall_operator.cache import CachedRJ
 from rollcall_operator.kube import ApiException
 from rollcall_operator.runtime import Runtime
@@ -135,9 +135,10 @@ async def test_fold_and_admission_racing_never_move_a_phase_backwards(
         watcher.cancel()
     final = _get(custom, namespace, name)
     assert final["status"]["phase"] == "Succeeded"
+    # a busy machine may let the 5 ms poll miss the last write; the final read still counts
+    seen.append(final["status"]["phase"])
     ranks = [_RANK[p] for p in seen]
     assert ranks == sorted(ranks), f"phase went backwards: {seen}"
-    assert seen[-1] in {p.value for p in TERMINAL_PHASES}
 
 
 async def test_the_server_refuses_to_revive_a_finished_rj(
