@@ -149,6 +149,21 @@ def test_schools_are_served_round_robin_not_by_burst() -> None:
     assert got.index("b0") < got.index("a1") and got.index("c0") < got.index("a1")
 
 
+def test_schools_tied_in_a_burst_take_turns() -> None:
+    """Same load, same creation second: the school served longest ago goes next, not the first name."""
+    q = AdmissionQueue(max_gpus=1)
+    for school in ("c", "a", "b"):
+        for i in range(2):
+            q.submit(e(f"{school}{i}", ns=school, created=5.0))
+    order: list[str] = []
+    for _ in range(6):
+        (got,) = q.admissible()
+        order.append(got.namespace)
+        q.release(got.uid)
+    assert order[:3] == sorted(order[:3]) and set(order[:3]) == {"a", "b", "c"}
+    assert order[3:] == order[:3]  # a full round before any school's second turn
+
+
 def test_suspended_waits_and_resumes() -> None:
     q = AdmissionQueue()
     q.submit(e("s", suspended=True))

@@ -94,6 +94,11 @@ class AdmissionQueue:
     max_gpus_per_namespace: int = 0
     running: dict[str, Slot] = field(default_factory=dict)  # uid -> slot, capped Jobs only
     waiting: dict[str, Entry] = field(default_factory=dict)
+    # namespace -> sequence number of its latest admission: among equally loaded schools the one
+    # served longest ago goes first (creation times have 1 s resolution, so a burst would
+    # otherwise tie and always favour the alphabetically first school).
+    served: dict[str, int] = field(default_factory=dict)
+    _turns: int = 0
 
     def _usage(self) -> tuple[Counter[str], Counter[str]]:
         """(Jobs, GPUs) held per namespace."""
@@ -155,11 +160,16 @@ class AdmissionQueue:
                      and self._namespace_full(line[-1], jobs, gpus) is None]  # fmt: skip
             if not ready:
                 break
-            ns = min(ready, key=lambda n: (gpus[n], jobs[n], lines[n][-1].created, n))
+            ns = min(
+                ready,
+                key=lambda n: (gpus[n], jobs[n], self.served.get(n, 0), lines[n][-1].created, n),
+            )
             entry = lines[ns][-1]
             if self._global_full(entry.gpus) is not None:
                 break  # the cluster-wide cap is full: nobody further down may jump the queue
             lines[ns].pop()
+            self._turns += 1
+            self.served[ns] = self._turns
             self.running[entry.uid] = Slot(ns, entry.gpus)
             jobs[ns] += 1
             gpus[ns] += entry.gpus

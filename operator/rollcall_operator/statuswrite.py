@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,10 +19,10 @@ from typing import Any
 import kopf
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     RetryError,
     retry_if_exception_type,
     stop_after_attempt,
+    wait_random_exponential,
 )
 
 from rollcall_contract.model import TERMINAL_PHASES, Phase
@@ -37,8 +36,9 @@ log = logging.getLogger("rollcall.operator")
 
 # A status patch, or how to compute one from the current status (None: nothing to write).
 PatchSource = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
-# More than a few conflicts in a row means a hot loop, not bad luck.
-WRITE_ATTEMPTS = 12
+# Dozens of conflicts in a row means a hot loop, not bad luck; a loaded apiserver with several
+# writers on one RJ (fold, admission, progress, webhooks) can cost a dozen.
+WRITE_ATTEMPTS = 30
 _WARNING_PHASES = {Phase.FAILED.value, Phase.CANCELLED.value}
 
 
@@ -46,9 +46,9 @@ class _Lost(Exception):
     """This attempt lost to a newer write; the cache now holds the winner."""
 
 
-def _jitter(state: RetryCallState) -> float:
-    """Up to 5 ms more per lost attempt, at random."""
-    return random.uniform(0, 0.005 * state.attempt_number)
+# Random exponential back-off from a few ms up to 0.5 s: writers that keep colliding spread out
+# (a fixed small jitter kept two writers in step on a slow apiserver until one gave up).
+_jitter = wait_random_exponential(multiplier=0.005, max=0.5)
 
 
 def transition_event(phase: str, status: Mapping[str, Any]) -> tuple[str, str, str] | None:
