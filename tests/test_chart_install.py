@@ -232,7 +232,7 @@ CAN_I = [
     ("operator", "get", "pods", "a", True),
     ("operator", "watch", "pods", "a", True),  # the pod watch: Unschedulable reasons
     ("operator", "create", "pods", "a", False),
-    ("operator", "delete", "pods", "a", False),
+    ("operator", "delete", "pods", "a", True),  # a pod stuck on an unreachable Node (nodeloss.py)
     ("operator", "create", "events", "a", True),
     ("operator", "get", "secrets/{webhook}", "a", True),
     ("operator", "get", "secrets/other", "a", False),
