@@ -41,6 +41,7 @@ from redis.asyncio import Redis
 
 from apirig import write_key_file
 from localk8s import control_plane, wait_for
+from procs import stop_process
 from redisrig import free_port, redis_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,12 +210,7 @@ def process(args: list[str], env: dict[str, str], ready_url: str, log: Path) -> 
         wait_for(lambda: _ready(ready_url), f"{args[-1]} ready", 60)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
 
 
 def install_crds(kubeconfig: Path) -> Any:

@@ -43,12 +43,8 @@ from typing import Any
 import psutil
 from kubernetes import client, config, watch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(REPO / "bench"))
-
-from bench_operator_burst import _healthy, create_all, write_counts  # noqa: E402
-from district import (  # noqa: E402
+from bench_operator_burst import _healthy, _sa_exists, create_all, write_counts
+from district import (
     Life,
     Planned,
     Wait,
@@ -64,14 +60,16 @@ from district import (  # noqa: E402
     segments,
     wait_figures,
 )
-from localk8s import ControlPlane, control_plane, install_crds, local_volume, wait_for  # noqa: E402
-from redisrig import free_port, redis_server  # noqa: E402
-from redistopo import redis_cluster  # noqa: E402
-from rollcall_contract import keys, redisclient  # noqa: E402
-from rollcall_contract.labels import RJ_UID  # noqa: E402
-from rollcall_contract.model import GROUP, PLURAL, VERSION  # noqa: E402
-from stack import school_namespace  # noqa: E402
+from localk8s import ControlPlane, control_plane, install_crds, local_volume, wait_for
+from procs import stop_process
+from redisrig import free_port, redis_server
+from redistopo import redis_cluster
+from rollcall_contract import keys, redisclient
+from rollcall_contract.labels import RJ_UID
+from rollcall_contract.model import GROUP, PLURAL, VERSION
+from stack import school_namespace
 
+REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO / "charts" / "rollcall" / "crds"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
@@ -252,15 +250,6 @@ def _spawn(
         )  # fmt: skip
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def prepare_schools(api: client.ApiClient, cp: ControlPlane, schools: list[str], url: str) -> None:
     """Each school a restricted namespace with its Redis Secret and a bound photo claim."""
     core: Any = client.CoreV1Api(api)
@@ -268,18 +257,10 @@ def prepare_schools(api: client.ApiClient, cp: ControlPlane, schools: list[str],
     def one(ns: str) -> None:
         school_namespace(api, ns, url)
         local_volume(core, ns, "photos", cp.workdir.parent / "claims" / ns, read_only=True)
-        wait_for(lambda: _has_default_sa(core, ns), f"{ns} default ServiceAccount")
+        wait_for(lambda: _sa_exists(core, ns), f"{ns} default ServiceAccount")
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, schools))
-
-
-def _has_default_sa(core: Any, ns: str) -> bool:
-    try:
-        core.read_namespaced_service_account("default", ns)
-        return True
-    except client.ApiException:
-        return False
 
 
 def run_day(kind: str, args: argparse.Namespace, src: Path) -> DayResult:
@@ -397,8 +378,8 @@ def run_day(kind: str, args: argparse.Namespace, src: Path) -> DayResult:
             )
             store.close()
         finally:
-            _stop(operator)
-            _stop(nodes)
+            stop_process(operator, 15)
+            stop_process(nodes, 15)
         api.close()  # type: ignore[no-untyped-call]
         uptime = Path("/proc/loadavg").read_text().split()[:3]
 

@@ -35,6 +35,7 @@ import yaml
 from kubernetes import client, config, utils, watch
 
 from localk8s import control_plane, wait_for
+from procs import stop_process
 from redisrig import free_port
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.builder import build_job
@@ -237,11 +238,7 @@ def main() -> None:
                 if e.involved_object.kind == "RecognitionJob"
             )  # fmt: skip
         finally:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-            if proc.poll() is None:
-                proc.kill()
+            stop_process(proc, 15)
 
     pace = f"paced at {args.rate:g}/s" if args.rate else "unpaced burst"
     print(f"RecognitionJobs in the burst:            {n} ({pace})")

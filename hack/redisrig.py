@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from procs import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -84,9 +86,4 @@ def redis_server(
         _wait_ready(port, proc, log)
         yield RedisServer(port=port, dir=workdir, process=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
