@@ -193,8 +193,11 @@ def idle_while_waiting(lives: Iterable[Life], gpus: int, school_cap: int) -> flo
     otherwise (the queueing that caps and a full pool impose is not counted)."""
     events: list[tuple[float, int, str, str]] = []  # time, order, school, what
     for life in lives:
-        events += [(life.created, 0, life.school, "created"), (life.start, 1, life.school, "start")]
-        events.append((life.end, 2, life.school, "end"))
+        # The create's reply can reach the bench after the pod already started (another process's
+        # clock, a slow client thread): order each RJ's own events as they must have happened.
+        start = max(life.start, life.created)
+        events += [(life.created, 0, life.school, "created"), (start, 1, life.school, "start")]
+        events.append((max(life.end, start), 2, life.school, "end"))
     events.sort()
     running: dict[str, int] = {}
     waiting: dict[str, int] = {}

@@ -163,6 +163,8 @@ def test_peak_overlap(spans: list[tuple[str, float, float]], peaks: dict[str, in
         ([("a", 0, 0, 3), ("a", 0, 4, 5)], 2, 1, 1.0),
         # 3 RJs wait 4 s on 2 free GPUs: 2 GPU x 4 s; the third then waits for a full pool: 0
         ([("a", 0, 4, 5), ("b", 0, 4, 5), ("c", 0, 5, 6)], 2, 1, 8.0),
+        # the create's reply seen after the pod started (0.2 s): the RJ never waited
+        ([("a", 1.0, 0.8, 2.0)], 1, 1, 0.0),
         ([], 8, 2, 0.0),
     ],
 )
