@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from rollcall_operator.kube import ApiException, Kube
+from rollcall_operator.times import now_iso
 
 log = logging.getLogger("rollcall.operator.nodeloss")
 UNREACHABLE = "node.kubernetes.io/unreachable"
@@ -80,10 +81,6 @@ def failed_status(pod: Mapping[str, Any], now: str) -> dict[str, Any]:
     }
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class LostPods:
     """One waiting task per stranded pod of ours; ``seen`` is called for every pod event."""
 
@@ -136,7 +133,7 @@ class LostPods:
             if not unreachable(await self.kube.read_node(node)):
                 await asyncio.sleep(RECHECK_SECONDS)
                 return False
-            await self.kube.fail_pod(pod, failed_status(pod, _now()))
+            await self.kube.fail_pod(pod, failed_status(pod, now_iso()))
         except ApiException as e:
             if e.status != 409:  # 409: changed since read, look again at once
                 log.warning("stranded pod: %s %s", e.status, e.reason, extra={"pod": name})
