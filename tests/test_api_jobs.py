@@ -433,6 +433,7 @@ async def test_probes_metrics_and_request_ids(api: Api) -> None:
     assert created in metrics
     assert 'rollcall_api_jobs_created_total{mode="identify"} 1.0' in metrics
     assert "rollcall_api_event_loop_lag_seconds_count" in metrics
+    assert 'rollcall_api_event_loop_lag_own_seconds_bucket{le="0.0065"}' in metrics
 
 
 async def test_readyz_fails_when_redis_is_gone(

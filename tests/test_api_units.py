@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -13,7 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from rollcall_api.app import create_app
+from rollcall_api import looplag
+from rollcall_api.app import create_app, kube_client
 from rollcall_api.auth import KeyStore, hash_key, new_key, parse_key_file
 from rollcall_api.errors import ApiError
 from rollcall_api.kube import new_job_name
@@ -186,3 +188,89 @@ def test_job_names_sort_by_creation_time_and_are_dns_labels() -> None:
     assert names == sorted(names)
     assert all(re.match(DNS_LABEL, n) and len(n) == 18 for n in names)
     assert len({new_job_name(1_700_000_000) for _ in range(1000)}) == 1000
+
+
+def test_job_names_random_part_spans_the_whole_alphabet() -> None:
+    """One draw for all 8 characters must still reach every character in every position."""
+    tails = [new_job_name(0)[-8:] for _ in range(2000)]
+    for position in range(8):
+        assert len({t[position] for t in tails}) == 36, position
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("386412 96243 2\n", 96243e-9),
+        ("0 5127962000 1", 5.127962),
+        ("0 0 0", 0.0),
+        ("", None),
+        ("1 2", None),
+        ("1 -2 3", None),
+        ("a b c", None),
+    ],
+)
+def test_run_delay_is_read_from_a_schedstat_line(text: str, expected: float | None) -> None:
+    assert looplag.run_delay(text) == (None if expected is None else pytest.approx(expected))
+
+
+def test_run_delay_of_this_thread_is_readable() -> None:
+    """The probe's own-share figure needs it on the Linux nodes the API runs on."""
+    delay = looplag.read_run_delay()
+    assert delay is not None and delay >= 0
+    assert looplag.read_run_delay(Path("/nonexistent/schedstat")) is None
+
+
+@pytest.mark.parametrize(
+    ("lag", "waited", "own"),
+    [
+        (0.030, 0.025, 0.005),  # mostly a wait for a CPU
+        (0.030, 0.0, 0.030),  # all the loop's own work
+        (0.002, 0.010, 0.0),  # a wait made up before the timer was due
+        (0.030, None, 0.030),  # no schedstat: all of it counts
+    ],
+)
+def test_own_share_of_lag(lag: float, waited: float | None, own: float) -> None:
+    assert looplag.own_share(lag, waited) == pytest.approx(own)
+
+
+def test_lag_buckets_are_fine_around_the_10ms_goal() -> None:
+    buckets = looplag.LAG_BUCKETS
+    assert list(buckets) == sorted(buckets)
+    fine = [b for b in buckets if b <= 0.015]
+    assert 0.01 in buckets and max(b - a for a, b in itertools.pairwise(fine)) < 0.0026
+
+
+def _kubeconfig(path: Path) -> Path:
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://10.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("env", "proxy"),
+    [
+        ({}, None),
+        ({"HTTPS_PROXY": "http://proxy.internal:3128"}, "http://proxy.internal:3128"),
+        ({"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": "10.0.0.1"}, None),
+    ],
+)
+async def test_apiserver_client_reads_the_proxy_environment_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], proxy: str | None
+) -> None:
+    """aiohttp re-read proxy variables and ~/.netrc in a thread on every apiserver call."""
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(kubeconfig=_kubeconfig(tmp_path / "kubeconfig"))
+    api_client = await kube_client(settings)
+    try:
+        rest = api_client.rest_client
+        assert rest.pool_manager.trust_env is False
+        assert rest.proxy == proxy
+    finally:
+        await api_client.close()

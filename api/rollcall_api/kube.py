@@ -31,6 +31,7 @@ log = logging.getLogger("rollcall_api.kube")
 NAME_PREFIX = "rj-"
 # In ASCII order, so that the base-36 timestamp sorts as its number does.
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+_RANDOM_SPACE = 36**8
 LABEL_MANAGED_BY = labels.MANAGED_BY
 LABEL_MODE = labels.MODE
 LABEL_CLASS = labels.CLASS
@@ -51,10 +52,12 @@ def new_job_name(now: float | None = None) -> str:
     """``rj-`` + creation second (7 base-36 digits) + 8 random base-36 characters (~41 bits).
 
     Names sort by creation time, and the apiserver lists (and pages) by name: a list is oldest
-    first with no extra index. The random part keeps names unique without asking the apiserver.
+    first with no extra index. The random part keeps names unique without asking the apiserver;
+    it is one ``randbelow`` (one getrandom call): eight ``secrets.choice`` calls were eight, and
+    10 % of the event loop's busy samples under a submission burst (py-spy).
     """
     stamp = _base36(int(time.time() if now is None else now), 7)
-    return NAME_PREFIX + stamp + "".join(secrets.choice(_ALPHABET) for _ in range(8))
+    return NAME_PREFIX + stamp + _base36(secrets.randbelow(_RANDOM_SPACE), 8)
 
 
 def _status_message(exc: ApiException) -> str:

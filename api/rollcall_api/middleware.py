@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rollcall_api.errors import STATUS_CODES, ErrorBody, ErrorInfo
 from rollcall_api.logs import request_id_var
+from rollcall_api.looplag import LAG_BUCKETS
 
 access_log = logging.getLogger("rollcall_api.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -118,7 +119,14 @@ class Metrics:
         self.loop_lag = Histogram(
             "rollcall_api_event_loop_lag_seconds",
             "How late a periodic timer fires: time the event loop could not answer anything.",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.loop_lag_own = Histogram(
+            "rollcall_api_event_loop_lag_own_seconds",
+            "The same lag less the time the loop thread waited for a CPU (Linux run delay): "
+            "the share the API's own work causes.",
+            buckets=LAG_BUCKETS,
             registry=self.registry,
         )
         self.idempotent_replays = Counter(
