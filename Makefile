@@ -54,7 +54,7 @@ lock: | $(UV) ## re-resolve uv.lock after editing pyproject.toml (LOCK_ARGS=--up
 	$(UV) lock $(LOCK_ARGS)
 
 .PHONY: sbom
-sbom: venv ## CycloneDX SBOMs of each image's locked Python environment into dist/sbom/
+sbom: venv models ## CycloneDX SBOMs of each image's locked Python packages (and the job's models) into dist/sbom/
 	$(PY) hack/sbom.py --uv $(UV) --out dist/sbom
 
 .PHONY: controlplane

@@ -4,12 +4,17 @@ Each image installs one extra's hash-pinned export of the lock (the Dockerfile's
 the same `uv export`), so the SBOM of that export is the SBOM of the image's Python packages. The
 export carries markers for every Python the lock covers (two numpys: one for 3.11, one for 3.12+),
 so each export is first narrowed to the image's own interpreter; the lock's hashes stay, and the
-SBOM lists them as distribution references. `make sbom` writes dist/sbom/rollcall-<image>.cdx.json.
+SBOM lists them as distribution references. The job images also list the face models they carry
+(one CycloneDX ``machine-learning-model`` component per model card, its ONNX files with the sha256
+the job checks on load, and the registry package each was converted from as its pedigree), read from
+a model build that is byte-identical to the image's. `make sbom` writes
+dist/sbom/rollcall-<image>.cdx.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -17,6 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 
@@ -29,6 +35,7 @@ class Image:
 
     extra: str
     python: str  # python_full_version, for markers such as `python_full_version < '3.11.3'`
+    models: bool = False  # carries the face models (the Dockerfile's `models` stage)
 
 
 # api/operator (and the CPU job twin) run on the Dockerfile's PYTHON_IMAGE (python:3.11.11); the
@@ -36,8 +43,8 @@ class Image:
 IMAGES: dict[str, Image] = {
     "api": Image("api", "3.11.11"),
     "operator": Image("operator", "3.11.11"),
-    "job": Image("job", "3.11.11"),
-    "gpu": Image("gpu", "3.12.3"),
+    "job": Image("job", "3.11.11", models=True),
+    "gpu": Image("gpu", "3.12.3", models=True),
 }
 
 
@@ -98,7 +105,7 @@ def pins(requirements: str) -> dict[str, str]:
     for entry in entries(requirements):
         req = Requirement(entry.split(" --hash=")[0])
         (spec,) = req.specifier
-        found[re.sub(r"[-_.]+", "-", req.name).lower()] = spec.version
+        found[pypi_name(req.name)] = spec.version
     return found
 
 
@@ -112,7 +119,79 @@ def export(uv: str, extra: str) -> str:
     ).stdout
 
 
-def write_sbom(uv: str, name: str, out: Path) -> Path:
+def pypi_name(name: str) -> str:
+    """A PyPI name as purl spells it (PEP 503 normalised)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+_SOURCE = re.compile(r"^(?P<name>[\w.-]+) (?P<version>[\w.!+-]+) \((?P<registry>PyPI|npm)\)")
+
+
+def model_components(models: Path) -> list[dict[str, Any]]:
+    """One ``machine-learning-model`` component per model card under ``models`` (a model build).
+
+    Each lists its files (relative to ``models``) with the sha256 its card records, its licence
+    and source as published, and the registry package it was converted from (purl and the sha256
+    the build checked, from manifest.json) as its pedigree.
+    """
+    manifest = json.loads((models / "manifest.json").read_text())
+    source_hashes: dict[str, str] = manifest["sources"]["sha256"]
+    cards: dict[str, dict[str, Any]] = {}
+    for path in sorted(models.rglob("*.card.json")):
+        card = json.loads(path.read_text())
+        files = {
+            key: ((path.parent / name).resolve().relative_to(models.resolve()).as_posix(), digest)
+            for key, name in card["files"].items()
+            if (digest := card.get("sha256", {}).get(key))
+        }
+        cards.setdefault(card["id"], {"card": card, "files": files})
+    components = []
+    for model_id, found in sorted(cards.items()):
+        card = found["card"]
+        component: dict[str, Any] = {
+            "type": "machine-learning-model",
+            "bom-ref": f"model:{model_id}",
+            "name": model_id,
+            "version": f"models-v{manifest['version']}",
+            "description": f"{card['kind']}: {card.get('source', '')}",
+            "licenses": [{"license": {"name": card.get("licence", "unknown")}}],
+            "components": [
+                {
+                    "type": "file",
+                    "bom-ref": f"model:{model_id}:{key}",
+                    "name": name,
+                    "hashes": [{"alg": "SHA-256", "content": digest}],
+                }
+                for key, (name, digest) in sorted(found["files"].items())
+            ],
+        }
+        if match := _SOURCE.match(card.get("source", "")):
+            name, version = match["name"], match["version"]
+            kind = "pypi" if match["registry"] == "PyPI" else "npm"
+            ancestor: dict[str, Any] = {
+                "type": "library",
+                "bom-ref": f"source:{model_id}",
+                "name": name,
+                "version": version,
+                "purl": f"pkg:{kind}/{pypi_name(name) if kind == 'pypi' else name}@{version}",
+            }
+            if digest := source_hashes.get(f"{name}=={version}"):
+                ancestor["hashes"] = [{"alg": "SHA-256", "content": digest}]
+            component["pedigree"] = {"ancestors": [ancestor]}
+        components.append(component)
+    return components
+
+
+def add_models(sbom: Path, models: Path) -> int:
+    """Append the model components to a written SBOM; how many were added."""
+    bom = json.loads(sbom.read_text())
+    components = model_components(models)
+    bom["components"] = [*bom.get("components", []), *components]
+    sbom.write_text(json.dumps(bom, indent=2, sort_keys=False) + "\n")
+    return len(components)
+
+
+def write_sbom(uv: str, name: str, out: Path, models: Path | None = None) -> Path:
     """Narrowed export and its CycloneDX JSON SBOM for one image; returns the SBOM's path."""
     image = IMAGES[name]
     out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +218,11 @@ def write_sbom(uv: str, name: str, out: Path) -> Path:
         # The root component (rollcall) lists no dependency graph: a requirements file has none.
         env={**os.environ, "PYTHONWARNINGS": "ignore::UserWarning"},
     )
+    if image.models:
+        if models is None or not (models / "manifest.json").is_file():
+            raise SystemExit(f"sbom: image {name} carries the face models: build them first "
+                             f"(make models), or pass --models (looked in {models})")  # fmt: skip
+        add_models(sbom, models)
     return sbom
 
 
@@ -146,14 +230,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "dist" / "sbom")
     parser.add_argument("--uv", default=shutil.which("uv") or str(Path.home() / ".local/bin/uv"))
+    parser.add_argument("--models", type=Path, default=None,
+                        help="a model build (default: make models' output)")  # fmt: skip
     parser.add_argument("images", nargs="*", help=f"some of {', '.join(IMAGES)} (default: all)")
     args = parser.parse_args(argv)
     if unknown := set(args.images) - set(IMAGES):
         parser.error(f"unknown image(s): {', '.join(sorted(unknown))}")
+    models = args.models
+    if models is None:
+        from rollcall_job.models.cache import models_dir
+
+        models = models_dir()
     for name in args.images or IMAGES:
-        sbom = write_sbom(args.uv, name, args.out)
+        sbom = write_sbom(args.uv, name, args.out, models)
         count = len(pins((args.out / f"rollcall-{name}.requirements.txt").read_text()))
-        print(f"sbom image={name} packages={count} path={sbom}", flush=True)
+        listed = sum(
+            c["type"] == "machine-learning-model"
+            for c in json.loads(sbom.read_text())["components"]
+        )
+        print(f"sbom image={name} packages={count} models={listed} path={sbom}", flush=True)
     return 0
 
 

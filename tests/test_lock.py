@@ -5,6 +5,7 @@ the job/gpu conflict resolved in one lock, the dev group covers every import of 
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -226,15 +227,18 @@ def lock_hashes(name: str, version: str) -> set[str]:
 def test_sbom_of_the_gpu_job_lists_its_locked_packages_and_no_other_components(
     tmp_path: Path,
 ) -> None:
-    path = sbom.write_sbom(uv(), "gpu", tmp_path)
+    from rollcall_job.models.build import build_models
+
+    path = sbom.write_sbom(uv(), "gpu", tmp_path, build_models())
     bom = json.loads(path.read_text())
     assert bom["bomFormat"] == "CycloneDX"
     root = bom["metadata"]["component"]
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert (root["name"], root["version"]) == ("rollcall", pyproject["version"])
     python = sbom.IMAGES["gpu"].python
-    components = {c["name"]: c for c in bom["components"]}
-    assert len(components) == len(bom["components"]), "one version of each package"
+    libraries = [c for c in bom["components"] if c["type"] != "machine-learning-model"]
+    components = {c["name"]: c for c in libraries}
+    assert len(components) == len(libraries), "one version of each package"
     for name, component in components.items():
         assert component["version"] == locked_version(name, python), name
         assert component["purl"] == f"pkg:pypi/{name}@{component['version']}"
@@ -244,3 +248,65 @@ def test_sbom_of_the_gpu_job_lists_its_locked_packages_and_no_other_components(
         assert listed and listed <= lock_hashes(name, component["version"]), name
     assert {"onnxruntime-gpu", "numpy", "opencv-python-headless", "redis"} <= set(components)
     assert not set(components) & {"onnxruntime", "fastapi", "uvicorn", "kopf", "typer", "onnx"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_sbom_of_the_job_lists_each_model_it_carries_with_its_files_and_source_package(
+    tmp_path: Path,
+) -> None:
+    """Every ONNX file of the model build, with the sha256 the job checks, under the card that
+    names it; each card's source package as its pedigree, with the hash the build pinned."""
+    from rollcall_job.models.build import build_models
+    from rollcall_job.models.pins import PINS
+
+    models = build_models()
+    path = sbom.write_sbom(uv(), "job", tmp_path, models)
+    listed = [
+        c
+        for c in json.loads(path.read_text())["components"]
+        if c["type"] == "machine-learning-model"
+    ]
+    cards = {json.loads(p.read_text())["id"] for p in models.rglob("*.card.json")}
+    assert {c["name"] for c in listed} == cards
+    files = {f["name"]: f["hashes"][0]["content"] for c in listed for f in c["components"]}
+    assert set(files) == {p.relative_to(models).as_posix() for p in models.rglob("*.onnx")}
+    for name, digest in files.items():
+        assert digest == sha256(models / name), name
+    pinned = {f"{pin.name}=={pin.version}": pin.sha256 for pin in PINS}
+    # a card derived from another card (no registry package of its own) has no pedigree
+    sourced = [c for c in listed if "pedigree" in c]
+    assert {"mobilefacenet-sirius-v1", "retinaface-mnet025-v1", "dlib-resnet-v1"} <= {
+        c["name"] for c in sourced
+    }
+    for component in sourced:
+        (ancestor,) = component["pedigree"]["ancestors"]
+        name, kind = ancestor["name"], ancestor["purl"].split(":")[1].split("/")[0]
+        assert kind in ("pypi", "npm"), ancestor["purl"]
+        spelt = sbom.pypi_name(name) if kind == "pypi" else name
+        assert ancestor["purl"] == f"pkg:{kind}/{spelt}@{ancestor['version']}"
+        assert (
+            ancestor["hashes"][0]["content"] == pinned[f"{ancestor['name']}=={ancestor['version']}"]
+        )
+
+
+def test_model_components_read_a_card_once_whatever_folder_repeats_it(tmp_path: Path) -> None:
+    """Cards are repeated per embedder folder (with ../ paths); each model is listed once."""
+    (tmp_path / "emb").mkdir()
+    card = {"id": "m-v1", "kind": "detector", "files": {"model": "d.onnx"},
+            "sha256": {"model": "ab" * 32}, "licence": "MIT",
+            "source": "some-pkg 1.2.3 (PyPI): d.onnx"}  # fmt: skip
+    (tmp_path / "d.card.json").write_text(json.dumps(card))
+    card["files"] = {"model": "../d.onnx"}
+    (tmp_path / "emb" / "d.card.json").write_text(json.dumps(card))
+    manifest = {"version": 3, "sources": {"sha256": {"some-pkg==1.2.3": "cd" * 32}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (component,) = sbom.model_components(tmp_path)
+    assert component["version"] == "models-v3"
+    assert [f["name"] for f in component["components"]] == ["d.onnx"]
+    (ancestor,) = component["pedigree"]["ancestors"]
+    assert ancestor["purl"] == "pkg:pypi/some-pkg@1.2.3"
+    assert ancestor["hashes"] == [{"alg": "SHA-256", "content": "cd" * 32}]
