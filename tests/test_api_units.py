@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -215,9 +216,14 @@ def test_run_delay_is_read_from_a_schedstat_line(text: str, expected: float | No
 
 def test_run_delay_of_this_thread_is_readable() -> None:
     """The probe's own-share figure needs it on the Linux nodes the API runs on."""
-    delay = looplag.read_run_delay()
-    assert delay is not None and delay >= 0
-    assert looplag.read_run_delay(Path("/nonexistent/schedstat")) is None
+    reader = looplag.RunDelay()
+    first = reader.read()
+    time.sleep(0.01)
+    second = reader.read()
+    reader.close()
+    assert first is not None and second is not None and 0 <= first <= second
+    assert reader.read() is None
+    assert looplag.RunDelay(Path("/nonexistent/schedstat")).read() is None
 
 
 @pytest.mark.parametrize(

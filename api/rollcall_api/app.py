@@ -83,13 +83,19 @@ async def _probe_loop_lag(metrics: Metrics, every: float) -> None:
     """Export how late a timer fires (a blocked loop shows here before anywhere else), and how
     much of that is the API's own work rather than a wait for a CPU (``looplag``)."""
     loop = asyncio.get_running_loop()
-    while True:
-        start, delay0 = loop.time(), looplag.read_run_delay()
-        await asyncio.sleep(every)
-        lag, delay1 = max(0.0, loop.time() - start - every), looplag.read_run_delay()
-        waited = None if delay0 is None or delay1 is None else delay1 - delay0
-        metrics.loop_lag.observe(lag)
-        metrics.loop_lag_own.observe(looplag.own_share(lag, waited))
+    run_delay = looplag.RunDelay()  # opened here, on the loop thread it reports
+    try:
+        delay0 = run_delay.read()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(every)
+            lag, delay1 = max(0.0, loop.time() - start - every), run_delay.read()
+            waited = None if delay0 is None or delay1 is None else delay1 - delay0
+            metrics.loop_lag.observe(lag)
+            metrics.loop_lag_own.observe(looplag.own_share(lag, waited))
+            delay0 = delay1
+    finally:
+        run_delay.close()
 
 
 def _watch_gauges(metrics: Metrics) -> Callable[[WatchHub], None]:
