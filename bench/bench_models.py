@@ -1,14 +1,17 @@
 """Face models on CPU: the default detector (RetinaFace) against MTCNN, side by side. Not a test.
 
-    .venv/bin/python bench/bench_models.py [--threads N] [--seconds S]
+    .venv/bin/python bench/bench_models.py [--threads N] [--seconds S] [--photos N]
 
-Throughput: a 640x480 frame of the six-person group photo, detect + align + embed, repeated;
+Latency: a 640x480 frame of the six-person group photo, detect + align + embed, repeated;
 the engines (same embedder, one detector card each) take turns frame by frame so a burst of
-other load hits each alike, and each reports its median frame. Also measured side by side: the
-detectors alone, each card on a 4000x3000 class photo (30 faces of 41-87 px, faces found and
-time), embedding a frame's faces in one batched call against one call per face, and a cold
-start. Absolute numbers depend on the machine and its load (printed); read the ratios. The last
-line is ``RATIO faces_per_s new/mtcnn = N.Nx``.
+other load hits each alike, and each reports its median frame. Throughput, the way a job runs:
+a folder of ``--photos`` JPEG copies of that frame through the job's loop
+(``pipeline.detect_and_embed``: the next photo decoded and detected while this one is embedded)
+and through the loop before it (only decoding ahead), engines and loops taking turns. Also
+measured side by side: the detectors alone, each card on a 4000x3000 class photo (30 faces of
+41-87 px, faces found and time), the frame's faces embedded 1, the engine's batch, or 6 at a
+time, and a cold start. Absolute numbers depend on the machine and its load (printed); read the
+ratios. The last line is ``RATIO faces_per_s new/mtcnn = N.Nx`` (per-frame latency).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,10 +28,13 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from rollcall_job import quality
 from rollcall_job.faces import FaceEngine, load_engine, read_image
 from rollcall_job.models.assets import photo
 from rollcall_job.models.build import build_models
 from rollcall_job.models.classphoto import tile_photo
+from rollcall_job.photos import Photo, PhotoError, iter_read, list_photos
+from rollcall_job.pipeline import detect_and_embed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,23 +115,75 @@ def side_by_side(
     return {name: summarise(faces[name], rows) for name, rows in collected.items()}
 
 
-def batched_vs_one_by_one(
-    engine: FaceEngine, frame: npt.NDArray[np.uint8], repeats: int = 20
-) -> tuple[float, float]:
-    """Median seconds to embed a frame's faces in one call, and one call per face, alternating."""
+MAX_BYTES = 40 << 20
+GATE = quality.QualityGate()
+
+
+def decode_ahead_only(engine: FaceEngine, photos: list[Photo]) -> int:
+    """The job's loop before detection moved into the prefetch thread: photos decoded one ahead,
+    detect + quality gate + embed in this thread. Faces embedded."""
+    faces = 0
+    for _, img in iter_read(photos, max_bytes=MAX_BYTES):
+        assert not isinstance(img, PhotoError)
+        found = engine.detect(img)
+        for f in found:
+            quality.check(img, f.box, f.score, f.landmarks, GATE)
+        faces += len(engine.embed(img, found))
+    return faces
+
+
+def job_pipeline(engine: FaceEngine, photos: list[Photo]) -> int:
+    """The job's loop today (``pipeline.detect_and_embed``): the next photo decoded and detected
+    in the prefetch thread while this one is embedded. Faces embedded."""
+    return sum(
+        len(pf.embeddings)
+        for pf in detect_and_embed(engine, photos, max_bytes=MAX_BYTES, gate=GATE)
+    )
+
+
+def throughput(
+    engines: dict[str, FaceEngine], photos: list[Photo], seconds: float
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """(faces per second, CPU milliseconds per face) through whole folders of photos, per
+    (engine, loop), medians over rounds; the engines and loops take turns (rotating order) like
+    ``side_by_side``. The CPU time (this process, all threads) shows what a loop costs whatever
+    the other load on the machine: overlap pays only on cores that would otherwise idle."""
+    loops = {"decode ahead": decode_ahead_only, "job pipeline": job_pipeline}
+    runs = [(e, loop) for e in engines for loop in loops]
+    rates: dict[tuple[str, str], list[tuple[float, float]]] = {r: [] for r in runs}
+    end = time.perf_counter() + seconds
+    turn = 0
+    while time.perf_counter() < end or turn < 3:
+        for e, loop in runs[turn % len(runs) :] + runs[: turn % len(runs)]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            faces = loops[loop](engines[e], photos)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            rates[(e, loop)].append((faces / wall, 1000 * cpu / faces))
+        turn += 1
+    return {
+        r: (float(np.median([a for a, _ in v])), float(np.median([c for _, c in v])))
+        for r, v in rates.items()
+    }
+
+
+def embed_batches(
+    engine: FaceEngine, frame: npt.NDArray[np.uint8], sizes: tuple[int, ...], repeats: int = 20
+) -> dict[int, float]:
+    """Median seconds to embed the frame's faces with the embedder run ``size`` faces at a time,
+    for each size in turn (rotating); the engine's own batch size is restored after."""
     crops = engine.align(frame, engine.detect(frame))
-    together: list[float] = []
-    alone: list[float] = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        engine.embed_aligned(crops)
-        t1 = time.perf_counter()
-        for c in crops:
-            engine.embed_aligned([c])
-        t2 = time.perf_counter()
-        together.append(t1 - t0)
-        alone.append(t2 - t1)
-    return float(np.median(together)), float(np.median(alone))
+    own = engine.embedder.batch_size
+    times: dict[int, list[float]] = {s: [] for s in sizes}
+    try:
+        for r in range(repeats):
+            for size in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
+                engine.embedder.batch_size = size
+                t0 = time.perf_counter()
+                engine.embed_aligned(crops)
+                times[size].append(time.perf_counter() - t0)
+    finally:
+        engine.embedder.batch_size = own
+    return {s: float(np.median(v)) for s, v in times.items()}
 
 
 def cold_start(models: Path, threads: int) -> tuple[float, float]:
@@ -154,6 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seconds", type=float, default=36.0)
+    parser.add_argument("--photos", type=int, default=8, help="JPEG frames per throughput round")
     parser.add_argument(
         "--models", type=Path, default=None, help="a model dir (default: the built default set)"
     )
@@ -200,10 +260,25 @@ def main() -> None:
             f"{took:.2f} s"
         )
 
-    together, alone = batched_vs_one_by_one(default, t1)
+    with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
+        for i in range(args.photos):
+            cv2.imwrite(str(Path(tmp) / f"frame{i:03d}.jpg"), t1, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        folder = {k: engines[k] for k in (OLD, NEW)}
+        rates = throughput(folder, list_photos(Path(tmp)), args.seconds)
+    for (name, loop), (rate, cpu) in rates.items():
+        print(
+            f"{name:10s} {args.photos} JPEG frames through {loop:12s}: {rate:.1f} faces/s, "
+            f"{cpu:.1f} CPU-ms/face (medians of rounds)"
+        )
+    for name in (OLD, NEW):
+        gain = rates[(name, "job pipeline")][0] / rates[(name, "decode ahead")][0]
+        print(f"{name:10s} faces/s job pipeline / decode ahead only = {gain:.2f}x")
+
+    batches = embed_batches(default, t1, (1, default.embedder.batch_size, 6))
     print(
-        f"embedding the frame's faces: one batched call {1000 * together:.1f} ms vs one call "
-        f"per face {1000 * alone:.1f} ms ({alone / together:.2f}x)"
+        "embedding the frame's 6 faces, run N faces at a time: "
+        + ", ".join(f"N={n} {1000 * t:.1f} ms" for n, t in batches.items())
+        + f" (the engine's N on {default.providers[0]}: {default.embedder.batch_size})"
     )
 
     runs = [cold_start(models, args.threads) for _ in range(3)]

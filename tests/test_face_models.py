@@ -12,10 +12,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from rollcall_job.faces import DetectedFace, FaceEngine, load_engine, read_image
+from rollcall_job.faces import CPU_EMBED_BATCH, DetectedFace, FaceEngine, load_engine, read_image
 from rollcall_job.matcher import Metric, affinity, from_affinity
 from rollcall_job.models.assets import photo
 from rollcall_job.models.build import build_models
+from rollcall_job.runtime import CPU
 
 pytestmark = pytest.mark.models
 
@@ -103,10 +104,17 @@ def test_no_faces_in_textures_or_blank_frames(engine: FaceEngine) -> None:
 def test_batched_embedding_equals_one_by_one(engine: FaceEngine) -> None:
     image = read_image(photo("t1.jpg"))
     crops = engine.align(image, engine.detect(image))
-    together = engine.embed_aligned(crops)  # batch_size=4: two batches
+    together = engine.embed_aligned(crops)  # in runs of the engine's batch size
     alone = np.concatenate([engine.embed_aligned([c]) for c in crops])
     assert together.shape == (6, 192) and together.dtype == np.float32
     np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_cpu_embedder_runs_a_few_faces_at_a_time() -> None:
+    """A class photo's faces in one CPU run outgrow the cache (bench_models.py): capped."""
+    cpu = load_engine(build_models(), threads=1, batch_size=32, providers=[CPU])
+    assert cpu.embedder.batch_size == CPU_EMBED_BATCH < 32
+    assert load_engine(build_models(), threads=1, batch_size=1).embedder.batch_size == 1
 
 
 def test_several_photos_embed_in_one_batch_like_one_by_one(engine: FaceEngine) -> None:

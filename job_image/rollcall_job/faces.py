@@ -25,11 +25,16 @@ from rollcall_job.models.cache import models_dir
 from rollcall_job.models.cards import EMBEDDER_CARD, ModelCard, detector_card_name, load_card
 from rollcall_job.models.detection import Detector
 from rollcall_job.models.integrity import verify_card_files
-from rollcall_job.runtime import Model, load_model
+from rollcall_job.runtime import CPU, Model, load_model
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "ROLLCALL_MODEL_DIR"
+# Faces per embedder run on CPU. A face's activations are ~1.6 MB at MobileFaceNet's widest layer;
+# a batch of a class photo's faces outgrows the cores' caches and each face costs more (one
+# thread, per face: batch 2 9.2 ms, 6 10.1 ms, 12 11.6 ms; bench/bench_models.py). GPUs keep the
+# requested batch.
+CPU_EMBED_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,11 @@ class FaceEngine:
     @property
     def providers(self) -> list[str]:
         return self._embedder.providers
+
+    @property
+    def embedder(self) -> Model:
+        """The embedder's session; its ``batch_size`` is how many faces one run takes."""
+        return self._embedder
 
     def detect(self, image_bgr: npt.NDArray[np.uint8]) -> list[DetectedFace]:
         """Faces whose box's shorter side is at least ``min_face_px``, best score first."""
@@ -201,7 +211,8 @@ def load_engine(
     """Open ``detector.card.json`` (or ``detector-<family>.card.json`` when ``detector`` names a
     family) and ``embedder.card.json`` in ``model_dir`` and their models.
 
-    Each session runs once before this returns, so the first photo is not slower.
+    Each session runs once before this returns, so the first photo is not slower. On CPU alone
+    the embedder runs at most ``CPU_EMBED_BATCH`` faces at a time, whatever ``batch_size`` says.
     ``spin`` lets idle onnxruntime threads busy-wait (see ``runtime.session_options``).
     """
     detector_card = load_card(model_dir / detector_card_name(detector))
@@ -218,6 +229,8 @@ def load_engine(
         warm_up_shape=_input_shape(embedder_card, 1),
         spin=spin,
     )
+    if embedder.providers == [CPU]:
+        embedder.batch_size = min(batch_size, CPU_EMBED_BATCH)
     engine = FaceEngine(detector_card, embedder_card, found, embedder, min_face_px=min_face_px)
     # Warm the detector path too (its sessions, pyramid shapes) on a small blank frame.
     engine.detect(np.zeros((2 * min_face_px, 2 * min_face_px, 3), dtype=np.uint8))
