@@ -20,6 +20,7 @@ from rollcall_api.app import create_app, kube_client
 from rollcall_api.auth import KeyStore, hash_key, new_key, parse_key_file
 from rollcall_api.errors import ApiError
 from rollcall_api.kube import new_job_name
+from rollcall_api.schemas import EnrollmentRequest, JobRequest
 from rollcall_api.service import parse_status
 from rollcall_api.settings import Settings
 from rollcall_api.store import decode_results
@@ -280,3 +281,36 @@ async def test_apiserver_client_reads_the_proxy_environment_once(
         assert rest.proxy == proxy
     finally:
         await api_client.close()
+
+
+_PHOTOS = {"claimName": "photos", "subPath": "2026-11-27/p1"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        (JobRequest, {"classCode": "7B", "images": _PHOTOS, "roster": ["s-1", "s-2"]}),
+        (JobRequest, {"classCode": "7B", "images": _PHOTOS, "roster": ["a"], "namespace": "n"}),
+        (
+            JobRequest,
+            {
+                "classCode": "7B",
+                "images": _PHOTOS,
+                "roster": ["s-1"],
+                "matching": {"threshold": 0.5},
+                "resources": {"gpus": 0, "cpu": "500m"},
+                "runPolicy": {"backoffLimit": 1},
+                "output": {"annotate": True, "claimName": "reviews", "ttlSeconds": 3600},
+            },
+        ),
+        (EnrollmentRequest, {"classCode": "7B", "images": _PHOTOS}),
+    ],
+)
+def test_spec_body_equals_the_revalidated_spec(
+    kind: type[JobRequest], body: dict[str, object]
+) -> None:
+    """The submit path skips the second validation; what reaches the apiserver is unchanged."""
+    request = kind.model_validate(body)
+    expected = request.spec().model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert request.spec_body() == expected
+    assert "namespace" not in request.spec_body()

