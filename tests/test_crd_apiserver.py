@@ -7,12 +7,13 @@ import copy
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.k8s
+_watch: Any = watch  # the kubernetes package's watch module is untyped
 
 
 def manifest(name: str = "math-7b", **spec: Any) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def test_status_is_a_subresource(
     api: Any = client.CustomObjectsApi(k8s_api)
     body = copy.deepcopy(manifest())
     body["status"] = {"phase": "Succeeded"}
-    assert "status" not in create(k8s_api, namespace, body)
+    assert create(k8s_api, namespace, body)["status"]["phase"] == "Pending"  # the default, not ours
     patched = api.patch_namespaced_custom_object_status(
         GROUP,
         VERSION,
@@ -142,3 +143,41 @@ def test_status_is_a_subresource(
     )
     assert patched["status"]["phase"] == "Running"
     assert patched["status"]["attempts"] == 0  # status defaults apply too
+
+
+# What the CRD's defaults make of a status nobody has written (RecognitionJobStatus's defaults).
+DEFAULT_STATUS = {"phase": "Pending", "conditions": [], "attempts": 0,
+                  "progress": {"done": 0, "total": 0, "text": ""}}  # fmt: skip
+
+
+def test_a_new_rj_reads_as_pending_without_a_status_write(
+    k8s_api: client.ApiClient, crds: list[str], namespace: str
+) -> None:
+    """The operator writes no status for an RJ whose Job merely exists: every read shows Pending."""
+    api: Any = client.CustomObjectsApi(k8s_api)
+    listed = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    watcher = _watch.Watch()
+    stream = watcher.stream(
+        api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
+        resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=30,
+    )  # fmt: skip
+    created = create(k8s_api, namespace, manifest())
+    event = next(stream)
+    watcher.stop()
+    got = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "math-7b")
+    items = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    assert event["type"] == "ADDED"
+    for seen in (created, event["object"], got, items[0]):
+        assert seen["status"] == DEFAULT_STATUS
+        assert seen["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+    # the first real write moves it on; a finished phase stays final against the defaults too
+    for phase in ("Running", "Succeeded"):
+        api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, "math-7b", {"status": {"phase": phase}}
+        )
+    for status in ({"phase": "Pending"}, None):  # None: the status emptied, i.e. the defaults
+        with pytest.raises(ApiException) as err:
+            api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, "math-7b", {"status": status}
+            )
+        assert err.value.status == 422 and "phase is final" in str(err.value.body)

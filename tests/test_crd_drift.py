@@ -38,6 +38,9 @@ def test_schema_is_structural_with_defaults() -> None:
     assert ".spec.matching.topK" in paths
     spec = schema["properties"]["spec"]["properties"]
     assert spec["matching"]["default"] == {}
+    # a new RJ reads as Pending before any status write
+    status = schema["properties"]["status"]
+    assert status["default"] == {} and status["properties"]["phase"]["default"] == "Pending"
     assert spec["matching"]["properties"]["threshold"]["nullable"] is True
     assert "default" not in spec["matching"]["properties"]["threshold"]
     assert spec["runPolicy"]["properties"]["backoffLimit"]["default"] == 2

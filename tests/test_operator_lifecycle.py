@@ -29,6 +29,7 @@ from rollcall_contract import keys
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.builder import build_job, job_name
 from rollcall_operator.settings import OperatorSettings
+from rollcall_operator.status import unwritten
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -428,14 +429,14 @@ def test_operator_killed_mid_flight_makes_no_duplicates_and_leaves_no_rj_behind(
 def test_restart_adopts_a_finished_job_whose_rj_status_was_never_written(
     k: K, start_operator: Callable[..., Operator], script: Script, photos: str
 ) -> None:
-    """A run that died between creating a Job and folding it leaves the RJ with no status.
+    """A run that died after creating a Job leaves the RJ's status as the CRD's defaults made it.
 
     The restarted operator must adopt that Job (here finished while it was down), not queue the
     RJ as new behind a full cap, where it would sit Queued forever.
     """
     busy = k.create(rj_body("busy", "hold"))
     orphan = k.create(rj_body("orphan", "ok"))
-    assert "status" not in orphan and "status" not in busy
+    assert unwritten(orphan["status"]) and unwritten(busy["status"])  # Pending by default only
     for rj in (busy, orphan):  # the Jobs as the dead operator built them; no status written
         k.batch.create_namespaced_job(k.ns, build_job(rj, OperatorSettings()))
     wait_for(lambda: len(k.pods("orphan")) == 1 and k.pods("orphan")[0].status.phase == "Succeeded",

@@ -108,19 +108,21 @@ def test_spec_is_parsed_once_per_generation(generation: int | None, reparsed: bo
 
 
 @pytest.mark.parametrize(
-    ("status", "phase", "terminal"),
+    ("status", "phase", "terminal", "unwritten"),
     [
-        (None, None, False),
-        ({"phase": "Running"}, Phase.RUNNING, False),
-        ({"phase": "Cancelled"}, Phase.CANCELLED, True),
-        ({"phase": "Sideways"}, None, False),
+        (None, None, False, True),
+        ({"phase": "Pending", "conditions": [], "attempts": 0}, Phase.PENDING, False, True),
+        ({"phase": "Pending", "reason": "Suspended"}, Phase.PENDING, False, False),
+        ({"phase": "Running"}, Phase.RUNNING, False, False),
+        ({"phase": "Cancelled"}, Phase.CANCELLED, True, False),
+        ({"phase": "Sideways"}, None, False, False),
     ],
 )
 def test_status_accessors(
-    status: dict[str, Any] | None, phase: Phase | None, terminal: bool
+    status: dict[str, Any] | None, phase: Phase | None, terminal: bool, unwritten: bool
 ) -> None:
     rj = CachedRJ.of(body(status=status))
-    assert (rj.phase, rj.terminal, rj.has_status) == (phase, terminal, status is not None)
+    assert (rj.phase, rj.terminal, rj.unwritten) == (phase, terminal, unwritten)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from rollcall_operator.status import (
     phase_patch,
     progress_patch,
     set_condition,
+    unwritten,
     waiting_patch,
 )
 
@@ -295,3 +296,64 @@ def test_admission_only_queues_an_rj_that_has_no_job(current: dict[str, Any], wr
     assert (patch is not None) is writes
     if patch is not None:
         assert {**current, **patch}["phase"] == "Queued" and patch["reason"] == "WaitingForSlot"
+
+
+# What the CRD's defaults make of a new RJ's status (the apiserver applies them on every read).
+DEFAULTED = {"phase": "Pending", "conditions": [], "attempts": 0,
+             "progress": {"done": 0, "total": 0, "text": ""}}  # fmt: skip
+QUEUED = {"phase": "Queued", "reason": "WaitingForCapacity", "queuedTime": T0,
+          "conditions": [{"type": "Admitted", "status": "False"}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        ({}, True),  # no status at all (a CRD without the default)
+        (DEFAULTED, True),
+        ({**DEFAULTED, "jobName": "math-7b"}, False),  # written by hand or by another writer
+        ({**DEFAULTED, "reason": "JobCreated"}, False),
+        ({**DEFAULTED, "conditions": [{"type": "Running", "status": "False"}]}, False),
+        ({"phase": "Queued"}, False),
+        ({"phase": "Running"}, False),
+        (QUEUED, False),
+    ],
+)
+def test_unwritten(current: dict[str, Any], expected: bool) -> None:
+    assert unwritten(current) is expected
+
+
+@pytest.mark.parametrize(
+    ("current", "the_job", "pods", "writes"),
+    [
+        # the Job merely exists: the default Pending says it all, no write in a burst
+        (DEFAULTED, job(), [], None),
+        (DEFAULTED, job(active=1), [pod("p", "Pending")], None),  # created, nothing specific yet
+        # no status at all (a CRD from before the default): Pending is written
+        ({}, job(), [], ("Pending", "JobCreated")),
+        # a Job for an RJ that was Queued: the move to Pending is news
+        (QUEUED, job(), [], ("Pending", "JobCreated")),
+        # news on a defaulted status is written, with jobName
+        (DEFAULTED, job(active=1), [pod("p", "Pending", unschedulable=True)],
+         ("Pending", "Unschedulable")),
+        (DEFAULTED, job(active=1), [pod("p", "Pending", waiting="ImagePullBackOff")],
+         ("Pending", "ImagePullBackOff")),
+        (DEFAULTED, job(suspend=True), [], ("Pending", "Suspended")),
+        (DEFAULTED, job(active=1), [pod("p", "Running")], ("Running", None)),
+        (DEFAULTED, job(failed=1), [pod("p", "Failed", exit_code=1)], ("Pending", "Retrying")),
+        (DEFAULTED, job(("Complete", "Done")), [pod("p", "Succeeded", exit_code=0)],
+         ("Succeeded", "Completed")),
+    ],
+)  # fmt: skip
+def test_a_job_that_merely_exists_writes_nothing_over_the_default_pending(
+    current: dict[str, Any],
+    the_job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    writes: tuple[str, str | None] | None,
+) -> None:
+    patch = patch_for(current, the_job, pods, now=T1)
+    if writes is None:
+        assert patch is None
+    else:
+        assert patch is not None
+        assert ({**current, **patch}["phase"], patch.get("reason")) == writes
+        assert patch["jobName"] == "math-7b"

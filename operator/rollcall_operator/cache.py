@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from rollcall_contract.model import TERMINAL_PHASES, Phase, RecognitionJobSpec, WebhookDelivery
 from rollcall_operator import metrics
+from rollcall_operator.status import unwritten as _unwritten
 
 
 def resource_version(body: Mapping[str, Any]) -> int:
@@ -50,7 +51,7 @@ def parse(
 
 
 def phase_label(phase: str | None) -> str:
-    """The metrics label of a phase; an RJ nobody has written status to yet is "New"."""
+    """The metrics label of a phase; an RJ without status (a CRD without its default) is "New"."""
     return phase or "New"
 
 
@@ -129,8 +130,9 @@ class CachedRJ:
         return self.status.get("reason")
 
     @property
-    def has_status(self) -> bool:
-        return bool(self.body.get("status"))
+    def unwritten(self) -> bool:
+        """No status written yet: none at all, or only the CRD's defaults (Pending)."""
+        return _unwritten(self.status)
 
     @property
     def queued_time(self) -> str | None:

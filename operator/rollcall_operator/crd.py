@@ -4,7 +4,8 @@ Run ``python -m rollcall_operator.crd > charts/rollcall/crds/recognitionjobs.yam
 when the committed file drifts from the models. The pydantic JSON schema is turned into a
 *structural* OpenAPI v3 schema as the apiserver demands: ``$ref`` inlined, ``anyOf [X, null]``
 turned into ``nullable``, no ``additionalProperties: false`` (pruning drops unknown fields instead),
-and objects that default to an empty model given ``default: {}`` so that nested defaults apply.
+and objects that default to an empty model given ``default: {}`` so that nested defaults apply
+(``status`` too: a new RJ reads as Pending before anyone writes its status).
 """
 
 from __future__ import annotations
@@ -161,7 +162,10 @@ def build_crd() -> dict[str, Any]:
         _immutability_rule(spec),
     ]
     status = model_schema(RecognitionJobStatus)
-    status.pop("default", None)
+    # The apiserver applies defaults whenever it reads an RJ (GET, LIST, watch, the create's answer),
+    # so with ``status: {}`` a new RJ reads as phase Pending (the model's default) with no write;
+    # the operator writes status first when there is more to say (Queued, Running, a reason).
+    status["default"] = {}
     conditions = status["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]

@@ -257,6 +257,36 @@ def set_condition(
 
 
 _STARTED_PHASES = {Phase.RUNNING.value, *(p.value for p in TERMINAL_PHASES)}
+# Every status write sets one of these (``phase_patch`` always sets conditions); the CRD's
+# defaults set none of them.
+_WRITTEN_KEYS = ("conditions", "reason", "message", "jobName", "queuedTime")
+
+
+def unwritten(current: Mapping[str, Any]) -> bool:
+    """No writer has set this status yet: it is absent, or holds only the CRD's defaults.
+
+    The CRD defaults ``status`` to ``{}`` and so ``phase`` to Pending: the apiserver fills them in
+    whenever it reads an RJ, so a new RJ reads as Pending although nobody wrote it.
+    """
+    return current.get("phase") in (None, Phase.PENDING.value) and not any(
+        current.get(key) for key in _WRITTEN_KEYS
+    )
+
+
+def pending_by_default(current: Mapping[str, Any], seen: Observed) -> bool:
+    """The CRD's default Pending already says what ``seen`` would write: no write is needed.
+
+    True for a Job that merely exists (Pending, "JobCreated", nothing else to report) while the RJ
+    still reads as the defaults left it. ``jobName``, ``attempts``, ``startTime`` and the
+    conditions land with the next real transition (the Job's name is deterministic: ``builder.job_name``). An absent status (a CRD
+    from before the default; Helm never upgrades CRDs) still gets its Pending written.
+    """
+    return (
+        (seen.phase, seen.reason, seen.message, seen.suspended)
+        == (Phase.PENDING, "JobCreated", None, False)
+        and current.get("phase") == Phase.PENDING.value
+        and unwritten(current)
+    )
 
 
 def phase_patch(
@@ -304,10 +334,12 @@ def waiting_patch(
     now: str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Admission's "Queued" for an RJ that has no Job yet (None once it has one).
+    """Admission's "Queued" for an RJ that has no Job yet (None once its status names one).
 
     From the Job's creation on, the Job's state decides the phase (``job_status_patch``): an
-    admission round working from an older view must not pull a started RJ back to Queued.
+    admission round working from an older view must not pull a started RJ back to Queued. (A Job
+    that merely exists writes nothing, see ``pending_by_default``; admission queues only RJs that
+    have no Job, so no Queued write follows it.)
     """
     if current.get("jobName") or current.get("phase") in _STARTED_PHASES:
         return None
@@ -327,6 +359,8 @@ def job_status_patch(
 ) -> dict[str, Any] | None:
     """The RJ status merge patch that reflects ``job`` (None when the status already says it)."""
     seen = observe_job(job, pods, kueue=kueue, kueue_detail=kueue_detail)
+    if pending_by_default(current, seen):
+        return None
     extra: dict[str, Any] = {
         "jobName": job["metadata"]["name"],
         "resultKey": result_key,
