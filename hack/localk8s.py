@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from kubernetes import client, utils
 
+from procs import retry_on_bind_failure
 from redisrig import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -314,13 +315,10 @@ def control_plane(
     (pki / "tokens.csv").write_text("\n".join(rows) + "\n")
     (pki / "tokens.csv").chmod(0o600)
 
-    etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
-    server = f"https://127.0.0.1:{api_port}"
     kubeconfig = workdir / "kubeconfig"
-    write_kubeconfig(kubeconfig, server, pki / "ca.crt", "rollcall-admin", admin_token)
     cp = ControlPlane(
         workdir=workdir,
-        server=server,
+        server="",  # set once kube-apiserver listens
         ca_file=pki / "ca.crt",
         admin_token=admin_token,
         kubeconfig=kubeconfig,
@@ -328,8 +326,12 @@ def control_plane(
         bin_dir=bin_dir,
     )
     procs = cp.processes
-    try:
-        etcd_url = f"http://127.0.0.1:{etcd_port}"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+
+    def start_etcd() -> str:
+        """etcd on fresh ports; returns its client URL once healthy."""
+        url, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+        shutil.rmtree(workdir / "etcd", ignore_errors=True)  # a failed try's member, if any
         _start(
             "etcd",
             [
@@ -339,15 +341,15 @@ def control_plane(
                 "--data-dir",
                 str(workdir / "etcd"),
                 "--listen-client-urls",
-                etcd_url,
+                url,
                 "--advertise-client-urls",
-                etcd_url,
+                url,
                 "--listen-peer-urls",
-                f"http://127.0.0.1:{etcd_peer}",
+                peer,
                 "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{etcd_peer}",
+                peer,
                 "--initial-cluster",
-                f"rollcall=http://127.0.0.1:{etcd_peer}",
+                f"rollcall={peer}",
                 # Throwaway data: skipping fsync makes the suite several times faster on small disks.
                 "--unsafe-no-fsync",
                 "--log-level",
@@ -356,8 +358,12 @@ def control_plane(
             workdir,
             procs,
         )
-        _wait_http(f"{etcd_url}/health", procs, timeout=30)
+        _wait_http(f"{url}/health", procs, timeout=30)
+        return url
 
+    def start_apiserver() -> str:
+        """kube-apiserver on a fresh port; returns its URL once ready."""
+        api_port = free_port()
         _start(
             "kube-apiserver",
             [
@@ -402,8 +408,16 @@ def control_plane(
             workdir,
             procs,
         )
-        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        server = f"https://127.0.0.1:{api_port}"
         _wait_http(f"{server}/readyz", procs, token=admin_token, ctx=ctx, timeout=120)
+        return server
+
+    try:
+        # free_port() releases its port before the component binds it: a start that lost the
+        # port to another process is retried on fresh ports.
+        etcd_url = retry_on_bind_failure(start_etcd, workdir / "etcd.log")
+        cp.server = retry_on_bind_failure(start_apiserver, workdir / "kube-apiserver.log")
+        write_kubeconfig(kubeconfig, cp.server, pki / "ca.crt", "rollcall-admin", admin_token)
 
         def shared_flags() -> list[str]:
             """What controller-manager and scheduler share: admin kubeconfig, own loopback port."""

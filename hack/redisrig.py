@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from procs import stop_process
+from procs import retry_on_bind_failure, stop_process
 
 
 def free_port() -> int:
@@ -58,32 +58,41 @@ def redis_server(
     if exe is None:
         raise RuntimeError("redis-server not found: install the Debian package redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     log = workdir / "redis.log"
     conf = workdir / "redis.conf"
     conf.write_text(config)
-    args = [
-        exe,
-        str(conf),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(workdir),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--logfile",
-        str(log),
-        "--protected-mode",
-        "yes",
-        *extra_args,
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def launch() -> tuple[int, subprocess.Popen[bytes]]:
+        port = free_port()
+        args = [
+            exe,
+            str(conf),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(log),
+            "--protected-mode",
+            "yes",
+            *extra_args,
+        ]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_ready(port, proc, log)
+        except BaseException:
+            stop_process(proc, 10)
+            raise
+        return port, proc
+
+    port, proc = retry_on_bind_failure(launch, log)
     try:
-        _wait_ready(port, proc, log)
         yield RedisServer(port=port, dir=workdir, process=proc)
     finally:
         stop_process(proc, 10)
