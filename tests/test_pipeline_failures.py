@@ -1,9 +1,8 @@
-"""The job's photo loop overlaps detection of the next photo with embedding of this one, and a
-photo the detector or the embedder cannot digest still becomes an error record in its place."""
+"""A photo the detector or the embedder cannot digest becomes an error record in its place; the
+photos around it are detected and embedded as usual."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,41 +20,6 @@ def _folder(tmp_path: Path, n: int) -> list[Photo]:
     for i in range(n):
         save(tmp_path / f"{i:02d}.png", photo([("ann", 10 + 20 * i, 10, 40)]))
     return list_photos(tmp_path)
-
-
-class Overlapping(ToyEngine):
-    """Embedding photo i waits until photo i+1's detection has started: it deadlocks (and the
-    wait gives up) unless detection runs beside embedding."""
-
-    def __init__(self, photos: int) -> None:
-        super().__init__()
-        self.photos = photos
-        self.detecting = [threading.Event() for _ in range(photos)]
-        self.threads: set[str] = set()
-        self.overlapped: list[bool] = []
-
-    def detect(self, image_bgr: npt.NDArray[np.uint8]) -> list[ToyFace]:
-        self.threads.add(threading.current_thread().name)
-        self.detecting[self.detect_calls].set()
-        return super().detect(image_bgr)
-
-    def embed(
-        self, image_bgr: npt.NDArray[np.uint8], faces: list[ToyFace]
-    ) -> npt.NDArray[np.float32]:
-        i = len(self.overlapped)
-        nxt = min(i + 1, self.photos - 1)
-        self.overlapped.append(self.detecting[nxt].wait(timeout=10))
-        return super().embed(image_bgr, faces)
-
-
-def test_next_photo_is_detected_while_this_one_is_embedded(tmp_path: Path) -> None:
-    photos = _folder(tmp_path, 4)
-    engine = Overlapping(len(photos))
-    got = list(detect_and_embed(engine, photos, max_bytes=MAX_BYTES))
-    assert [pf.photo.name for pf in got] == [p.name for p in photos]
-    assert engine.overlapped == [True] * 4
-    assert threading.current_thread().name not in engine.threads  # detection is off this thread
-    assert all(pf.error is None and pf.embeddings.shape == (1, 3) for pf in got)
 
 
 class Failing(ToyEngine):
