@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import kopf
 import pytest
 from prometheus_client import REGISTRY
 
@@ -14,6 +15,7 @@ from rollcall_operator.admission import queued_extra, seed_action
 from rollcall_operator.cache import CachedRJ, RJCache, resource_version
 from rollcall_operator.delivery import attempt_record, delivery_due
 from rollcall_operator.folding import verdict_changed
+from rollcall_operator.handlers import NoDiffBase
 from rollcall_operator.progress import moved
 from rollcall_operator.queue import entry_for
 from rollcall_operator.statuswrite import run_seconds, transition_event
@@ -317,3 +319,14 @@ def test_attempt_record(attempt: int, result: Attempt, delivered: bool, final: b
     got = attempt_record(attempt, result, max_attempts=3)
     assert (got["attempts"], got["delivered"], got["final"]) == (attempt, delivered, final)
     assert got["lastStatus"] == result.status and got["lastError"] == result.error
+
+
+def test_kopf_builds_and_reads_no_diff_base() -> None:
+    """No change handler: kopf needs no essence of any body, not even one a past run stored."""
+    raw = body(status={"phase": "Running"})
+    raw["metadata"]["annotations"] = {"rollcall.io/last-handled-configuration": '{"spec": {}}'}
+    rj = kopf.Body(raw)  # type: ignore[arg-type]  # a plain dict is what kopf hands handlers
+    storage = NoDiffBase(prefix="rollcall.io", key="last-handled-configuration")
+    assert kopf.AnnotationsDiffBaseStorage.build(storage, body=rj)  # kopf's own: a copy
+    assert storage.build(body=rj) == {}
+    assert storage.fetch(body=rj) is None

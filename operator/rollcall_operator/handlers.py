@@ -4,7 +4,8 @@
   clients, metrics, the queue seeded from the apiserver;
 - RJ events: keep the cache, the queue and webhook deliveries in step; the first event of an RJ
   admits it (validate, then queue or re-attach to an existing Job). No kopf change handler is
-  registered, so kopf writes no diff-base or progress annotation to any RJ;
+  registered, so kopf writes no diff-base or progress annotation to any RJ, and ``NoDiffBase``
+  spares it building a diff base per event;
 - ``spec.runPolicy.suspend`` changes (seen in RJ events, compared in memory, so no kopf field
   handler and no extra annotation write per RJ): suspend/resume the Job;
 - Job events (our label only): fold the Job's state into its RJ's status;
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
@@ -30,6 +32,23 @@ from rollcall_operator.settings import get_settings
 RJ = (GROUP, VERSION, PLURAL)
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
+
+
+class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base, never built: no change handler is registered, so nothing reads it.
+
+    kopf builds one for every event all the same (a deep copy of the whole body, managedFields
+    and all): 45 % of the operator's CPU per event in a burst, measured. An empty essence and no
+    stored one keep kopf's cause detection as it is, without the copy.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
 
 
 def _rt(memo: kopf.Memo) -> Runtime:
@@ -53,7 +72,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours = get_settings()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = NoDiffBase(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"

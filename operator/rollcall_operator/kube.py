@@ -12,7 +12,7 @@ import base64
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -32,12 +32,17 @@ class StaleStatus(Exception):
 
 async def _json(resp: Any) -> Any:
     """The JSON body; a non-2xx answer raises ApiException (unread responses are not checked)."""
+    return json.loads(await _ok(resp))
+
+
+async def _ok(resp: Any) -> bytes:
+    """The raw body, unparsed (for answers nobody reads); a non-2xx answer raises ApiException."""
     data = await resp.read()
     if not 200 <= resp.status <= 299:
         err = ApiException(status=resp.status, reason=resp.reason)
         err.body = data.decode(errors="replace")
         raise err
-    return json.loads(data)
+    return cast(bytes, data)
 
 
 async def _found(call: Awaitable[Any]) -> dict[str, Any] | None:
@@ -93,11 +98,13 @@ class Kube:
         await self.api.close()
 
     # --- Jobs and pods --------------------------------------------------------------------------
-    async def create_job(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    async def create_job(self, manifest: Mapping[str, Any]) -> None:
+        """Create the Job; its answer (a whole Job, ~1.5 ms of JSON to parse) is not read: the
+        Job watch brings the same object to the fold."""
         resp = await self.batch.create_namespaced_job(
             manifest["metadata"]["namespace"], dict(manifest), _preload_content=False
         )
-        return await _json(resp)  # type: ignore[no-any-return]
+        await _ok(resp)
 
     async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

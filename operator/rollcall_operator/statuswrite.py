@@ -97,6 +97,8 @@ class StatusWriter:
         conflict or a refused transition is raised.
         """
         compute = patch if callable(patch) else (lambda _status: patch)
+        if compute((self.cache.get(rj.uid) or rj).status) is None:
+            return False  # nothing to write (most folds in a burst): skip the retry machinery
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(_Lost),
