@@ -45,7 +45,14 @@ from kubernetes import client, config, utils
 from redis.asyncio import Redis
 
 from apirig import write_key_file
-from bench_api_submit import LAG, LAG_OWN, lag_histograms, lag_quantiles, lag_text
+from bench_api_submit import (
+    LAG,
+    LAG_OWN,
+    lag_histograms,
+    lag_quantiles,
+    lag_text,
+    loop_thread_sched,
+)
 from localk8s import control_plane, wait_for
 from procs import stop_process
 from redisrig import free_port, redis_server
@@ -224,12 +231,6 @@ def process(
         yield proc
     finally:
         stop_process(proc, 15)
-
-
-def loop_thread_sched(pid: int) -> tuple[float, float]:
-    """(CPU s, s runnable but waiting for a CPU) of a process's main thread: the API's loop."""
-    fields = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
-    return int(fields[0]) / 1e9, int(fields[1]) / 1e9
 
 
 def install_crds(kubeconfig: Path) -> Any:

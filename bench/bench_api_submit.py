@@ -126,6 +126,12 @@ def lag_quantiles(before: dict[float, float], after: dict[float, float]) -> dict
     } | {"samples": total}
 
 
+def loop_thread_sched(pid: int) -> tuple[float, float]:
+    """(CPU s, s runnable but waiting for a CPU) of a process's main thread: the API's loop."""
+    fields = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+
+
 def lag_text(q: dict[str, float]) -> str:
     if not q:
         return "no samples"
@@ -260,6 +266,7 @@ def main() -> None:
                 lags: dict[str, list[dict[str, float]]] = {LAG: [], LAG_OWN: []}
                 for phase in phases:
                     before, cpu0 = lag_histograms(metrics_url), proc.cpu_times()
+                    sched0 = loop_thread_sched(proc.pid)
                     cp0, me0 = cpu_seconds(control), cpu_seconds([me])
                     t0 = time.perf_counter()
                     if phase == "direct":
@@ -285,6 +292,11 @@ def main() -> None:
                         f"load {os.getloadavg()[0]:.1f}"
                     )
                     if phase != "direct":
+                        sched1 = loop_thread_sched(proc.pid)
+                        print(
+                            f"  {'':20s} API loop thread: CPU {sched1[0] - sched0[0]:.2f} s, "
+                            f"waited for a CPU {sched1[1] - sched0[1]:.2f} s in {wall:.1f} s"
+                        )
                         for name in (LAG, LAG_OWN):
                             q = lag_quantiles(before[name], after[name])
                             lags[name].append(q)
