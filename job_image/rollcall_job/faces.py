@@ -143,10 +143,11 @@ class FaceEngine:
         batch = np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
         if batch.shape[1:] != (h, w, 3):
             raise ValueError(f"crops must be ({h}, {w}, 3) BGR, got {batch.shape[1:]}")
-        out = self._embedder.run(self._prepare(batch))[0]
+        out = self._embedder.run(self.prepare(batch))[0]
         return np.ascontiguousarray(out.reshape(len(crops), -1), dtype=np.float32)
 
-    def _prepare(self, batch_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    def prepare(self, batch_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """The embedder's input for (n, h, w, 3) aligned BGR crops, as the card normalises it."""
         ordered = batch_bgr[..., ::-1] if self.embedder_card.colour == "RGB" else batch_bgr
         x = (ordered.astype(np.float32) * self._scale - self._mean) / self._std
         if self.embedder_card.layout == "NCHW":
