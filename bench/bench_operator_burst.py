@@ -278,6 +278,10 @@ def main() -> None:
             f"RJ->Job latency p50 / p99 / max:        {statistics.median(latencies):.3f} / "
             f"{percentile(latencies, 0.99):.3f} / {max(latencies):.3f} s  (target p99 < 2 s)"
         )
+        tenths = [latencies[k * len(latencies) // 10 : (k + 1) * len(latencies) // 10]
+                  for k in range(10)]  # fmt: skip
+        print("  p50 by tenth of the burst (creation order): "
+              + " ".join(f"{statistics.median(t):.2f}" for t in tenths if t))  # fmt: skip
     print(
         f"operator CPU during the burst:          {cpu:.1f} s  ({cpu / max(all_jobs, 1e-9):.2f} cores)"
     )
