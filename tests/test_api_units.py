@@ -13,13 +13,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from rollcall_api import looplag
 from rollcall_api.app import create_app, kube_client
 from rollcall_api.auth import KeyStore, hash_key, new_key, parse_key_file
 from rollcall_api.errors import ApiError
 from rollcall_api.kube import new_job_name
+from rollcall_api.routes import enrollments, jobs
 from rollcall_api.schemas import EnrollmentRequest, JobRequest
 from rollcall_api.service import parse_status
 from rollcall_api.settings import Settings
@@ -314,3 +316,13 @@ def test_spec_body_equals_the_revalidated_spec(
     expected = request.spec().model_dump(by_alias=True, mode="json", exclude_none=True)
     assert request.spec_body() == expected
     assert "namespace" not in request.spec_body()
+
+
+@pytest.mark.parametrize("router", [jobs.router, enrollments.router])
+def test_submit_routes_solve_two_dependencies(router: APIRouter) -> None:
+    """App state comes as one dependency (Submitting): FastAPI solves each one per request."""
+    (route,) = (r for r in router.routes if isinstance(r, APIRoute) and "POST" in (r.methods or ()))
+    assert [d.call.__name__ for d in route.dependant.dependencies if d.call] == [
+        "submitting",
+        "current_caller",
+    ]

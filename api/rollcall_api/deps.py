@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
@@ -50,10 +51,30 @@ get_store = _from_state("store", Store)
 get_keys = _from_state("keys", KeyStore)
 get_metrics = _from_state("metrics", Metrics)
 get_hub = _from_state("hub", WatchHub)
-get_limiter = _from_state("limiter", RateLimiter)
 get_stream_slots = _from_state("stream_slots", Slots)
 get_eraser = _from_state("eraser", Eraser)
 get_kube_events = _from_state("kube_events", KubeEvents)
+
+
+@dataclass(frozen=True)
+class Submitting:
+    """What a submission reads from app state, as one dependency, not five.
+
+    FastAPI solves every dependency on every request; a trivial one costs tens of microseconds of
+    the event loop (a toy route with 7 took 0.5-0.7 ms more than with 1, at load 13), and the
+    submit routes are the API's busiest.
+    """
+
+    settings: Settings
+    jobs: RecognitionJobs
+    store: Store
+    metrics: Metrics
+    limiter: RateLimiter
+
+
+async def submitting(request: Request) -> Submitting:
+    state = request.app.state
+    return Submitting(state.settings, state.jobs, state.store, state.metrics, state.limiter)
 
 
 async def current_caller(
@@ -87,7 +108,7 @@ KeysDep = Annotated[KeyStore, Depends(get_keys)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 CallerDep = Annotated[Caller, Depends(current_caller)]
 HubDep = Annotated[WatchHub, Depends(get_hub)]
-LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 StreamSlotsDep = Annotated[Slots, Depends(get_stream_slots)]
 KubeEventsDep = Annotated[KubeEvents, Depends(get_kube_events)]
 EraserDep = Annotated[Eraser, Depends(get_eraser)]
+SubmittingDep = Annotated[Submitting, Depends(submitting)]

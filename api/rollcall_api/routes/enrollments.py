@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from rollcall_api.deps import (
-    CallerDep,
-    JobsDep,
-    LimiterDep,
-    MetricsDep,
-    SettingsDep,
-    StoreDep,
-)
+from rollcall_api.deps import CallerDep, SubmittingDep
 from rollcall_api.errors import ERROR_RESPONSES
 from rollcall_api.routes.jobs import IdempotencyKey, accept
 from rollcall_api.schemas import EnrollmentRequest, JobView
@@ -27,16 +20,10 @@ router = APIRouter(prefix="/v1/enrollments", tags=["enrollments"], responses=ERR
 )
 async def create_enrollment(
     response: Response,
-    settings: SettingsDep,
-    jobs: JobsDep,
-    store: StoreDep,
-    metrics: MetricsDep,
+    ctx: SubmittingDep,
     caller: CallerDep,
     body: EnrollmentRequest,
-    limiter: LimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobView:
     """Equivalent to POST /v1/recognition-jobs with ``mode: enroll``; read it back there."""
-    return await accept(
-        response, settings, jobs, store, metrics, caller, body, idempotency_key, limiter
-    )
+    return await accept(response, ctx, caller, body, idempotency_key)

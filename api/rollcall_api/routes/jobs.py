@@ -8,15 +8,17 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from rollcall_api import events, service
+from rollcall_api.auth import Caller
 from rollcall_api.deps import (
     CallerDep,
     HubDep,
     JobsDep,
-    LimiterDep,
     MetricsDep,
     SettingsDep,
     StoreDep,
     StreamSlotsDep,
+    Submitting,
+    SubmittingDep,
 )
 from rollcall_api.errors import ERROR_RESPONSES, ApiError
 from rollcall_api.kube import LABEL_CLASS, LABEL_MODE
@@ -46,22 +48,19 @@ def _limited(metrics: Metrics, limit: str, message: str, retry_after: int) -> Ap
 
 async def accept(
     response: Response,
-    settings: SettingsDep,
-    jobs: JobsDep,
-    store: StoreDep,
-    metrics: MetricsDep,
-    caller: CallerDep,
+    ctx: Submitting,
+    caller: Caller,
     body: JobRequest,
     idempotency_key: str | None,
-    limiter: LimiterDep,
 ) -> JobView:
     """Shared by POST /v1/recognition-jobs and POST /v1/enrollments; rate-limited per school."""
-    if wait := limiter.check(caller.school):
+    metrics = ctx.metrics
+    if wait := ctx.limiter.check(caller.school):
         raise _limited(metrics, "submissions", f"too many submissions; retry in {wait} s", wait)
     obj, replayed = await service.submit(
-        jobs, store, caller, body, idempotency_key, settings.idempotency_ttl_seconds
+        ctx.jobs, ctx.store, caller, body, idempotency_key, ctx.settings.idempotency_ttl_seconds
     )
-    view = service.job_view(obj, settings.public_url)
+    view = service.job_view(obj, ctx.settings.public_url)
     response.headers["Location"] = view.links.self
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -80,21 +79,15 @@ async def accept(
 )
 async def create_job(
     response: Response,
-    settings: SettingsDep,
-    jobs: JobsDep,
-    store: StoreDep,
-    metrics: MetricsDep,
+    ctx: SubmittingDep,
     caller: CallerDep,
     body: JobRequest,
-    limiter: LimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobView:
     """Record a RecognitionJob and return at once; follow ``links.self`` or ``links.events``.
 
     429 with ``Retry-After`` when the school is over its submission rate."""
-    return await accept(
-        response, settings, jobs, store, metrics, caller, body, idempotency_key, limiter
-    )
+    return await accept(response, ctx, caller, body, idempotency_key)
 
 
 @router.get("", response_model=JobList, summary="List jobs, oldest first, a page at a time")
