@@ -38,8 +38,8 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
     """kopf's diff base, never built: no change handler is registered, so nothing reads it.
 
     kopf builds one for every event all the same (a deep copy of the whole body, managedFields
-    and all): 45 % of the operator's CPU per event in a burst, measured. An empty essence and no
-    stored one keep kopf's cause detection as it is, without the copy.
+    and all): 45 % of kopf's per-event processing in a profiled 300-RJ burst. An empty essence
+    and no stored one keep kopf's cause detection as it is, without the copy.
     """
 
     def build(

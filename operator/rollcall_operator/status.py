@@ -278,8 +278,9 @@ def pending_by_default(current: Mapping[str, Any], seen: Observed) -> bool:
 
     True for a Job that merely exists (Pending, "JobCreated", nothing else to report) while the RJ
     still reads as the defaults left it. ``jobName``, ``attempts``, ``startTime`` and the
-    conditions land with the next real transition (the Job's name is deterministic: ``builder.job_name``). An absent status (a CRD
-    from before the default; Helm never upgrades CRDs) still gets its Pending written.
+    conditions land with the next real transition (the Job's name is deterministic:
+    ``builder.job_name``). An absent status (a CRD from before the default; Helm never upgrades
+    CRDs) still gets its Pending written.
     """
     return (
         (seen.phase, seen.reason, seen.message, seen.suspended)
