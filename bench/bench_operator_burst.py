@@ -231,7 +231,7 @@ def main() -> None:
         try:
             wait_for(lambda: _healthy(health), "operator healthy", timeout=60)
             ps = psutil.Process(proc.pid)
-            cpu0 = _cpu(ps)
+            cpu0, wait0 = _cpu(ps), _runqueue_wait(proc.pid)
             others = {name: psutil.Process(p.pid) for name, p in cp.processes.items()}
             others["bench client"] = psutil.Process()
             others_cpu0 = {name: _cpu(p) for name, p in others.items()}
@@ -248,7 +248,7 @@ def main() -> None:
             client_done = time.monotonic() - t0
             ok = watcher.wait(n, args.timeout)
             all_jobs = max(watcher.seen.values()) - t0 if watcher.seen else float("nan")
-            cpu = _cpu(ps) - cpu0
+            cpu, waited = _cpu(ps) - cpu0, _runqueue_wait(proc.pid) - wait0
             others_cpu = {n: _cpu(p) - others_cpu0[n] for n, p in others.items()}
             peak_rss = _peak_rss_mib(proc.pid)
             watcher.stop.set()
@@ -285,6 +285,7 @@ def main() -> None:
     print(
         f"operator CPU during the burst:          {cpu:.1f} s  ({cpu / max(all_jobs, 1e-9):.2f} cores)"
     )
+    print(f"  operator threads waited for a CPU:    {waited:.1f} s  (runnable, not running)")
     for name, seconds in others_cpu.items():
         print(f"  CPU of {name + ':':<30} {seconds:.1f} s")
     print(f"operator peak RSS:                      {peak_rss:.0f} MiB")
@@ -307,6 +308,17 @@ def print_writes(window: str, writes: Counter[tuple[str, str, str]], n: int) -> 
     for (verb, resource, sub), count in sorted(writes.items(), key=lambda kv: -kv[1]):
         name = f"{resource}/{sub}" if sub else resource
         print(f"  {verb:<6} {name:<32} {count:>7}  {count / n:6.2f}")
+
+
+def _runqueue_wait(pid: int) -> float:
+    """Seconds the process's threads have waited, runnable, for a CPU (/proc/<pid>/task/*/schedstat).
+
+    Tells a starved process (on a loaded machine) from one that is slow by itself."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(stat.read_text().split()[1])
+    return total / 1e9
 
 
 def _cpu(process: psutil.Process) -> float:
