@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import shutil
@@ -299,6 +300,7 @@ class NodeAgent:
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._watch_response: Any = None  # the open pod watch's HTTP response
         self.heartbeat_seconds = heartbeat_seconds
         self.gpus_in_use = 0  # GPUs held by the pods running here now (guarded by _lock)
         self.gpu_peak = 0  # the most ever held at once
@@ -329,10 +331,13 @@ class NodeAgent:
         with self._lock:
             for ev in self._running.values():
                 ev.set()
+        # The pod watch sits in a blocking read until its 30 s timeout: shut its connection, or
+        # kube-apiserver's graceful shutdown waits for it (the control plane's stop then ran
+        # into its SIGKILL timer). Its thread, a daemon that handles nothing once _stop is set,
+        # is not waited for (joining it cost up to 5 s per node at every teardown).
+        with contextlib.suppress(Exception):  # already closed, or never opened
+            self._watch_response.shutdown()
         for t in self._threads:
-            # The pod watch may sit in a blocking read until its 30 s timeout; it is a daemon
-            # thread that handles nothing once _stop is set, so it is not waited for (joining it
-            # cost up to 5 s per node at every teardown).
             if not t.name.endswith("-watch"):
                 t.join(5)
 
@@ -457,7 +462,7 @@ class NodeAgent:
                 # hence the targeted ignores on its calls.
                 w = watch.Watch()  # type: ignore[no-untyped-call]
                 for event in w.stream(  # type: ignore[no-untyped-call]
-                    self.core.list_pod_for_all_namespaces,
+                    self._watched_list(),
                     field_selector=selector,
                     resource_version=pods.metadata.resource_version,
                     timeout_seconds=30,
@@ -470,6 +475,18 @@ class NodeAgent:
                 if not self._stop.is_set():
                     log.debug("pod watch restarted: %s", exc)
                     time.sleep(0.5)
+
+    def _watched_list(self) -> Callable[..., Any]:
+        """``list_pod_for_all_namespaces`` that keeps its streamed response, so ``stop`` can shut
+        it; wrapped so Watch still reads the signature and doc it deserializes events by."""
+        list_pods = self.core.list_pod_for_all_namespaces
+
+        @functools.wraps(list_pods)
+        def opened(*args: Any, **kwargs: Any) -> Any:
+            self._watch_response = list_pods(*args, **kwargs)
+            return self._watch_response
+
+        return opened
 
     def _handle(self, pod: client.V1Pod) -> None:
         if self._dead.is_set():
