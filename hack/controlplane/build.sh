@@ -26,9 +26,14 @@ ld="-s -w"
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
 done
-(cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin.partial/etcd" go.etcd.io/etcd/server/v3) >&2 &
+# The linker drops DWARF (-w), so the compiler need not write it: -dwarf=false saved 17-19 % of the
+# compile CPU (k8s.io/kubernetes/pkg/apis/core/v1 and its deps from an empty build cache, twice each
+# way: 111/108 -> 90/91 CPU-s; this whole build from an empty build cache: 729 CPU-s, against 867
+# before). The binaries are the same programs, so the cache key stays.
+gc="all=-dwarf=false"
+(cd "$here/etcd" && go build -trimpath -gcflags "$gc" -ldflags "-s -w" -o "$bin.partial/etcd" go.etcd.io/etcd/server/v3) >&2 &
 etcd_pid=$!
-(cd "$here/kube" && go build -trimpath -tags selinux,notest -ldflags "$ld" -o "$bin.partial/kube" .) >&2 || {
+(cd "$here/kube" && go build -trimpath -gcflags "$gc" -tags selinux,notest -ldflags "$ld" -o "$bin.partial/kube" .) >&2 || {
   kill "$etcd_pid" 2>/dev/null; wait "$etcd_pid" || true; exit 1
 }
 wait "$etcd_pid"

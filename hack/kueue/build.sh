@@ -16,7 +16,7 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 if [[ ! -x $bin/kueue ]]; then
   mkdir -p "$bin.partial"
   ld="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
-  (cd "$here" && go build -trimpath -ldflags "$ld" -o "$bin.partial/kueue" sigs.k8s.io/kueue/cmd/kueue) >&2
+  (cd "$here" && go build -trimpath -gcflags all=-dwarf=false -ldflags "$ld" -o "$bin.partial/kueue" sigs.k8s.io/kueue/cmd/kueue) >&2
   rm -rf "$bin" && mv "$bin.partial" "$bin"
 fi
 # The manifests of the same module version: CRDs (server-side apply) and webhook configurations.
