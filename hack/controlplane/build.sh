@@ -20,7 +20,10 @@ if ((ready)); then
   echo "$bin"; exit 0
 fi
 rm -rf "$bin.partial" && mkdir -p "$bin.partial"
-export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+# GOGC=400: the compiler (a Go program) collects garbage a quarter as often. Side by side on
+# k8s.io/kubernetes/pkg/apis/core/v1 and its deps from an empty build cache, twice each way:
+# 82.7/82.0 -> 70.7/69.6 CPU-s (-15 %), peak compiler RSS 0.44 GB (GOGC=off: 0.94 GB, not taken).
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOGC=400
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
 ld="-s -w"
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
