@@ -12,7 +12,7 @@ bin="$root/bin"
 if [[ -x $bin/kueue && -d $root/crd && -f $root/webhook/manifests.yaml ]]; then
   echo "$bin"; exit 0
 fi
-export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOGC=400  # as hack/controlplane/build.sh
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOGC=off GOMEMLIMIT=3GiB  # as hack/controlplane/build.sh
 if [[ ! -x $bin/kueue ]]; then
   mkdir -p "$bin.partial"
   ld="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
