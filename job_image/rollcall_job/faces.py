@@ -30,11 +30,12 @@ from rollcall_job.runtime import CPU, Model, load_model
 log = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "ROLLCALL_MODEL_DIR"
-# Faces per embedder run on CPU. A face's activations are ~1.6 MB at MobileFaceNet's widest layer;
-# a batch of a class photo's faces outgrows the cores' caches and each face costs more (one
-# thread, per face: batch 2 9.2 ms, 6 10.1 ms, 12 11.6 ms; bench/bench_models.py). GPUs keep the
-# requested batch.
-CPU_EMBED_BATCH = 2
+# Faces per embedder run on CPU. A face's activations are ~1.6 MB at MobileFaceNet's widest layer,
+# so a whole class photo in one run outgrows the cores' caches (one thread at load 7, per face:
+# batch 2 9.2 ms, 6 10.1 ms, 12 11.6 ms). On idle cores, as a pod with its own CPU request has,
+# a frame's six faces took 28.3/28.4 ms as one run against 33.7/34.4 ms in runs of 2 with two
+# threads, and 44.4 against 41.7 ms with one (bench/bench_models.py). GPUs keep the requested batch.
+CPU_EMBED_BATCH = 6
 
 
 @dataclass(frozen=True)
