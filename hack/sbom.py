@@ -26,6 +26,8 @@ from typing import Any
 
 from packaging.requirements import Requirement
 
+from rollcall_job.models.cards import ModelCard, load_card
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -136,36 +138,31 @@ def model_components(models: Path) -> list[dict[str, Any]]:
     """
     manifest = json.loads((models / "manifest.json").read_text())
     source_hashes: dict[str, str] = manifest["sources"]["sha256"]
-    cards: dict[str, dict[str, Any]] = {}
+    root = models.resolve()
+    cards: dict[str, tuple[ModelCard, Path]] = {}  # id -> the card and its folder, first seen
     for path in sorted(models.rglob("*.card.json")):
-        card = json.loads(path.read_text())
-        files = {
-            key: ((path.parent / name).resolve().relative_to(models.resolve()).as_posix(), digest)
-            for key, name in card["files"].items()
-            if (digest := card.get("sha256", {}).get(key))
-        }
-        cards.setdefault(card["id"], {"card": card, "files": files})
+        card = load_card(path)
+        cards.setdefault(card.id, (card, path.parent))
     components = []
-    for model_id, found in sorted(cards.items()):
-        card = found["card"]
+    for model_id, (card, card_dir) in sorted(cards.items()):
         component: dict[str, Any] = {
             "type": "machine-learning-model",
             "bom-ref": f"model:{model_id}",
             "name": model_id,
             "version": f"models-v{manifest['version']}",
-            "description": f"{card['kind']}: {card.get('source', '')}",
-            "licenses": [{"license": {"name": card.get("licence", "unknown")}}],
+            "description": f"{card.kind}: {card.source}",
+            "licenses": [{"license": {"name": card.licence or "unknown"}}],
             "components": [
                 {
                     "type": "file",
-                    "bom-ref": f"model:{model_id}:{key}",
-                    "name": name,
+                    "bom-ref": f"model:{model_id}:{role}",
+                    "name": card.path(role, card_dir).relative_to(root).as_posix(),
                     "hashes": [{"alg": "SHA-256", "content": digest}],
                 }
-                for key, (name, digest) in sorted(found["files"].items())
+                for role, digest in sorted(card.sha256.items())
             ],
         }
-        if match := _SOURCE.match(card.get("source", "")):
+        if match := _SOURCE.match(card.source):
             name, version = match["name"], match["version"]
             kind = "pypi" if match["registry"] == "PyPI" else "npm"
             ancestor: dict[str, Any] = {

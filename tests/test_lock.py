@@ -5,7 +5,6 @@ the job/gpu conflict resolved in one lock, the dev group covers every import of 
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -250,10 +249,6 @@ def test_sbom_of_the_gpu_job_lists_its_locked_packages_and_no_other_components(
     assert not set(components) & {"onnxruntime", "fastapi", "uvicorn", "kopf", "typer", "onnx"}
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.mark.slow
 def test_sbom_of_the_job_lists_each_model_it_carries_with_its_files_and_source_package(
     tmp_path: Path,
@@ -261,6 +256,7 @@ def test_sbom_of_the_job_lists_each_model_it_carries_with_its_files_and_source_p
     """Every ONNX file of the model build, with the sha256 the job checks, under the card that
     names it; each card's source package as its pedigree, with the hash the build pinned."""
     from rollcall_job.models.build import build_models
+    from rollcall_job.models.integrity import sha256_file
     from rollcall_job.models.pins import PINS
 
     models = build_models()
@@ -275,7 +271,7 @@ def test_sbom_of_the_job_lists_each_model_it_carries_with_its_files_and_source_p
     files = {f["name"]: f["hashes"][0]["content"] for c in listed for f in c["components"]}
     assert set(files) == {p.relative_to(models).as_posix() for p in models.rglob("*.onnx")}
     for name, digest in files.items():
-        assert digest == sha256(models / name), name
+        assert digest == sha256_file(models / name), name
     pinned = {f"{pin.name}=={pin.version}": pin.sha256 for pin in PINS}
     # a card derived from another card (no registry package of its own) has no pedigree
     sourced = [c for c in listed if "pedigree" in c]
@@ -295,13 +291,17 @@ def test_sbom_of_the_job_lists_each_model_it_carries_with_its_files_and_source_p
 
 def test_model_components_read_a_card_once_whatever_folder_repeats_it(tmp_path: Path) -> None:
     """Cards are repeated per embedder folder (with ../ paths); each model is listed once."""
+    from rollcall_job.models.cards import retinaface_card, write_card
+
     (tmp_path / "emb").mkdir()
-    card = {"id": "m-v1", "kind": "detector", "files": {"model": "d.onnx"},
-            "sha256": {"model": "ab" * 32}, "licence": "MIT",
-            "source": "some-pkg 1.2.3 (PyPI): d.onnx"}  # fmt: skip
-    (tmp_path / "d.card.json").write_text(json.dumps(card))
-    card["files"] = {"model": "../d.onnx"}
-    (tmp_path / "emb" / "d.card.json").write_text(json.dumps(card))
+    card = retinaface_card("d.onnx").model_copy(
+        update={"id": "m-v1", "sha256": {"model": "ab" * 32}, "licence": "MIT",
+                "source": "some-pkg 1.2.3 (PyPI): d.onnx"}
+    )  # fmt: skip
+    write_card(card, tmp_path / "d.card.json")
+    write_card(
+        card.model_copy(update={"files": {"model": "../d.onnx"}}), tmp_path / "emb" / "d.card.json"
+    )
     manifest = {"version": 3, "sources": {"sha256": {"some-pkg==1.2.3": "cd" * 32}}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     (component,) = sbom.model_components(tmp_path)
