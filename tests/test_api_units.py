@@ -47,6 +47,22 @@ def test_keys_are_high_entropy_and_stored_only_as_digests(tmp_path: Path) -> Non
     assert key not in (tmp_path / "keys.yaml").read_text()
 
 
+def test_each_of_many_schools_keys_finds_its_own_school(tmp_path: Path) -> None:
+    """The digest lookup maps every key to its own school, and a near-miss to none."""
+    keys = {f"school-{i}": new_key() for i in range(300)}
+    (tmp_path / "keys.yaml").write_text(
+        "".join(f"{hash_key(k)}: {{school: {s}, namespaces: [{s}]}}\n" for s, k in keys.items())
+    )
+    store = KeyStore(tmp_path / "keys.yaml")
+    store._load_sync()
+    assert len(store) == 300
+    for school, key in keys.items():
+        caller = store.authenticate(key)
+        assert caller is not None and caller.school == school and caller.namespaces == (school,)
+        assert store.authenticate(key[:-1]) is None
+    assert "digest" not in repr(caller)  # never logged with the caller
+
+
 @pytest.mark.parametrize(
     "text",
     [
