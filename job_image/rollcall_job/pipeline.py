@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Generic, cast
 
 import cv2
 import numpy as np
@@ -25,7 +25,8 @@ import numpy.typing as npt
 from rollcall_job import annotate, quality
 from rollcall_job.gallery import Gallery, GalleryMeta
 from rollcall_job.matcher import CANDIDATES, Match, Metric, attendance, match_faces
-from rollcall_job.photos import DEFAULT_MAX_PIXELS, Photo, PhotoError, iter_read
+from rollcall_job.photos import DEFAULT_MAX_PIXELS, Photo, PhotoError, read_or_error
+from rollcall_job.prefetch import prefetch_map
 from rollcall_job.protocols import Card, Engine, F, ImageBGR
 
 log = logging.getLogger("rollcall_job.pipeline")
@@ -93,6 +94,41 @@ def _round_box(box: Sequence[float]) -> list[float]:
     return [round(float(v), 1) for v in box]
 
 
+@dataclass(frozen=True)
+class _Detected(Generic[F]):
+    """One photo after reading and detection, before embedding (``error``: why it has no faces)."""
+
+    photo: Photo
+    image: ImageBGR | None
+    faces: list[F]
+    quality: list[str | None]
+    error: PhotoError | None = None
+
+
+def _read_and_detect(
+    engine: Engine[F],
+    photo: Photo,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    gate: quality.QualityGate | None,
+) -> _Detected[F]:
+    """Decode ``photo`` and find its faces (and their quality verdicts); a photo the decoder or
+    the detector cannot digest becomes an error record."""
+    _, img = read_or_error(photo, max_bytes=max_bytes, max_pixels=max_pixels)
+    if isinstance(img, PhotoError):
+        return _Detected(photo, None, [], [], img)
+    try:
+        faces = engine.detect(img)
+        verdicts = [
+            None if gate is None else quality.check(img, f.box, f.score, f.landmarks, gate)
+            for f in faces
+        ]
+    except (cv2.error, ValueError) as e:
+        return _Detected(photo, None, [], [], PhotoError("engine_failed", type(e).__name__))
+    return _Detected(photo, img, faces, verdicts)
+
+
 def detect_and_embed(
     engine: Engine[F],
     photos: Sequence[Photo],
@@ -104,28 +140,34 @@ def detect_and_embed(
 ) -> Iterator[PhotoFaces]:
     """Read each photo and run the engine on it; unreadable photos yield an error record.
 
+    Reading and detecting photo N+1 (in ``prefetch_map``'s thread) overlaps embedding photo N:
+    onnxruntime and OpenCV release the GIL, so the detector and the embedder run at once on a
+    pod's own cores (bench/bench_models.py measures it against decoding ahead only). The engine's
+    detector and embedder are separate sessions, each used by one thread. One photo ahead at
+    most, so at most two photos are decoded at a time. Results come in the order of ``photos``.
     With a ``gate``, each face's quality verdict comes along (None: passed; else why not).
     """
     dim = engine.embedder_card.embedding_dim or 0
     empty = np.zeros((0, dim), np.float32)
-    for photo, img in iter_read(list(photos), max_bytes=max_bytes, max_pixels=max_pixels):
+
+    def detected(photo: Photo) -> _Detected[F]:
+        return _read_and_detect(
+            engine, photo, max_bytes=max_bytes, max_pixels=max_pixels, gate=gate
+        )
+
+    for d in prefetch_map(detected, list(photos), ahead=1):
         try:
-            if isinstance(img, PhotoError):
-                yield PhotoFaces(photo, None, [], [], empty, img)
+            if d.error is not None or d.image is None:
+                yield PhotoFaces(d.photo, None, [], [], empty, d.error)
                 continue
             try:
-                faces = engine.detect(img)
-                emb = engine.embed(img, faces) if faces else empty
-                verdicts = [
-                    None if gate is None else quality.check(img, f.box, f.score, f.landmarks, gate)
-                    for f in faces
-                ]
+                emb = engine.embed(d.image, d.faces) if d.faces else empty
             except (cv2.error, ValueError) as e:  # a photo the engine cannot digest
                 err = PhotoError("engine_failed", type(e).__name__)
-                yield PhotoFaces(photo, None, [], [], empty, err)
+                yield PhotoFaces(d.photo, None, [], [], empty, err)
                 continue
-            boxes, scores = [f.box for f in faces], [f.score for f in faces]
-            yield PhotoFaces(photo, img, boxes, scores, emb, quality=verdicts)
+            boxes, scores = [f.box for f in d.faces], [f.score for f in d.faces]
+            yield PhotoFaces(d.photo, d.image, boxes, scores, emb, quality=d.quality)
         finally:
             if on_photo is not None:
                 on_photo()
