@@ -15,7 +15,14 @@ generator, and the API's event-loop lag from its own histograms (probed every 10
 10 s phase has ~1000 samples): the whole lag, and its own share (less the loop thread's wait for a
 CPU, ``rollcall_api.looplag``). Goals (#12): via the API >= 0.8 of direct, >= 0.7 with an
 Idempotency-Key, loop lag p99 <= 10 ms.
-Usage: ``python bench/bench_api_submit.py [--clients 32] [--seconds 10] [--rounds 2]``.
+
+The rounds run under two CPU set-ups (``apirig.cpu_setups``), each with its own figures: ``shared``
+(every process on every CPU: the API competes with the control plane and the load generator, as
+it never does on a cluster) and ``own-cpu`` (the API on one CPU with first claim on it, its session
+at autogroup nice -20; all else on every CPU: the nearest this one machine comes to a pod with its
+own CPU request). The API logs at info, as deployed (an access line a request).
+Usage: ``python bench/bench_api_submit.py [--clients 32] [--seconds 10] [--rounds 2]
+[--setups shared,own-cpu] [--log-level info]``.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import psutil
 import yaml
 from kubernetes import client, config, utils
 
-from apirig import write_key_file
+from apirig import apply_setup, cpu_setups, write_key_file
 from localk8s import control_plane, wait_for
 from redisrig import free_port, redis_server
 
@@ -72,13 +79,15 @@ def install_crds(kubeconfig: Path) -> Any:
 
 @contextlib.contextmanager
 def api_process(env: dict[str, str], port: int, log: Path) -> Iterator[psutil.Process]:
-    """The API as deployed: ``python -m rollcall_api`` in its own process."""
+    """The API as deployed: ``python -m rollcall_api`` in its own process, and its own session
+    (as a pod has its own cgroup; ``apirig.CpuSetup`` sets that session's priority)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rollcall_api"],
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz") == 200, "API ready", 60)
@@ -223,6 +232,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2, help="(direct, plain, idempotent) rounds")
+    parser.add_argument(
+        "--setups",
+        default="shared,own-cpu",
+        help="CPU set-ups to run, in order: shared (as the kernel schedules), own-cpu (the API "
+        "on one CPU with first claim on it)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        help="the API's (info, as deployed: an access line a request)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rollcall-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -246,7 +266,7 @@ def main() -> None:
                 "ROLLCALL_API_REDIS_URL": redis.url,
                 "ROLLCALL_API_HOST": "127.0.0.1",
                 "ROLLCALL_API_PORT": str(port),
-                "ROLLCALL_API_LOG_LEVEL": "warning",
+                "ROLLCALL_API_LOG_LEVEL": args.log_level,
                 # ~1000 lag samples per 10 s phase: a p99 of 100 samples is their maximum.
                 "ROLLCALL_API_LOOP_LAG_INTERVAL_SECONDS": "0.01",
             }
@@ -256,53 +276,16 @@ def main() -> None:
                 asyncio.run(load(url, key, 4, 2.0, False))  # warm up connections and caches
                 print(
                     f"rollcall API submit benchmark: {args.clients} closed-loop clients, "
-                    f"{args.seconds:g} s per phase, {args.rounds} rounds, {os.cpu_count()} CPUs, "
+                    f"{args.seconds:g} s per phase, {args.rounds} rounds per CPU set-up, "
+                    f"{os.cpu_count()} CPUs, API log level {args.log_level}, "
                     f"load average {os.getloadavg()[0]:.1f}"
                 )
                 control = [psutil.Process(p.pid) for p in cp.processes.values()]
-                me = psutil.Process()
-                phases = [*(["direct", "plain", "idempotent"] * args.rounds), "direct"]
-                rates: list[tuple[str, float]] = []
-                lags: dict[str, list[dict[str, float]]] = {LAG: [], LAG_OWN: []}
-                for phase in phases:
-                    before, cpu0 = lag_histograms(metrics_url), proc.cpu_times()
-                    sched0 = loop_thread_sched(proc.pid)
-                    cp0, me0 = cpu_seconds(control), cpu_seconds([me])
-                    t0 = time.perf_counter()
-                    if phase == "direct":
-                        run = load_direct(cp.kubeconfig, ns, args.clients, args.seconds)
-                    else:
-                        run = load(url, key, args.clients, args.seconds, phase == "idempotent")
-                    ok, lat, statuses = asyncio.run(run)
-                    wall = time.perf_counter() - t0
-                    cpu1, after = proc.cpu_times(), lag_histograms(metrics_url)
-                    cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-                    rates.append((phase, ok / wall))
-                    label = {
-                        "direct": "apiserver direct",
-                        "plain": "via API",
-                        "idempotent": "via API + Idem-Key",
-                    }[phase]
-                    print(
-                        f"  {label:20s} {ok / wall:7.1f} creates/s  latency p50 "
-                        f"{pct(lat, 0.5) * 1000:.1f} ms p99 {pct(lat, 0.99) * 1000:.1f} ms  CPU: "
-                        f"API {cpu / wall * 100:.0f}%, control plane "
-                        f"{(cpu_seconds(control) - cp0) / wall * 100:.0f}%, load generator "
-                        f"{(cpu_seconds([me]) - me0) / wall * 100:.0f}%  {statuses}  "
-                        f"load {os.getloadavg()[0]:.1f}"
-                    )
-                    if phase != "direct":
-                        sched1 = loop_thread_sched(proc.pid)
-                        print(
-                            f"  {'':20s} API loop thread: CPU {sched1[0] - sched0[0]:.2f} s, "
-                            f"waited for a CPU {sched1[1] - sched0[1]:.2f} s in {wall:.1f} s"
-                        )
-                        for name in (LAG, LAG_OWN):
-                            q = lag_quantiles(before[name], after[name])
-                            lags[name].append(q)
-                            what = "loop lag" if name == LAG else "  own share"
-                            print(f"  {'':20s} API {what} {lag_text(q)}")
-                summarise(rates, lags)
+                others = [p.pid for p in control] + [redis.process.pid, os.getpid()]
+                for setup in cpu_setups(os.sched_getaffinity(0), args.setups.split(",")):
+                    applied = apply_setup(setup, proc.pid, others)
+                    print(f" CPU set-up {setup.name}: {setup.how} ({applied})")
+                    run_setup(setup.name, args, cp.kubeconfig, ns, url, key, metrics_url, proc)
             listed: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
                 "rollcall.io", "v1alpha1", ns, "recognitionjobs", limit=1
             )
@@ -311,7 +294,73 @@ def main() -> None:
             api.close()
 
 
-def summarise(rates: list[tuple[str, float]], lags: dict[str, list[dict[str, float]]]) -> None:
+def run_setup(
+    setup: str,
+    args: argparse.Namespace,
+    kubeconfig: Path,
+    ns: str,
+    url: str,
+    key: str,
+    metrics_url: str,
+    proc: psutil.Process,
+) -> None:
+    """One CPU set-up's interleaved phases, each printed, then the set-up's summary."""
+    control = [psutil.Process(p.pid) for p in psutil.Process().children() if p.pid != proc.pid]
+    me = psutil.Process()
+    phases = [*(["direct", "plain", "idempotent"] * args.rounds), "direct"]
+    rates: list[tuple[str, float]] = []
+    lags: dict[str, list[dict[str, float]]] = {LAG: [], LAG_OWN: []}
+    ran = waited = 0.0
+    for phase in phases:
+        before, cpu0 = lag_histograms(metrics_url), proc.cpu_times()
+        sched0 = loop_thread_sched(proc.pid)
+        cp0, me0 = cpu_seconds(control), cpu_seconds([me])
+        t0 = time.perf_counter()
+        if phase == "direct":
+            run = load_direct(kubeconfig, ns, args.clients, args.seconds)
+        else:
+            run = load(url, key, args.clients, args.seconds, phase == "idempotent")
+        ok, lat, statuses = asyncio.run(run)
+        wall = time.perf_counter() - t0
+        cpu1, after = proc.cpu_times(), lag_histograms(metrics_url)
+        cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        rates.append((phase, ok / wall))
+        label = {
+            "direct": "apiserver direct",
+            "plain": "via API",
+            "idempotent": "via API + Idem-Key",
+        }[phase]
+        print(
+            f"  {label:20s} {ok / wall:7.1f} creates/s  latency p50 "
+            f"{pct(lat, 0.5) * 1000:.1f} ms p99 {pct(lat, 0.99) * 1000:.1f} ms  CPU: "
+            f"API {cpu / wall * 100:.0f}%, control plane + Redis "
+            f"{(cpu_seconds(control) - cp0) / wall * 100:.0f}%, load generator "
+            f"{(cpu_seconds([me]) - me0) / wall * 100:.0f}%  {statuses}  "
+            f"load {os.getloadavg()[0]:.1f}"
+        )
+        if phase != "direct":
+            sched1 = loop_thread_sched(proc.pid)
+            ran, waited = ran + sched1[0] - sched0[0], waited + sched1[1] - sched0[1]
+            print(
+                f"  {'':20s} API loop thread: CPU {sched1[0] - sched0[0]:.2f} s, "
+                f"waited for a CPU {sched1[1] - sched0[1]:.2f} s in {wall:.1f} s"
+            )
+            for name in (LAG, LAG_OWN):
+                q = lag_quantiles(before[name], after[name])
+                lags[name].append(q)
+                what = "loop lag" if name == LAG else "  own share"
+                print(f"  {'':20s} API {what} {lag_text(q)}")
+    summarise(setup, rates, lags)
+    api_phases = len(phases) - args.rounds - 1
+    print(
+        f"  [{setup}] API loop thread over its {api_phases} phases: ran {ran:.2f} s, waited "
+        f"{waited:.2f} s for a CPU ({waited / api_phases:.2f} s a phase)"
+    )
+
+
+def summarise(
+    setup: str, rates: list[tuple[str, float]], lags: dict[str, list[dict[str, float]]]
+) -> None:
     """Per round: API rate / mean of the direct phases either side; then the medians and goals."""
     ratios: dict[str, list[float]] = {"plain": [], "idempotent": []}
     directs = [i for i, (phase, _) in enumerate(rates) if phase == "direct"]
@@ -325,7 +374,7 @@ def summarise(rates: list[tuple[str, float]], lags: dict[str, list[dict[str, flo
     shown = ", ".join(f"{r:.2f}" for r in ratios["plain"])
     shown_idem = ", ".join(f"{r:.2f}" for r in ratios["idempotent"])
     print(
-        f"  ratio via API / direct per round: plain {shown}; idempotent {shown_idem}; "
+        f"  [{setup}] ratio via API / direct per round: plain {shown}; idempotent {shown_idem}; "
         f"load average {os.getloadavg()[0]:.1f}"
     )
 
@@ -333,7 +382,7 @@ def summarise(rates: list[tuple[str, float]], lags: dict[str, list[dict[str, flo
         return "met" if ok else "NOT met"
 
     print(
-        f"  goals (#12): plain >= 0.8 of direct: {verdict(plain >= 0.8)} (median {plain:.2f}); "
+        f"  [{setup}] goals (#12): plain >= 0.8 of direct: {verdict(plain >= 0.8)} (median {plain:.2f}); "
         f"idempotent >= 0.7: {verdict(idem >= 0.7)} (median {idem:.2f}); loop lag p99 <= 10 ms "
         f"(worst phase): {verdict(p99 <= 0.01)} (<= {p99 * 1000:g} ms; own share "
         f"<= {own * 1000:g} ms)"
