@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from rollcall_api.app import create_app, kube_client
 from rollcall_api.auth import KeyStore, hash_key, new_key, parse_key_file
 from rollcall_api.errors import ApiError
 from rollcall_api.kube import new_job_name
+from rollcall_api.logs import DeferredHandler, configure_logging, request_id_var, stop_logging
 from rollcall_api.routes import enrollments, jobs
 from rollcall_api.schemas import EnrollmentRequest, JobRequest
 from rollcall_api.service import parse_status
@@ -342,3 +344,39 @@ def test_submit_routes_solve_two_dependencies(router: APIRouter) -> None:
         "submitting",
         "current_caller",
     ]
+
+
+def test_queued_log_lines_keep_request_id_arguments_and_exception(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The writer thread formats later: what the line says is fixed when the call is made."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("info", json_format=True)
+        assert isinstance(root.handlers[0], DeferredHandler)
+        token = request_id_var.set("req-42")
+        names = ["north"]
+        try:
+            logging.getLogger("rollcall_api.test").info("schools %s", names, extra={"n": 1})
+            names.append("south")  # after the call: not in the line
+            try:
+                raise KeyError("boom")
+            except KeyError:
+                logging.getLogger("rollcall_api.test").exception("failed")
+        finally:
+            request_id_var.reset(token)
+        logging.getLogger("rollcall_api.test").warning("outside")
+        stop_logging()
+    finally:
+        stop_logging()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(r["message"], r["request_id"]) for r in lines] == [
+        ("schools ['north']", "req-42"),
+        ("failed", "req-42"),
+        ("outside", None),
+    ]
+    assert lines[0]["n"] == 1
+    assert lines[1]["exc"] == "KeyError" and "boom" in lines[1]["traceback"]

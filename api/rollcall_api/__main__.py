@@ -5,13 +5,14 @@ from __future__ import annotations
 import uvicorn
 
 from rollcall_api.app import create_app
-from rollcall_api.logs import configure_logging
+from rollcall_api.logs import configure_logging, flush_on_exit
 from rollcall_api.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    flush_on_exit()
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -1,16 +1,38 @@
-"""Structured (JSON) logs that carry the request id of the request being served."""
+"""Structured (JSON) logs that carry the request id of the request being served.
+
+Formatted and written by a thread of their own: every request logs an access line, and formatting
+it as JSON and writing it to stderr took ~75 us of the event loop's time per request. The loop
+now only stamps the request id (a context variable, readable only there) and queues the record.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
+import signal
 from contextvars import ContextVar
+from logging.handlers import QueueHandler, QueueListener
+from types import FrameType
 
 from rollcall_contract import logs
 from rollcall_contract.logs import JsonFormatter
 
-__all__ = ["JsonFormatter", "RequestIdFilter", "configure_logging", "request_id_var"]
+__all__ = [
+    "JsonFormatter",
+    "RequestIdFilter",
+    "configure_logging",
+    "request_id_var",
+    "stop_logging",
+]
 
 request_id_var: ContextVar[str | None] = ContextVar("rollcall_request_id", default=None)
+
+# Lines the writer thread may fall behind before a logging call waits for it: the back-pressure
+# a slow log pipe always put on the loop, only later, and never lines dropped.
+QUEUE_LINES = 10_000
+
+_listener: QueueListener | None = None
 
 
 class RequestIdFilter(logging.Filter):
@@ -22,15 +44,66 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class DeferredHandler(QueueHandler):
+    """Queues records for the writer thread; formats nothing on the calling thread.
+
+    The standard ``prepare`` formats the record where it is logged (the work this moves off
+    the loop) and drops the exception; here only the message's arguments are merged (they may
+    change after the call), and the exception stays for the formatter.
+    """
+
+    def __init__(self, lines: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(lines)
+        self.lines = lines
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg, record.args = record.getMessage(), None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.lines.put(record)  # waits only if the writer is QUEUE_LINES behind
+
+
 def configure_logging(level: str = "info", json_format: bool = True) -> None:
-    """Route our and uvicorn's logs through one handler; our access log replaces uvicorn's."""
-    logs.configure(
+    """Route our and uvicorn's logs through one writer thread; our access log replaces uvicorn's."""
+    global _listener
+    stop_logging()
+    writer = logs.configure(
         level,
         json_format=json_format,
-        filters=[RequestIdFilter()],
         plain_format="%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
     )
+    lines: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_LINES)
+    front = DeferredHandler(lines)
+    front.addFilter(RequestIdFilter())  # runs where the call is made: the request context
+    logging.getLogger().handlers[:] = [front]
+    _listener = QueueListener(lines, writer)
+    _listener.start()
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def stop_logging() -> None:
+    """Write out every queued line and stop the writer thread (logging after it writes nothing)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+def flush_on_exit() -> None:
+    """Write queued lines before the process ends, at exit and on SIGTERM.
+
+    uvicorn catches SIGTERM, shuts down, restores the handler it found and raises the signal
+    again: with the default handler the process would end there, its last lines still queued.
+    """
+    atexit.register(stop_logging)
+
+    def on_sigterm(signum: int, _: FrameType | None) -> None:
+        stop_logging()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
