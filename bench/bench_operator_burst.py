@@ -285,6 +285,9 @@ def main() -> None:
     print(
         f"operator CPU during the burst:          {cpu:.1f} s  ({cpu / max(all_jobs, 1e-9):.2f} cores)"
     )
+    print(
+        f"  operator CPU per RJ:                  {1000 * cpu / n:.2f} ms  (robust to machine load)"
+    )
     print(f"  operator threads waited for a CPU:    {waited:.1f} s  (runnable, not running)")
     for name, seconds in others_cpu.items():
         print(f"  CPU of {name + ':':<30} {seconds:.1f} s")
