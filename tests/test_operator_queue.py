@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from rollcall_operator.cache import CachedRJ
-from rollcall_operator.queue import AdmissionQueue, Entry, entry_for
+from rollcall_operator.queue import AdmissionQueue, Entry, Slot, entry_for
 
 # the fields the contract model requires; each case adds what it is about
 BASE_SPEC: dict[str, Any] = {"classCode": "c", "images": {"claimName": "p"}, "roster": ["s1"]}
@@ -211,3 +211,46 @@ def test_entry_for_reads_the_body() -> None:
     assert (got.priority, got.capped, got.suspended, got.timeout) == (3, True, True, 60)
     assert not entry_for(rj, trust_kueue=True).capped
     assert got.created == 1795773600.0
+
+
+def _recount(q: AdmissionQueue) -> tuple[dict[str, int], dict[str, int]]:
+    jobs: dict[str, int] = {}
+    gpus: dict[str, int] = {}
+    for slot in q.running.values():
+        jobs[slot.namespace] = jobs.get(slot.namespace, 0) + 1
+        gpus[slot.namespace] = gpus.get(slot.namespace, 0) + slot.gpus
+    return jobs, gpus
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("hold", "x", "a", 2), ("hold", "x", "b", 1)],  # held again elsewhere: counted once
+        [("hold", "x", "a", 1), ("release", "x"), ("release", "x")],  # a double release
+        [("submit", "y", "a", 3), ("admit",), ("hold", "y", "a", 1), ("release", "y")],
+        [("submit", "y", "a", 1), ("submit", "z", "b", 4), ("admit",), ("release", "z")],
+    ],
+)
+def test_usage_counters_follow_the_slots(steps: list[tuple[Any, ...]]) -> None:
+    """The per-namespace counts kept in step with ``running`` equal a recount after each step."""
+    q = AdmissionQueue(max_gpus=8)
+    for step in steps:
+        if step[0] == "hold":
+            q.hold(step[1], step[2], step[3])
+        elif step[0] == "release":
+            q.release(step[1])
+        elif step[0] == "submit":
+            q.submit(e(step[1], ns=step[2], gpus=step[3]))
+        else:
+            q.admissible()
+        jobs, gpus = q._usage()
+        assert ({k: v for k, v in jobs.items() if v}, {k: v for k, v in gpus.items() if v}) == (
+            _recount(q)
+        )
+
+
+def test_a_queue_made_with_slots_counts_them() -> None:
+    q = AdmissionQueue(max_running=1, running={"s": Slot("a", 1)})
+    q.submit(e("x"))
+    assert q.admissible() == []
+    assert q.why_waiting(q.waiting["x"])[0] == "WaitingForCapacity"

@@ -98,25 +98,41 @@ class AdmissionQueue:
     # served longest ago goes first (creation times have 1 s resolution, so a burst would
     # otherwise tie and always favour the alphabetically first school).
     served: dict[str, int] = field(default_factory=dict)
+    # Jobs and GPUs held per namespace, kept in step with ``running`` (``_take``/``_free``): every
+    # admission round reads them, and summing a burst's 1,000 slots each round was quadratic.
+    _jobs: Counter[str] = field(default_factory=Counter, init=False, repr=False, compare=False)
+    _gpus: Counter[str] = field(default_factory=Counter, init=False, repr=False, compare=False)
     _turns: int = 0
+
+    def __post_init__(self) -> None:
+        for uid, slot in list(self.running.items()):
+            self._take(uid, slot)
 
     def _usage(self) -> tuple[Counter[str], Counter[str]]:
         """(Jobs, GPUs) held per namespace."""
-        jobs: Counter[str] = Counter()
-        gpus: Counter[str] = Counter()
-        for slot in self.running.values():
-            jobs[slot.namespace] += 1
-            gpus[slot.namespace] += slot.gpus
-        return jobs, gpus
+        return self._jobs, self._gpus
+
+    def _take(self, uid: str, slot: Slot) -> None:
+        self._free(uid)
+        self.running[uid] = slot
+        self._jobs[slot.namespace] += 1
+        self._gpus[slot.namespace] += slot.gpus
+
+    def _free(self, uid: str) -> bool:
+        if (slot := self.running.pop(uid, None)) is None:
+            return False
+        self._jobs[slot.namespace] -= 1
+        self._gpus[slot.namespace] -= slot.gpus
+        return True
 
     def hold(self, uid: str, namespace: str, gpus: int = 1) -> None:
         """An unfinished capped Job exists for ``uid`` (seen at startup, or just admitted)."""
         self.waiting.pop(uid, None)
-        self.running[uid] = Slot(namespace, gpus)
+        self._take(uid, Slot(namespace, gpus))
 
     def release(self, uid: str) -> bool:
         """The Job finished or went away; True when that freed a slot."""
-        return self.running.pop(uid, None) is not None
+        return self._free(uid)
 
     def submit(self, entry: Entry) -> None:
         if entry.uid not in self.running:
@@ -130,7 +146,7 @@ class AdmissionQueue:
             self.waiting[uid] = replace(entry, suspended=suspended)
 
     def _global_full(self, gpus: int, extra_jobs: int = 1) -> str | None:
-        total_gpus = sum(s.gpus for s in self.running.values())
+        total_gpus = sum(self._gpus.values())
         if self.max_running and len(self.running) + extra_jobs > self.max_running:
             return f"{len(self.running)}/{self.max_running} jobs are running cluster-wide"
         if self.max_gpus and total_gpus + gpus > self.max_gpus:
@@ -170,9 +186,7 @@ class AdmissionQueue:
             lines[ns].pop()
             self._turns += 1
             self.served[ns] = self._turns
-            self.running[entry.uid] = Slot(ns, entry.gpus)
-            jobs[ns] += 1
-            gpus[ns] += entry.gpus
+            self._take(entry.uid, Slot(ns, entry.gpus))  # counted in ``jobs`` and ``gpus`` too
             admitted.append(entry)
         for entry in admitted:
             del self.waiting[entry.uid]
