@@ -193,6 +193,7 @@ CASES: list[tuple[str, dict[str, Any], OperatorSettings, Any]] = [
         ),
     ),
     ("no service-account token", {}, S, lambda j: pod(j)["automountServiceAccountToken"] is False),
+    ("a short, explicit grace", {}, S, lambda j: pod(j)["terminationGracePeriodSeconds"] == 5),
     (
         "input mounted read-only at the contract's path",
         {},

@@ -31,6 +31,14 @@ LABEL_MANAGED_BY = labels.MANAGED_BY
 # Selects every Job (and pod) this operator made, for watches and for re-counting after a restart.
 MANAGED_SELECTOR = {LABEL_MANAGED_BY: MANAGED_BY}
 
+# How long a job pod being deleted (suspend, preemption, drain, node loss) may take to stop before
+# SIGKILL. The job installs no SIGTERM handler today and runs as PID 1, where the kernel drops a
+# signal without one, so the grace is spent holding the GPU; SIGKILL is safe at any point, since
+# results reach their key only by one atomic RENAME from staging (rollcall_contract.keys), and a
+# handler would need only to write its termination message (termination.py: <= 4 KiB). The
+# default 30 s kept a preempted GPU idle that long and delayed a lost node's retry as much.
+TERMINATION_GRACE_SECONDS = 5
+
 _MAX_NAME = 63
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _HASH_LEN = 8
@@ -238,6 +246,7 @@ def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, An
         volumes.append({"name": "output", "emptyDir": {"sizeLimit": settings.output_size_limit}})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security,
