@@ -3,6 +3,7 @@ progress and webhook delivery decisions (the I/O around them runs in the lifecyc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -15,9 +16,11 @@ from rollcall_operator.admission import queued_extra, seed_action
 from rollcall_operator.cache import CachedRJ, RJCache, resource_version
 from rollcall_operator.delivery import attempt_record, delivery_due
 from rollcall_operator.folding import verdict_changed
-from rollcall_operator.handlers import NoDiffBase
+from rollcall_operator.handlers import NoDiffBase, QuickProgress
+from rollcall_operator.kube import Kube
 from rollcall_operator.progress import moved
 from rollcall_operator.queue import entry_for
+from rollcall_operator.settings import OperatorSettings
 from rollcall_operator.statuswrite import run_seconds, transition_event
 from rollcall_operator.times import parse_time
 from rollcall_operator.webhook import Attempt
@@ -330,3 +333,44 @@ def test_kopf_builds_and_reads_no_diff_base() -> None:
     assert kopf.AnnotationsDiffBaseStorage.build(storage, body=rj)  # kopf's own: a copy
     assert storage.build(body=rj) == {}
     assert storage.fetch(body=rj) is None
+
+
+@pytest.mark.parametrize(
+    ("essence", "cleared"),
+    [
+        ({}, {}),  # NoDiffBase's empty essence: returned as it is, no copy
+        (
+            {"metadata": {"annotations": {"rollcall.io/handler": "{}", "other": "x"}}},
+            {"metadata": {"annotations": {"other": "x"}}},
+        ),
+    ],
+)
+def test_progress_keys_are_cleared_from_essences(
+    essence: dict[str, Any], cleared: dict[str, Any]
+) -> None:
+    storage = QuickProgress(prefix="rollcall.io")
+    given: kopf.BodyEssence = essence  # type: ignore[assignment]
+    got = storage.clear(essence=given)
+    assert got == cleared
+    assert (got is given) == (not essence)
+
+
+async def test_the_operators_client_reads_the_proxy_environment_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp re-read proxy variables and ~/.netrc in a thread on every apiserver call."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://10.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    kube = await Kube.open(OperatorSettings(kubeconfig=kubeconfig))
+    try:
+        rest = kube.api.rest_client
+        assert rest.pool_manager.trust_env is False
+        assert rest.proxy == "http://proxy.internal:3128"
+    finally:
+        await kube.close()

@@ -7,13 +7,10 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
 
-from aiohttp.helpers import get_env_proxy_for_url
 from fastapi import FastAPI
 from kubernetes_asyncio import client, config
 from prometheus_client import start_http_server
-from yarl import URL
 
 from rollcall_api import looplag
 from rollcall_api.auth import KeyStore
@@ -27,6 +24,7 @@ from rollcall_api.settings import Settings, get_settings
 from rollcall_api.store import Store
 from rollcall_api.watches import WatchHub
 from rollcall_contract import redisclient
+from rollcall_contract.kubeclient import read_env_once
 
 log = logging.getLogger("rollcall_api")
 
@@ -50,27 +48,8 @@ async def kube_client(settings: Settings) -> client.ApiClient:
     else:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     api_client = client.ApiClient(configuration=configuration)
-    _env_read_once(api_client)
+    read_env_once(api_client)  # no proxy/netrc lookup in a thread per call
     return api_client
-
-
-def _env_read_once(api_client: client.ApiClient) -> None:
-    """Read the proxy environment once here, not on every apiserver call.
-
-    kubernetes_asyncio's session trusts the environment, so aiohttp looked up proxy variables and
-    parsed ``~/.netrc`` in a worker thread on every request: two thread hand-offs per call and 6 %
-    of the API's samples under a submission burst (py-spy). A proxy set for the apiserver's URL is
-    kept (resolved now); netrc credentials never applied (the client sends its own Authorization).
-    """
-    rest: Any = api_client.rest_client
-    host = api_client.configuration.host
-    if host and not rest.proxy:
-        with contextlib.suppress(LookupError):
-            proxy, auth = get_env_proxy_for_url(URL(host))
-            rest.proxy = str(proxy)
-            if auth is not None:
-                rest.proxy_headers = {"Proxy-Authorization": auth.encode()}
-    rest.pool_manager._trust_env = False
 
 
 async def _reload_keys(keys: KeyStore, every: float) -> None:
