@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -51,6 +52,17 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
         return None
 
 
+class QuickProgress(kopf.AnnotationsProgressStorage):
+    """kopf's progress annotations, without clearing them from the diff base nobody builds.
+
+    kopf clears progress keys from both diff-base essences on every event (a deep copy each);
+    ``NoDiffBase`` makes them empty, so the copy is pure cost (2 % of a burst's samples).
+    """
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence if not essence else super().clear(essence=essence)
+
+
 def _rt(memo: kopf.Memo) -> Runtime:
     rt: Runtime = memo["rt"]
     return rt
@@ -71,7 +83,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours = get_settings()
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = QuickProgress(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase(
         prefix=GROUP, key="last-handled-configuration"
     )
@@ -90,6 +102,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["lost"] = LostPods(rt.kube, ours.lost_pod_timeout_seconds)
     await rt.seed()
     rt.start()
+    # Objects made by start-up (modules, models, settings) live as long as the process: keep the
+    # cyclic GC from rescanning them in every full collection, which in a 1,000-RJ burst showed
+    # as allocation sites (a literal list in the Job builder) with 4 % of the samples (py-spy).
+    gc.freeze()
 
 
 @kopf.on.cleanup()
