@@ -11,6 +11,7 @@ import pytest
 from rollcall_contract.jobenv import INPUT_MOUNT, OUTPUT_MOUNT, REDIS_URL_ENV, ExitCode
 from rollcall_contract.labels import label_value
 from rollcall_operator.builder import build_job, job_name
+from rollcall_operator.cache import CachedRJ
 from rollcall_operator.settings import OperatorSettings
 
 UID = "0b5c8a3e-1111-4222-8333-444455556666"
@@ -366,7 +367,11 @@ CASES: list[tuple[str, dict[str, Any], OperatorSettings, Any]] = [
     ("spec", "settings", "check"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_build_job(spec: dict[str, Any], settings: OperatorSettings, check: Any) -> None:
-    assert check(build_job(rj(**spec), settings))
+    body = rj(**spec)
+    job = build_job(body, settings)
+    assert check(job)
+    # the spec the operator's cache already parsed gives the very same manifest
+    assert build_job(body, settings, CachedRJ.of(body).spec) == job
 
 
 def test_annotation_passthrough() -> None:

@@ -238,7 +238,7 @@ class Admission:
             self.queue.release(entry.uid)
             await self.writer.set_phase(rj, Phase.FAILED, "ResourcesExceedLimit", why)
             return True
-        manifest = build_job(rj.body, self.settings)
+        manifest = build_job(rj.body, self.settings, rj.spec)
         name = manifest["metadata"]["name"]
         # No status write here, nor when the Job's ADDED event is folded: the CRD's default already
         # says Pending (status.pending_by_default), jobName lands with the next transition, and a

@@ -212,10 +212,16 @@ def _node_lost_tolerations(
     ]
 
 
-def build_job(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    """The batch/v1 Job manifest for the RJ ``rj`` (a body as read from the apiserver)."""
+def build_job(
+    rj: Mapping[str, Any], settings: OperatorSettings, spec: RecognitionJobSpec | None = None
+) -> dict[str, Any]:
+    """The batch/v1 Job manifest for the RJ ``rj`` (a body as read from the apiserver).
+
+    ``spec``: ``rj``'s spec as already parsed (the operator's cache holds it), so a burst does
+    not validate every spec twice; parsed here when not given.
+    """
     meta = rj["metadata"]
-    spec = parse_spec(rj["spec"])
+    spec = spec if spec is not None else parse_spec(rj["spec"])
     name = job_name(meta["name"])
     pod_labels = build_labels(meta["name"], meta["uid"], spec)
     job_labels = dict(pod_labels)
