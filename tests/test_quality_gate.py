@@ -8,14 +8,18 @@ import cv2
 import numpy as np
 import pytest
 
+from rollcall_job.align import similarity_transform
 from rollcall_job.models.cards import ARCFACE_TEMPLATE_112
 from rollcall_job.quality import (
     BRIDGE,
     CHIN,
+    INNER,
     Measures,
     QualityGate,
     chin_vs_bridge,
+    measure_crops,
     pose_residual,
+    pose_residuals,
     sharpness,
     verdict,
 )
@@ -103,3 +107,89 @@ def test_chin_against_bridge(chin: tuple[int, int, int], occluded: bool) -> None
     m = Measures(90.0, 0.99, 0.1, 300.0, *chin_vs_bridge(_face(SKIN, chin)))
     assert (verdict(m, QualityGate()) == "occluded_lower_face") == occluded
     assert BRIDGE[3] <= CHIN[1]  # the regions do not overlap
+
+
+# The gate's measures are computed in closed form, on uint8 regions and a frame's faces at once;
+# these are their definitions, written the plain way (float64 copies of the whole crop, one
+# Umeyama fit per face), which the fast forms must reproduce.
+TEMPLATE = np.asarray(ARCFACE_TEMPLATE_112, np.float64)
+
+
+def _pose_by_umeyama(lm: np.ndarray) -> float:
+    m = similarity_transform(lm, TEMPLATE)
+    moved = lm @ m[:, :2].T + m[:, 2]
+    eye = float(np.linalg.norm(TEMPLATE[1] - TEMPLATE[0]))
+    return float(np.sqrt(((moved - TEMPLATE) ** 2).sum(axis=1).mean()) / eye)
+
+
+def _sharpness_plainly(crop: np.ndarray) -> float:
+    x1, y1, x2, y2 = INNER
+    inner = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float64)[y1:y2, x1:x2]
+    if inner.std() < 1e-6:
+        return 0.0
+    return float(cv2.Laplacian((inner - inner.mean()) * (40.0 / inner.std()), cv2.CV_64F).var())
+
+
+def _medians_plainly(crop: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    ycc = cv2.cvtColor(crop, cv2.COLOR_BGR2YCrCb).astype(np.float64)
+    return np.median(ycc[y1:y2, x1:x2].reshape(-1, 3), axis=0)
+
+
+def _landmarks(kind: str, rng: np.random.Generator) -> np.ndarray:
+    base = TEMPLATE * 1.7 + (200.0, 90.0)
+    turn = np.radians(25.0)
+    rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    kinds: dict[str, np.ndarray] = {
+        "frontal": base,
+        "rotated and noisy": base @ rot.T + rng.normal(0, 3, (5, 2)),
+        "mirrored (a detector error)": base * (-1.0, 1.0),
+        "profile": base + np.array([[0, 0], [0, 0], [60, 0], [0, 0], [0, 0]]),
+        "random": rng.uniform(0, 400, (5, 2)),
+    }
+    return kinds[kind]
+
+
+KINDS = ["frontal", "rotated and noisy", "mirrored (a detector error)", "profile", "random"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pose_residual_in_closed_form_is_the_umeyama_fit(kind: str) -> None:
+    lm = _landmarks(kind, np.random.default_rng(KINDS.index(kind)))
+    assert pose_residual(lm) == pytest.approx(_pose_by_umeyama(lm), rel=1e-9, abs=1e-12)
+
+
+def test_pose_residuals_of_many_faces_are_each_faces_own() -> None:
+    rng = np.random.default_rng(7)
+    lms = np.stack([_landmarks(k, rng) for k in KINDS])
+    assert pose_residuals(lms) == pytest.approx([_pose_by_umeyama(m) for m in lms], rel=1e-9)
+    with pytest.raises(ValueError, match="degenerate"):
+        pose_residuals(np.zeros((1, 5, 2)))
+
+
+def _crops(rng: np.random.Generator) -> list[np.ndarray]:
+    """Crops of every kind the measures branch on: textured, flat, grey, masked, dark."""
+    texture = np.asarray(rng.integers(0, 256, (112, 112, 3)), np.uint8)
+    masked = _face(SKIN, (235, 206, 135))
+    masked[20:] = np.clip(masked[20:].astype(int) + rng.integers(-30, 30, (92, 112, 3)), 0, 255)
+    grey = np.repeat(rng.integers(0, 256, (112, 112, 1)), 3, axis=2).astype(np.uint8)
+    return [texture, masked, grey, _face(SKIN, SKIN), np.zeros((112, 112, 3), np.uint8)]
+
+
+def test_batched_measures_equal_their_plain_definitions() -> None:
+    crops = _crops(np.random.default_rng(3))
+    rng = np.random.default_rng(4)
+    lms = [_landmarks(KINDS[i % len(KINDS)], rng) for i in range(len(crops))]
+    boxes = [(10.0, 20.0, 110.0 + i, 140.0) for i in range(len(crops))]
+    got = measure_crops(crops, boxes, [0.9] * len(crops), lms)
+    for crop, lm, m in zip(crops, lms, got, strict=True):
+        assert m.sharpness == pytest.approx(_sharpness_plainly(crop), rel=1e-9, abs=1e-12)
+        assert m.sharpness == pytest.approx(sharpness(crop), rel=1e-12, abs=1e-12)
+        assert m.pose_residual == pytest.approx(_pose_by_umeyama(lm), rel=1e-9)
+        assert (m.chin_hue_deg, m.chin_chroma_ratio, m.chin_luma) == chin_vs_bridge(crop)
+        bridge, chin = _medians_plainly(crop, BRIDGE), _medians_plainly(crop, CHIN)
+        assert m.chin_luma == float(chin[0] / max(bridge[0], 1.0))
+    assert [m.face_px for m in got] == [100.0, 101.0, 102.0, 103.0, 104.0]
+    assert measure_crops([], [], [], []) == []
+    with pytest.raises(ValueError, match="canonical crops"):
+        measure_crops([crops[0][:100]], boxes[:1], [0.9], lms[:1])

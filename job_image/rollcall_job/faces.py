@@ -22,9 +22,16 @@ import numpy.typing as npt
 
 from rollcall_job.align import warp_face
 from rollcall_job.models.cache import models_dir
-from rollcall_job.models.cards import EMBEDDER_CARD, ModelCard, detector_card_name, load_card
+from rollcall_job.models.cards import (
+    ARCFACE_TEMPLATE_112,
+    EMBEDDER_CARD,
+    ModelCard,
+    detector_card_name,
+    load_card,
+)
 from rollcall_job.models.detection import Detector
 from rollcall_job.models.integrity import verify_card_files
+from rollcall_job.quality import CROP as CANONICAL_CROP
 from rollcall_job.runtime import CPU, Model, load_model
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,9 @@ class FaceEngine:
         assert card.input_size is not None and card.template is not None  # the card validates
         self._crop_size: tuple[int, int] = card.input_size
         self._template = card.template
+        self._canonical = self._crop_size == CANONICAL_CROP and np.array_equal(
+            np.asarray(card.template, np.float64), np.asarray(ARCFACE_TEMPLATE_112, np.float64)
+        )
         # (x * scale - mean) / std as one multiply-add per value: x * gain - offset
         std = np.asarray(card.std, dtype=np.float64)
         self._gain = (card.scale / std).astype(np.float32)
@@ -91,6 +101,12 @@ class FaceEngine:
     @property
     def providers(self) -> list[str]:
         return self._embedder.providers
+
+    @property
+    def crops_are_canonical(self) -> bool:
+        """Whether ``align``'s crops are the quality gate's canonical crops (the 112x112 ArcFace
+        template), so the gate measures the embedder's crops instead of warping its own."""
+        return self._canonical
 
     @property
     def embedder(self) -> Model:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, cast
+from typing import Any, Generic, Protocol, cast, runtime_checkable
 
 import cv2
 import numpy as np
@@ -27,7 +27,7 @@ from rollcall_job.gallery import Gallery, GalleryMeta
 from rollcall_job.matcher import CANDIDATES, Match, Metric, attendance, match_faces
 from rollcall_job.photos import DEFAULT_MAX_PIXELS, Photo, PhotoError, read_or_error
 from rollcall_job.prefetch import prefetch_map
-from rollcall_job.protocols import Card, Engine, F, ImageBGR
+from rollcall_job.protocols import Card, Embeddings, Engine, F, Face, ImageBGR
 
 log = logging.getLogger("rollcall_job.pipeline")
 
@@ -94,15 +94,43 @@ def _round_box(box: Sequence[float]) -> list[float]:
     return [round(float(v), 1) for v in box]
 
 
+@runtime_checkable
+class Aligning(Protocol):
+    """An engine that exposes its alignment (``faces.FaceEngine``): the pipeline then aligns in
+    the detect-ahead thread, off the embedder's, and the quality gate measures those crops when
+    they are its canonical ones (one warp per face instead of two)."""
+
+    @property
+    def crops_are_canonical(self) -> bool: ...
+
+    def align(self, image_bgr: ImageBGR, faces: Sequence[Any]) -> list[ImageBGR]: ...
+    def embed_aligned(self, crops: Sequence[ImageBGR]) -> Embeddings: ...
+
+
 @dataclass(frozen=True)
 class _Detected(Generic[F]):
-    """One photo after reading and detection, before embedding (``error``: why it has no faces)."""
+    """One photo after reading and detection, before embedding (``error``: why it has no faces;
+    ``crops``: the embedder's aligned crops, when the engine aligns apart from embedding)."""
 
     photo: Photo
     image: ImageBGR | None
     faces: list[F]
     quality: list[str | None]
     error: PhotoError | None = None
+    crops: list[ImageBGR] | None = None
+
+
+def gate_verdicts(
+    image: ImageBGR,
+    faces: Sequence[Face],
+    gate: quality.QualityGate,
+    crops: Sequence[ImageBGR] | None = None,
+) -> list[str | None]:
+    """Each face's quality verdict; ``crops`` (canonical crops of ``faces``) spare the warps."""
+    if crops is None:
+        crops = [quality.canonical_crop(image, f.landmarks) for f in faces]
+    boxes, scores = [f.box for f in faces], [f.score for f in faces]
+    return quality.check_crops(crops, boxes, scores, [f.landmarks for f in faces], gate)
 
 
 def _read_and_detect(
@@ -113,20 +141,22 @@ def _read_and_detect(
     max_pixels: int,
     gate: quality.QualityGate | None,
 ) -> _Detected[F]:
-    """Decode ``photo`` and find its faces (and their quality verdicts); a photo the decoder or
-    the detector cannot digest becomes an error record."""
+    """Decode ``photo``, find its faces, align them when the engine allows (``Aligning``) and
+    judge their quality; a photo the decoder or the detector cannot digest becomes an error
+    record."""
     _, img = read_or_error(photo, max_bytes=max_bytes, max_pixels=max_pixels)
     if isinstance(img, PhotoError):
         return _Detected(photo, None, [], [], img)
     try:
         faces = engine.detect(img)
-        verdicts = [
-            None if gate is None else quality.check(img, f.box, f.score, f.landmarks, gate)
-            for f in faces
-        ]
+        crops = engine.align(img, faces) if isinstance(engine, Aligning) else None
+        shared = crops if isinstance(engine, Aligning) and engine.crops_are_canonical else None
+        verdicts: list[str | None] = (
+            [None] * len(faces) if gate is None else gate_verdicts(img, faces, gate, shared)
+        )
     except (cv2.error, ValueError) as e:
         return _Detected(photo, None, [], [], PhotoError("engine_failed", type(e).__name__))
-    return _Detected(photo, img, faces, verdicts)
+    return _Detected(photo, img, faces, verdicts, crops=crops)
 
 
 def detect_and_embed(
@@ -140,7 +170,8 @@ def detect_and_embed(
 ) -> Iterator[PhotoFaces]:
     """Read each photo and run the engine on it; unreadable photos yield an error record.
 
-    Reading and detecting photo N+1 (in ``prefetch_map``'s thread) overlaps embedding photo N:
+    Reading, detecting, aligning and gating photo N+1 (in ``prefetch_map``'s thread) overlaps
+    embedding photo N:
     onnxruntime and OpenCV release the GIL, so the detector and the embedder run at once on a
     pod's own cores (bench/bench_models.py measures it against decoding ahead only). The engine's
     detector and embedder are separate sessions, each used by one thread. One photo ahead at
@@ -161,7 +192,12 @@ def detect_and_embed(
                 yield PhotoFaces(d.photo, None, [], [], empty, d.error)
                 continue
             try:
-                emb = engine.embed(d.image, d.faces) if d.faces else empty
+                if not d.faces:
+                    emb = empty
+                elif d.crops is not None and isinstance(engine, Aligning):
+                    emb = engine.embed_aligned(d.crops)
+                else:
+                    emb = engine.embed(d.image, d.faces)
             except (cv2.error, ValueError) as e:  # a photo the engine cannot digest
                 err = PhotoError("engine_failed", type(e).__name__)
                 yield PhotoFaces(d.photo, None, [], [], empty, err)
