@@ -33,6 +33,7 @@ from rollcall_job.models.cards import (
     load_card,
     mobilefacenet_card,
     mobilefacenet_int8_card,
+    mobilefacenet_int8_v2_card,
     write_card,
 )
 from rollcall_job.models.detector_build import DETECTOR_SDISTS, write_detectors
@@ -56,6 +57,7 @@ EMBEDDERS = {
     "dlib-resnet-v1": dlib_resnet_card,
     "faceplugin-feature-v0": faceplugin_card,
     "mobilefacenet-sirius-int8-v1": mobilefacenet_int8_card,  # evaluation only
+    "mobilefacenet-sirius-int8-v2": mobilefacenet_int8_v2_card,  # evaluation only (for now)
 }
 DEFAULT_EMBEDDER = "mobilefacenet-sirius-v1"
 SELECTABLE_EMBEDDERS = ("dlib-resnet-v1",)  # shipped beside the default, chosen by spec.model
@@ -107,13 +109,18 @@ def _embedder_onnx(card_id: str, scratch: Path) -> bytes:
         return bytes(
             tflite_to_onnx(fetch_tflite(scratch / "mobilefacenet.tflite")).SerializeToString()
         )
-    if card_id == "mobilefacenet-sirius-int8-v1":
+    if card_id.startswith("mobilefacenet-sirius-int8-"):
         from rollcall_job.models.mobilefacenet import fetch_tflite, tflite_to_onnx
-        from rollcall_job.models.quantize import calibration_inputs, quantize_static_int8
+        from rollcall_job.models.quantize import (
+            INT8_RECIPES,
+            calibration_inputs,
+            quantize_static_int8,
+        )
 
         model = tflite_to_onnx(fetch_tflite(scratch / "mobilefacenet.tflite"))
         calibration = calibration_inputs(build_models())  # the default engine finds the faces
-        return bytes(quantize_static_int8(model, calibration).SerializeToString())
+        recipe = INT8_RECIPES[card_id]
+        return bytes(quantize_static_int8(model, calibration, recipe).SerializeToString())
     if card_id == "faceplugin-feature-v0":
         import onnx
 
