@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from rollcall_job.models import build
 from rollcall_job.models.build import (
     DEFAULT_EMBEDDER,
     EMBEDDERS,
@@ -235,3 +236,24 @@ def test_the_v2_card_decides_as_well_as_the_float_one(tmp_path: Path) -> None:
     for kind in ("present", "masked"):
         assert int8[kind]["present"] == float_card[kind]["present"] > 0
         assert int8[kind]["missed"] <= float_card[kind]["missed"], kind
+
+
+def test_an_int8_card_calibrates_on_the_engine_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model build writes selectable cards before its dir is published, so an int8 card built
+    there must take the staging dir's engine rather than ask for the built models."""
+    engine_dir = build_models()
+
+    def unpublished() -> Path:
+        raise AssertionError("the build's own models are not published yet")
+
+    monkeypatch.setattr(build, "build_models", unpublished)
+    card_id = "mobilefacenet-sirius-int8-v2"
+    card = build.write_embedder(card_id, tmp_path / "card", tmp_path, engine_dir=engine_dir)
+    assert card.id == card_id and set(card.sha256) == {"model"}
+    x = calibration_inputs(engine_dir)[:8]
+    (want,) = _run(onnx.load(str(engine_dir / "embedder.onnx")), x)
+    (got,) = _run(onnx.load(str(tmp_path / "card" / "embedder.onnx")), x)
+    cosine = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert float(np.mean(1 - cosine)) < 0.05

