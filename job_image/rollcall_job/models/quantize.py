@@ -6,6 +6,13 @@ only if ``make eval`` says it decides as well as the float one. Activations are 
 default engine's aligned crops of the registry photos (``assets.PHOTO_NAMES``) and their mirror
 images; weights are per channel (QDQ format, unsigned activations, signed weights). Build time
 only: it needs ``onnx`` and onnxruntime's quantisation tools, which the job image never imports.
+
+Where the loss came from (issue #10): MobileFaceNet's PReLU outputs have a few channels 10-26x
+wider than the median one, and one int8 scale per tensor flattened the others (SQNR against float
+fell from 26 to 10 dB at the first depthwise convolution). ``equalise_prelu`` moves those ranges
+into the next convolution's weights first; ``INT8_RECIPES`` holds each int8 card's recipe, and
+the v2 card's ``measured`` the recipes that did not help (calibration method, more calibration
+photos, symmetric activations, reduce_range, float groups without equalisation).
 """
 
 from __future__ import annotations
