@@ -3,6 +3,7 @@ joined back in order."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from rollcall_job.runtime import CPU, CUDA, choose_providers, load_model
+from rollcall_job.runtime import (
+    CPU,
+    CUDA,
+    choose_providers,
+    cpu_budget,
+    load_model,
+    pipelined_threads,
+    quota_cpus,
+)
 
 TRT = "TensorrtExecutionProvider"
 
@@ -71,3 +80,39 @@ def test_batched_runs_return_every_output_in_order(tmp_path: Path, batch_size: i
 def test_batch_size_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         load_model(_doubler(tmp_path / "d.onnx"), batch_size=0)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cpus"),
+    [
+        ("max 100000\n", None),  # no limit
+        ("200000 100000\n", 2),  # a pod's cpu: 2
+        ("150000 100000", 2),  # 1.5 CPUs: two threads may each run part of the time
+        ("50000 100000", 1),  # 500m
+        ("1000 100000", 1),  # never below one
+        ("", None),
+        ("garbage here", None),
+        ("0 100000", None),
+    ],
+)
+def test_quota_cpus(cpu_max: str, cpus: int | None) -> None:
+    assert quota_cpus(cpu_max) == cpus
+
+
+@pytest.mark.parametrize(
+    ("cpus", "threads"), [(0, (1, 1)), (1, (1, 1)), (2, (1, 2)), (4, (2, 4)), (8, (3, 8))]
+)
+def test_pipelined_threads(cpus: int, threads: tuple[int, int]) -> None:
+    assert pipelined_threads(cpus) == threads
+
+
+def test_cpu_budget_is_the_affinity_capped_by_the_quota(tmp_path: Path) -> None:
+    mine = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert cpu_budget(cpu_max) == mine  # no cgroup file: the affinity
+    cpu_max.write_text("max 100000\n")
+    assert cpu_budget(cpu_max) == mine
+    cpu_max.write_text("100000 100000\n")
+    assert cpu_budget(cpu_max) == 1
+    cpu_max.write_text(f"{100000 * (mine + 3)} 100000\n")
+    assert cpu_budget(cpu_max) == mine

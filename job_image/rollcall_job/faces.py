@@ -32,7 +32,7 @@ from rollcall_job.models.cards import (
 from rollcall_job.models.detection import Detector
 from rollcall_job.models.integrity import verify_card_files
 from rollcall_job.quality import CROP as CANONICAL_CROP
-from rollcall_job.runtime import CPU, Model, load_model
+from rollcall_job.runtime import CPU, Model, cpu_budget, load_model, pipelined_threads
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ def load_engine(
     min_face_px: int = 40,
     spin: bool = False,
     detector: str | None = None,
+    detector_threads: int | None = None,
 ) -> FaceEngine:
     """Open ``detector.card.json`` (or ``detector-<family>.card.json`` when ``detector`` names a
     family) and ``embedder.card.json`` in ``model_dir`` and their models.
@@ -241,13 +242,20 @@ def load_engine(
     Each session runs once before this returns, so the first photo is not slower. On CPU alone
     the embedder runs at most ``CPU_EMBED_BATCH`` faces at a time, whatever ``batch_size`` says.
     ``spin`` lets idle onnxruntime threads busy-wait (see ``runtime.session_options``).
+    ``threads`` 0 (the job's default) sizes both sessions to the CPUs this pod may use
+    (``runtime.pipelined_threads``), not to the node's cores as onnxruntime would; a number sets
+    both; ``detector_threads`` overrides the detector's alone.
     """
     detector_card = load_card(model_dir / detector_card_name(detector))
     embedder_card = load_card(model_dir / EMBEDDER_CARD)
     if detector_card.kind != "detector" or embedder_card.kind != "embedder":
         raise ValueError("the detector / embedder cards describe the wrong kinds")
     verify_card_files(embedder_card, model_dir)  # the detector's, in open_detector
-    found = open_detector(detector_card, model_dir, providers=providers, threads=threads, spin=spin)
+    det_threads, threads = (threads, threads) if threads > 0 else pipelined_threads(cpu_budget())
+    det_threads = det_threads if detector_threads is None else detector_threads
+    found = open_detector(
+        detector_card, model_dir, providers=providers, threads=det_threads, spin=spin
+    )
     embedder = load_model(
         embedder_card.path("model", model_dir),
         providers=providers,

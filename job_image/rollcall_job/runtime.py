@@ -8,6 +8,8 @@ thread budget so several sessions in one pod do not oversubscribe the cores they
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,49 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     if unknown and requested:
         log.warning("onnxruntime providers not installed, skipped: %s", ", ".join(unknown))
     return [*chosen, CPU]
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def quota_cpus(cpu_max: str) -> int | None:
+    """Whole CPUs a cgroup v2 ``cpu.max`` line ("<quota> <period>" or "max <period>") allows,
+    rounded up; None when unlimited or unreadable."""
+    parts = cpu_max.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        quota, period = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
+
+
+def cpu_budget(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may use: its affinity, capped by its cgroup's quota (a pod's CPU limit).
+
+    onnxruntime's own default is one intra-op thread per physical core *of the node*, which in a
+    2-CPU pod on a 64-core node is 64 threads per session throttled by a 2-CPU quota.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota = quota_cpus(cpu_max.read_text())
+    except OSError:
+        quota = None
+    return cpus if quota is None else min(cpus, quota)
+
+
+def pipelined_threads(cpus: int) -> tuple[int, int]:
+    """(detector, embedder) intra-op threads for ``cpus`` when detect-ahead runs both at once.
+
+    The embedder takes every CPU: it is most of a frame's CPU (six faces: 50 of 70 CPU-ms with one
+    thread each), so with one thread it alone paces the loop and the detector's core idles. The
+    detector takes its share, rounded up. On 2 CPUs (1 + 2), through the job loop side by side
+    with 2 + 2 at load 8: 12.2 against 12.3 CPU-ms/face, 61 against 64 faces/s; 1 + 1 cost 11.0
+    but leaves a core idle whenever the machine is not busy (bench/bench_models.py --threads).
+    """
+    cpus = max(1, cpus)
+    return math.ceil(cpus * 2 / 7), cpus
 
 
 def session_options(threads: int = 0, *, spin: bool = False) -> ort.SessionOptions:
