@@ -100,7 +100,7 @@ def test_quota_cpus(cpu_max: str, cpus: int | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("cpus", "threads"), [(0, (1, 1)), (1, (1, 1)), (2, (1, 2)), (4, (2, 4)), (8, (3, 8))]
+    ("cpus", "threads"), [(0, (1, 1)), (1, (1, 1)), (2, (1, 1)), (3, (1, 1)), (4, (2, 2))]
 )
 def test_pipelined_threads(cpus: int, threads: tuple[int, int]) -> None:
     assert pipelined_threads(cpus) == threads

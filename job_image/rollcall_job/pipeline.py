@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rollcall_job import annotate, quality
+from rollcall_job.balance import EmbedShare
 from rollcall_job.gallery import Gallery, GalleryMeta
 from rollcall_job.matcher import CANDIDATES, Match, Metric, attendance, match_faces
 from rollcall_job.photos import DEFAULT_MAX_PIXELS, Photo, PhotoError, read_or_error
@@ -110,7 +111,8 @@ class Aligning(Protocol):
 @dataclass(frozen=True)
 class _Detected(Generic[F]):
     """One photo after reading and detection, before embedding (``error``: why it has no faces;
-    ``crops``: the embedder's aligned crops, when the engine aligns apart from embedding)."""
+    ``crops``: the embedder's aligned crops, when the engine aligns apart from embedding;
+    ``early``: the embeddings of the first of them, which the detect-ahead thread took on)."""
 
     photo: Photo
     image: ImageBGR | None
@@ -118,6 +120,7 @@ class _Detected(Generic[F]):
     quality: list[str | None]
     error: PhotoError | None = None
     crops: list[ImageBGR] | None = None
+    early: Embeddings | None = None
 
 
 def gate_verdicts(
@@ -140,10 +143,12 @@ def _read_and_detect(
     max_bytes: int,
     max_pixels: int,
     gate: quality.QualityGate | None,
+    share: EmbedShare | None = None,
 ) -> _Detected[F]:
-    """Decode ``photo``, find its faces, align them when the engine allows (``Aligning``) and
-    judge their quality; a photo the decoder or the detector cannot digest becomes an error
-    record."""
+    """Decode ``photo``, find its faces, align them when the engine allows (``Aligning``), judge
+    their quality and, with a ``share``, embed the first faces its estimates give this thread;
+    a photo the decoder, the detector or the embedder cannot digest becomes an error record."""
+    started = time.thread_time()
     _, img = read_or_error(photo, max_bytes=max_bytes, max_pixels=max_pixels)
     if isinstance(img, PhotoError):
         return _Detected(photo, None, [], [], img)
@@ -154,9 +159,16 @@ def _read_and_detect(
         verdicts: list[str | None] = (
             [None] * len(faces) if gate is None else gate_verdicts(img, faces, gate, shared)
         )
+        early = None
+        if share is not None and crops is not None and isinstance(engine, Aligning):
+            share.saw_ahead(time.thread_time() - started)
+            if k := share.faces_ahead(len(crops)):
+                t0 = time.thread_time()
+                early = engine.embed_aligned(crops[:k])
+                share.saw_faces(k, time.thread_time() - t0)
     except (cv2.error, ValueError) as e:
         return _Detected(photo, None, [], [], PhotoError("engine_failed", type(e).__name__))
-    return _Detected(photo, img, faces, verdicts, crops=crops)
+    return _Detected(photo, img, faces, verdicts, crops=crops, early=early)
 
 
 def detect_and_embed(
@@ -171,20 +183,29 @@ def detect_and_embed(
     """Read each photo and run the engine on it; unreadable photos yield an error record.
 
     Reading, detecting, aligning and gating photo N+1 (in ``prefetch_map``'s thread) overlaps
-    embedding photo N:
-    onnxruntime and OpenCV release the GIL, so the detector and the embedder run at once on a
-    pod's own cores (bench/bench_models.py measures it against decoding ahead only). The engine's
-    detector and embedder are separate sessions, each used by one thread. One photo ahead at
-    most, so at most two photos are decoded at a time. Results come in the order of ``photos``.
+    embedding photo N: onnxruntime and OpenCV release the GIL, so the detector and the embedder
+    run at once on a pod's own cores (bench/bench_models.py measures it against decoding ahead
+    only). With an ``Aligning`` engine the detect-ahead thread also embeds the first faces of its
+    photo, as many as ``balance.EmbedShare`` says make both threads' CPU equal (onnxruntime
+    sessions may run from two threads at once). One photo ahead at most, so at most two photos
+    are decoded at a time. Results come in the order of ``photos``.
     With a ``gate``, each face's quality verdict comes along (None: passed; else why not).
     """
     dim = engine.embedder_card.embedding_dim or 0
     empty = np.zeros((0, dim), np.float32)
+    share = EmbedShare()
 
     def detected(photo: Photo) -> _Detected[F]:
         return _read_and_detect(
-            engine, photo, max_bytes=max_bytes, max_pixels=max_pixels, gate=gate
+            engine, photo, max_bytes=max_bytes, max_pixels=max_pixels, gate=gate, share=share
         )
+
+    def embed_rest(d: _Detected[F], crops: list[ImageBGR], engine: Aligning) -> Embeddings:
+        done = 0 if d.early is None else len(d.early)
+        t0 = time.thread_time()
+        rest = engine.embed_aligned(crops[done:]) if done < len(crops) else empty
+        share.saw_faces(len(crops) - done, time.thread_time() - t0)
+        return rest if d.early is None else np.concatenate([d.early, rest])
 
     for d in prefetch_map(detected, list(photos), ahead=1):
         try:
@@ -195,7 +216,7 @@ def detect_and_embed(
                 if not d.faces:
                     emb = empty
                 elif d.crops is not None and isinstance(engine, Aligning):
-                    emb = engine.embed_aligned(d.crops)
+                    emb = embed_rest(d, d.crops, engine)
                 else:
                     emb = engine.embed(d.image, d.faces)
             except (cv2.error, ValueError) as e:  # a photo the engine cannot digest

@@ -69,16 +69,16 @@ def cpu_budget(cpu_max: Path = CGROUP_CPU_MAX) -> int:
 
 
 def pipelined_threads(cpus: int) -> tuple[int, int]:
-    """(detector, embedder) intra-op threads for ``cpus`` when detect-ahead runs both at once.
+    """(detector, embedder) intra-op threads for ``cpus`` when the job loop runs both at once.
 
-    The embedder takes every CPU: it is most of a frame's CPU (six faces: 50 of 70 CPU-ms with one
-    thread each), so with one thread it alone paces the loop and the detector's core idles. The
-    detector takes its share, rounded up. On 2 CPUs (1 + 2), through the job loop side by side
-    with 2 + 2 at load 8: 12.2 against 12.3 CPU-ms/face, 61 against 64 faces/s; 1 + 1 cost 11.0
-    but leaves a core idle whenever the machine is not busy (bench/bench_models.py --threads).
+    The loop's two threads carry equal CPU (the detect-ahead one also embeds some faces:
+    ``balance.EmbedShare``), so each session gets half the CPUs, at least one: 1 + 1 on a
+    2-CPU pod. More intra-op threads only add wake-ups (``pthread_cond_signal`` was a tenth of
+    the embedder's run). Through the job loop side by side at load 7-9: 10.8 CPU-ms/face with
+    1 + 1, 12.2 with 1 + 2, 14.1 before (2 + 2, no sharing; bench/bench_models.py --splits).
     """
-    cpus = max(1, cpus)
-    return math.ceil(cpus * 2 / 7), cpus
+    half = max(1, cpus // 2)
+    return half, half
 
 
 def session_options(threads: int = 0, *, spin: bool = False) -> ort.SessionOptions:
