@@ -1,6 +1,7 @@
 """Face engines on CPU: the new default against the old one, side by side. Not a test.
 
     .venv/bin/python bench/bench_models.py [--threads N] [--seconds S] [--photos N]
+        [--splits D/E,...]
 
 The two defaults, end to end (detect + align + embed): the new one is RetinaFace with
 MobileFaceNet (``detector.card.json`` + ``embedder.card.json``), the old one MTCNN with dlib's
@@ -19,7 +20,12 @@ ResNet (``detector-mtcnn.card.json`` in ``<models>/dlib-resnet-v1/``). Figures, 
   faces/s and CPU-ms per face (this process, all threads: what a loop costs whatever else runs),
   medians over rounds. The summary line gives both defaults' job-loop faces/s and their CPU-ms per
   face as a ratio, the figure a loaded machine distorts least.
+- with ``--splits``, intra-op thread splits (detector/embedder threads, e.g. ``2/2,1/2,1/1``)
+  of the new default through the job loop, taking turns the same way: faces/s and CPU-ms per face.
 - the new default's frame embedded 1, the engine's batch, or 6 faces at a time; a cold start.
+
+``--threads`` 0 (the default) gives the sessions the job's own default threads
+(``runtime.pipelined_threads`` of the CPUs this process may use).
 
 The goal line sets the new default's job-loop faces/s against 300 faces/s. Absolute numbers depend
 on the machine and its load (printed); read the ratios. The last line is
@@ -35,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -48,6 +55,7 @@ from rollcall_job.models.build import build_models
 from rollcall_job.models.classphoto import tile_photo
 from rollcall_job.photos import Photo, PhotoError, iter_read, list_photos
 from rollcall_job.pipeline import detect_and_embed
+from rollcall_job.runtime import cpu_budget, pipelined_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,24 +165,28 @@ def decode_ahead_only(engine: FaceEngine, photos: list[Photo]) -> int:
     return faces
 
 
-LOOPS = {"job loop": job_loop, "decode ahead only": decode_ahead_only}
+Loop = Callable[[FaceEngine, list[Photo]], int]
+LOOPS: dict[str, Loop] = {"job loop": job_loop, "decode ahead only": decode_ahead_only}
 
 
 def throughput(
-    engines: dict[str, FaceEngine], photos: list[Photo], seconds: float
+    engines: dict[str, FaceEngine],
+    photos: list[Photo],
+    seconds: float,
+    loops: dict[str, Loop] = LOOPS,
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """(faces per second, CPU milliseconds per face) through whole folders of photos, per
     (engine, loop), medians over rounds; the engines and loops take turns (rotating order) like
     ``side_by_side``. The CPU time (this process, all threads) shows what a loop costs whatever
     the other load on the machine: overlap pays only on cores that would otherwise idle."""
-    runs = [(e, loop) for e in engines for loop in LOOPS]
+    runs = [(e, loop) for e in engines for loop in loops]
     rates: dict[tuple[str, str], list[tuple[float, float]]] = {r: [] for r in runs}
     end = time.perf_counter() + seconds
     turn = 0
     while time.perf_counter() < end or turn < 3:
         for e, loop in runs[turn % len(runs) :] + runs[: turn % len(runs)]:
             t0, c0 = time.perf_counter(), time.process_time()
-            faces = LOOPS[loop](engines[e], photos)
+            faces = loops[loop](engines[e], photos)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             rates[(e, loop)].append((faces / wall, 1000 * cpu / faces))
         turn += 1
@@ -182,6 +194,17 @@ def throughput(
         r: (float(np.median([a for a, _ in v])), float(np.median([c for _, c in v])))
         for r, v in rates.items()
     }
+
+
+def thread_splits(
+    models: Path, splits: str, photos: list[Photo], seconds: float
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """``throughput`` of the new default's job loop for each "detector/embedder" thread split."""
+    engines = {}
+    for split in splits.split(","):
+        det, emb = (int(n) for n in split.split("/"))
+        engines[split] = load_engine(models, threads=emb, detector_threads=det)
+    return throughput(engines, photos, seconds, {"job loop": job_loop})
 
 
 def embed_batches(
@@ -248,7 +271,10 @@ def open_engines(models: Path, threads: int) -> tuple[dict[str, FaceEngine], Fac
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=0, help="0: the job's default")
+    parser.add_argument(
+        "--splits", default="", help="detector/embedder thread splits to compare, e.g. 2/2,1/2"
+    )
     parser.add_argument("--seconds", type=float, default=36.0)
     parser.add_argument("--photos", type=int, default=8, help="JPEG frames per throughput round")
     parser.add_argument(
@@ -261,8 +287,10 @@ def main() -> None:
     print(f"models: {models} (ready in {time.perf_counter() - t0:.2f} s); {load()}")
     engines, default = open_engines(models, args.threads)
     detectors = {NEW_DETECTOR: NEW, **{d: d for d in DETECTORS[1:]}}  # detector -> engine key
+    det, emb = (args.threads,) * 2 if args.threads else pipelined_threads(cpu_budget())
     print(
-        f"providers: {', '.join(default.providers)}; intra-op threads: {args.threads}; "
+        f"providers: {', '.join(default.providers)}; intra-op threads: detector {det}, "
+        f"embedder {emb}{'' if args.threads else ' (the job default)'}; "
         f"{NEW}: {engine_name(engines[NEW])}; {OLD}: {engine_name(engines[OLD])}"
     )
 
@@ -309,6 +337,8 @@ def main() -> None:
             cv2.imwrite(str(Path(tmp) / f"frame{i:03d}.jpg"), t1, [cv2.IMWRITE_JPEG_QUALITY, 92])
         folder = {k: engines[k] for k in (NEW, OLD)}
         rates = throughput(folder, list_photos(Path(tmp)), args.seconds)
+        if args.splits:
+            split_rates = thread_splits(models, args.splits, list_photos(Path(tmp)), args.seconds)
     for (name, loop), (rate, cpu) in rates.items():
         print(
             f"through a loop, {name} {args.photos} JPEG frames, {loop:17s}: {rate:.1f} faces/s, "
@@ -317,6 +347,12 @@ def main() -> None:
     for name in (NEW, OLD):
         gain = rates[(name, "job loop")][0] / rates[(name, "decode ahead only")][0]
         print(f"{name} faces/s job loop / decode ahead only = {gain:.2f}x")
+    if args.splits:
+        for (split, _), (rate, cpu) in split_rates.items():
+            print(
+                f"{NEW} through the job loop, detector/embedder intra-op threads {split:>5s}: "
+                f"{rate:.1f} faces/s, {cpu:.2f} CPU-ms/face (medians of rounds); {load()}"
+            )
 
     batches = embed_batches(default, t1, (1, default.embedder.batch_size, 6))
     print(
