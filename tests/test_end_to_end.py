@@ -113,7 +113,11 @@ ROSTER = [*GROUP, "s-obama", "s-biden", "s-never-enrolled"]
 
 
 def _identify(
-    http: httpx.Client, sub_path: str, class_code: str = CLASS, roster: list[str] = ROSTER
+    http: httpx.Client,
+    sub_path: str,
+    class_code: str = CLASS,
+    roster: list[str] = ROSTER,
+    model: str = "default",
 ) -> str:
     """POST an attendance job over the class photos in ``sub_path``; returns its id."""
     resp = http.post(
@@ -122,6 +126,7 @@ def _identify(
             "classCode": class_code,
             "images": {"claimName": "class-photos", "subPath": sub_path},
             "roster": roster,
+            "model": model,
         },
     )
     assert resp.status_code == 202, resp.text
@@ -156,6 +161,32 @@ def test_enroll_then_take_attendance_through_the_api(
     # Another school cannot see the job at all.
     with _http(stack, "south") as other:
         assert other.get(f"/v1/recognition-jobs/{job['id']}").status_code == 404
+
+
+# Embedders a job picks with spec.model (build.SELECTABLE_EMBEDDERS besides the default), each
+# with galleries of its own: the class enrolled with the default has none for them yet.
+@pytest.mark.parametrize("model", ["mobilefacenet-sirius-int8-v2", "dlib-resnet-v1"])
+def test_a_selectable_model_enrols_its_own_gallery_and_takes_the_same_attendance(
+    stack: Stack, enrolled: dict[str, Any], model: str
+) -> None:
+    with _http(stack) as http:
+        job = _wait_phase(http, _identify(http, "period-1", model=model), {"Succeeded", "Failed"})
+        assert job["phase"] == "Failed", job
+        assert f"has no gallery '{CLASS}' for model '{model}': enrol the class" in job["message"]
+        resp = http.post(
+            "/v1/enrollments",
+            json={"classCode": CLASS, "images": {"claimName": "enrollment"}, "model": model},
+        )
+        assert resp.status_code == 202, resp.text
+        enrolment = _wait_phase(http, resp.json()["id"], {"Succeeded", "Failed"})
+        assert enrolment["phase"] == "Succeeded", enrolment
+        assert enrolment["summary"]["enrolled"] == len(GROUP) + 2
+        job = _wait_phase(http, _identify(http, "period-1", model=model), {"Succeeded", "Failed"})
+        assert job["phase"] == "Succeeded", job
+        results = http.get(f"/v1/recognition-jobs/{job['id']}/results")
+        assert results.status_code == 200, results.text
+        _check_attendance(results.json())
+        assert results.json()["summary"]["model"] == model
 
 
 def test_kubectl_apply_runs_the_same_job_and_the_api_reads_it(

@@ -278,6 +278,7 @@ def test_sbom_of_the_job_lists_each_model_it_carries_with_its_files_and_source_p
     assert {"mobilefacenet-sirius-v1", "retinaface-mnet025-v1", "dlib-resnet-v1"} <= {
         c["name"] for c in sourced
     }
+    assert "mobilefacenet-sirius-int8-v2" in cards  # derived from the float card: no pedigree
     for component in sourced:
         (ancestor,) = component["pedigree"]["ancestors"]
         name, kind = ancestor["name"], ancestor["purl"].split(":")[1].split("/")[0]

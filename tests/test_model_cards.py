@@ -73,7 +73,8 @@ def test_mobilefacenet_card_feeds_the_insightface_crop() -> None:
 
 def test_default_embedder_is_the_measured_winner_and_ids_are_distinct() -> None:
     assert DEFAULT_EMBEDDER == "mobilefacenet-sirius-v1"
-    assert DEFAULT_EMBEDDER not in SELECTABLE_EMBEDDERS and "dlib-resnet-v1" in SELECTABLE_EMBEDDERS
+    assert DEFAULT_EMBEDDER not in SELECTABLE_EMBEDDERS
+    assert set(SELECTABLE_EMBEDDERS) == {"dlib-resnet-v1", "mobilefacenet-sirius-int8-v2"}
     ids = [make().id for make in EMBEDDERS.values()]
     assert ids == list(EMBEDDERS) and len(set(ids)) == len(ids)
     # Weights of undocumented origin are evaluated, never shipped.

@@ -75,7 +75,7 @@ def test_static_quantisation_gives_int8_convolutions_near_the_float_outputs() ->
     assert not np.array_equal(got, want)  # really quantised
 
 
-def test_the_int8_card_is_for_evaluation_only() -> None:
+def test_the_v1_int8_card_is_for_evaluation_only() -> None:
     card = EMBEDDERS["mobilefacenet-sirius-int8-v1"]()
     assert card.id not in SELECTABLE_EMBEDDERS
     assert card.id != EMBEDDERS["mobilefacenet-sirius-v1"]().id  # its own galleries

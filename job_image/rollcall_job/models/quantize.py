@@ -1,4 +1,4 @@
-"""An int8 copy of an embedder by onnxruntime's static quantisation: for evaluation only.
+"""An int8 copy of an embedder by onnxruntime's static quantisation (v2 ships beside the default).
 
 The embedder is most of a frame's CPU time, and int8 convolutions run 1.5-2x faster on CPUs with
 VNNI, but a quantised model is a new model (its own card id and galleries) and becomes a default
