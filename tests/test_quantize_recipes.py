@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rollcall_job.models import build
+from rollcall_job.models import assets, build
 from rollcall_job.models.build import (
     DEFAULT_EMBEDDER,
     EMBEDDERS,
@@ -258,3 +258,22 @@ def test_an_int8_card_calibrates_on_the_engine_it_is_given(
     (got,) = _run(onnx.load(str(tmp_path / "card" / "embedder.onnx")), x)
     cosine = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert float(np.mean(1 - cosine)) < 0.05
+
+
+def test_calibration_reads_only_the_photos_of_pinned_sdists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The image's model stage has no scikit-image: calibrating on its astronaut there would fail,
+    and calibrating on different photos elsewhere would ship different bytes under one id."""
+    seen: list[str] = []
+    fetch = assets.photo
+
+    def recorded(name: str) -> Path:
+        seen.append(name)
+        return fetch(name)
+
+    monkeypatch.setattr(assets, "photo", recorded)
+    x = calibration_inputs(build_models())
+    assert seen == sorted(assets.SOURCES) and "astronaut.png" not in seen
+    # 13 faces (three Obamas, two half-cut, Biden, Tom Hanks, t1's six) and their mirror images
+    assert x.shape == (26, 3, 112, 112)
