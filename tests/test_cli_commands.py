@@ -114,6 +114,18 @@ def test_retried_submit_with_an_idempotency_key_and_enroll(
     assert rj(k8s_api, cli.ns, json.loads(res.stdout)["id"])["spec"]["mode"] == "enroll"
 
 
+@pytest.mark.parametrize("command", [SUBMIT, ["enroll", "--class", "7B", "--claim", "photos"]])
+def test_model_flag_chooses_the_embedder_card(
+    cli: Cli, k8s_api: client.ApiClient, command: list[str]
+) -> None:
+    res = cli(*command, "--model", "mobilefacenet-sirius-int8-v2", "--json")
+    assert res.exit_code == 0, res.output
+    spec = rj(k8s_api, cli.ns, json.loads(res.stdout)["id"])["spec"]
+    assert spec["model"] == "mobilefacenet-sirius-int8-v2"
+    bad = cli(*command, "--model", "Not_A_Label")
+    assert bad.exit_code != 0 and "model" in bad.output
+
+
 def test_connection_from_env_or_config_file_and_exit_codes(cli: Cli, tmp_path: Path) -> None:
     env = {"ROLLCALL_URL": cli.url, "ROLLCALL_API_KEY": cli.key, "ROLLCALL_CONFIG": ""}
     assert cli("list", env=env, auth=False).exit_code == 0

@@ -269,6 +269,7 @@ def _spec_body(
     namespace: str | None,
     gallery: str | None,
     gpus: int | None,
+    model: str | None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if file is not None:
@@ -287,6 +288,8 @@ def _spec_body(
         body["gallery"] = gallery
     if gpus is not None:
         body.setdefault("resources", {})["gpus"] = gpus
+    if model:
+        body["model"] = model
     if "classCode" not in body or "images" not in body:
         fail(Exit.USAGE, "give --class and --claim (or a --file with classCode and images)")
     return body
@@ -298,6 +301,12 @@ SubPathOpt = Annotated[str, typer.Option(help="Folder inside the claim.")]
 NamespaceOpt = Annotated[str | None, typer.Option(help="Namespace (keys with several).")]
 GalleryOpt = Annotated[str | None, typer.Option(help="Gallery name (default: the class).")]
 GpusOpt = Annotated[int | None, typer.Option(help="GPUs for the job.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Embedder card id (galleries are per model: enrol with the one you identify with)."
+    ),
+]
 FileOpt = Annotated[Path | None, typer.Option(help="YAML/JSON spec; flags override it.")]
 IdemOpt = Annotated[
     str | None, typer.Option(help="Idempotency-Key: a retry with it never submits twice.")
@@ -319,13 +328,14 @@ def submit(
     namespace: NamespaceOpt = None,
     gallery: GalleryOpt = None,
     gpus: GpusOpt = None,
+    model: ModelOpt = None,
     file: FileOpt = None,
     idempotency_key: IdemOpt = None,
     watch: WatchOpt = False,
     as_json: OutputJson = False,
 ) -> None:
     """Submit a recognition (attendance) job; prints its id."""
-    body = _spec_body(file, class_code, claim, sub_path, namespace, gallery, gpus)
+    body = _spec_body(file, class_code, claim, sub_path, namespace, gallery, gpus, model)
     ids = _roster(roster, roster_file)
     if ids:
         body["roster"] = ids
@@ -349,13 +359,14 @@ def enroll(
     namespace: NamespaceOpt = None,
     gallery: GalleryOpt = None,
     gpus: GpusOpt = None,
+    model: ModelOpt = None,
     file: FileOpt = None,
     idempotency_key: IdemOpt = None,
     watch: WatchOpt = False,
     as_json: OutputJson = False,
 ) -> None:
     """Enroll a class (one photo folder per student id) into its gallery; prints the job id."""
-    body = _spec_body(file, class_code, claim, sub_path, namespace, gallery, gpus)
+    body = _spec_body(file, class_code, claim, sub_path, namespace, gallery, gpus, model)
     body.pop("mode", None)
     _submit(ctx, "/v1/enrollments", body, idempotency_key, as_json, watch)
 
