@@ -19,7 +19,9 @@ ResNet (``detector-mtcnn.card.json`` in ``<models>/dlib-resnet-v1/``). Figures, 
   (``decode ahead only``: detect and embed in this thread); both engines and both loops take turns;
   faces/s and CPU-ms per face (this process, all threads: what a loop costs whatever else runs),
   medians over rounds. The summary line gives both defaults' job-loop faces/s and their CPU-ms per
-  face as a ratio, the figure a loaded machine distorts least.
+  face as a ratio, the figure a loaded machine distorts least. The selectable int8 embedder
+  (RetinaFace + ``mobilefacenet-sirius-int8-v2``, ``<models>/mobilefacenet-sirius-int8-v2/``)
+  takes the same turns and gets its own line; it does not enter the RATIO.
 - with ``--splits``, intra-op thread splits (detector/embedder threads, e.g. ``2/2,1/2,1/1``)
   of the new default through the job loop, taking turns the same way: faces/s and CPU-ms per face.
 - the new default's frame embedded 1, the engine's batch, or 6 faces at a time; a cold start.
@@ -59,9 +61,10 @@ from rollcall_job.runtime import cpu_budget, pipelined_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
-NEW, OLD = "new default", "old default"
+NEW, OLD, INT8 = "new default", "old default", "int8 selectable"
 NEW_DETECTOR, OLD_DETECTOR = "retinaface", "mtcnn"
 NEW_EMBEDDER, OLD_EMBEDDER = "mobilefacenet-sirius-v1", "dlib-resnet-v1"
+INT8_EMBEDDER = "mobilefacenet-sirius-int8-v2"  # selectable by spec.model, not a default
 DETECTORS = (NEW_DETECTOR, OLD_DETECTOR, "centerface")  # compared with the new embedder
 TARGET_FACES_PER_S = 300.0
 TARGET_RATIO = 3.0
@@ -269,6 +272,14 @@ def open_engines(models: Path, threads: int) -> tuple[dict[str, FaceEngine], Fac
     return {NEW: new, OLD: old, **same}, new
 
 
+def open_int8(models: Path, threads: int) -> FaceEngine:
+    """The new default's detector with the selectable int8 embedder."""
+    engine = load_engine(models / INT8_EMBEDDER, threads=threads)
+    got = (engine.detector_card.family, engine.embedder_card.id)
+    assert got == (NEW_DETECTOR, INT8_EMBEDDER), f"the int8 set changed: {got}"
+    return engine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=0, help="0: the job's default")
@@ -335,7 +346,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
         for i in range(args.photos):
             cv2.imwrite(str(Path(tmp) / f"frame{i:03d}.jpg"), t1, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        folder = {k: engines[k] for k in (NEW, OLD)}
+        folder = {**{k: engines[k] for k in (NEW, OLD)}, INT8: open_int8(models, args.threads)}
         rates = throughput(folder, list_photos(Path(tmp)), args.seconds)
         if args.splits:
             split_rates = thread_splits(models, args.splits, list_photos(Path(tmp)), args.seconds)
@@ -383,6 +394,12 @@ def main() -> None:
         f"{TARGET_FACES_PER_S:.0f}/s on {os.cpu_count()} cores allows "
         f"{1000 * (os.cpu_count() or 1) / TARGET_FACES_PER_S:.1f}); ratio goal "
         f">= {TARGET_RATIO:.0f}x; {load()}"
+    )
+    int8_rate, int8_cpu = rates[(INT8, "job loop")]
+    print(
+        f"{INT8} ({INT8_EMBEDDER}) through the job loop: {int8_rate:.0f} faces/s, "
+        f"{int8_cpu:.1f} CPU-ms/face: {int8_rate / new_rate:.2f}x {NEW}'s faces/s, "
+        f"{new_cpu / int8_cpu:.2f}x less CPU per face; {int8_rate / old_rate:.1f}x {OLD}'s faces/s"
     )
     print(f"RATIO faces_per_s new/mtcnn = {new_rate / old_rate:.1f}x")
 
