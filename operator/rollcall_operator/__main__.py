@@ -13,6 +13,7 @@ import secrets
 import kopf
 
 from rollcall_contract import logs
+from rollcall_operator.activity import own_identity
 from rollcall_operator.settings import get_settings
 
 
@@ -34,6 +35,7 @@ def main() -> None:
         standalone=settings.peering_name is None,
         peering_name=settings.peering_name,
         priority=peering_priority(settings.priority),
+        identity=own_identity(),  # type: ignore[arg-type]  # kopf types it as a NewType of str
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=settings.liveness_endpoint,

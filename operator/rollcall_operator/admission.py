@@ -72,15 +72,20 @@ class Admission:
         self.cache = cache
         self.writer = writer
         self.fold = fold
-        self.queue = AdmissionQueue(
-            settings.max_running,
-            settings.max_running_per_namespace,
-            settings.max_gpus,
-            settings.max_gpus_per_namespace,
-        )
         self.wake = asyncio.Event()
         self.seeded = asyncio.Event()
         self.sem = asyncio.Semaphore(settings.admission_concurrency)
+        self.tasks: set[asyncio.Task[None]] = set()  # Job creations and re-admissions in flight
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all admission state, as a fresh process would: a replica that becomes active
+        again re-seeds it from the apiserver (``seed``), since what it held went stale."""
+        self.seeded.clear()
+        s = self.settings
+        self.queue = AdmissionQueue(
+            s.max_running, s.max_running_per_namespace, s.max_gpus, s.max_gpus_per_namespace
+        )
         self.starting: set[str] = set()
         self.queued_reason: dict[str, tuple[str, str]] = {}
         self.create_refusals: dict[str, int] = {}  # uid -> Job creates refused in a row (quota)
@@ -91,7 +96,6 @@ class Admission:
         self.suspend_seen: dict[str, bool] = {}
         # RJ uids this process has admitted (queued, re-attached or refused) once already
         self.admitted: set[str] = set()
-        self.tasks: set[asyncio.Task[None]] = set()  # Job creations and re-admissions in flight
 
     async def close(self) -> None:
         tasks = list(self.tasks)

@@ -177,6 +177,11 @@ class RJCache:
             metrics.RJS_BY_PHASE.labels(phase_label(old.status.get("phase"))).dec()
         return old
 
+    def clear(self) -> None:
+        """Forget every RJ (a stand-by's cache is stale by the time it becomes active)."""
+        for uid in list(self._rjs):
+            self.forget(uid)
+
     def get(self, uid: str) -> CachedRJ | None:
         return self._rjs.get(uid)
 

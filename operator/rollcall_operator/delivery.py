@@ -64,11 +64,15 @@ class Deliveries:
     def start(self) -> None:
         self.http = webhook.session(self.settings.egress_allowlist())
 
-    async def close(self) -> None:
+    async def cancel_all(self) -> None:
+        """Stop every delivery (a replica standing by delivers nothing)."""
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.cancel_all()
         if self.http is not None:
             await self.http.close()
 

@@ -1,7 +1,7 @@
 """kopf handlers: thin shells that hand events to the ``Runtime`` kept in ``memo``.
 
 - startup/cleanup: kopf settings (no finalizers: deletion cascades through ownerReferences),
-  clients, metrics, the queue seeded from the apiserver;
+  clients, metrics, the queue seeded from the apiserver (once this replica is the active one);
 - RJ events: keep the cache, the queue and webhook deliveries in step; the first event of an RJ
   admits it (validate, then queue or re-attach to an existing Job). No kopf change handler is
   registered, so kopf writes no diff-base or progress annotation to any RJ, and ``NoDiffBase``
@@ -25,6 +25,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from rollcall_contract.model import GROUP, PLURAL, VERSION
+from rollcall_operator.activity import Peering
 from rollcall_operator.builder import MANAGED_SELECTOR
 from rollcall_operator.nodeloss import LostPods
 from rollcall_operator.runtime import Runtime
@@ -106,8 +107,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     rt = await Runtime.open(ours)
     memo["rt"] = rt
     memo["lost"] = LostPods(rt.kube, ours.lost_pod_timeout_seconds)
-    await rt.seed()
-    rt.start()
+    # seeds and starts the loops now if this replica is active (standalone: always); a stand-by
+    # starts them once it becomes active, and the liveness endpoint answers either way
+    await rt.start(Peering.of(settings, ours.namespaces))
     # Objects made by start-up (modules, models, settings) live as long as the process: keep the
     # cyclic GC from rescanning them in every full collection, which in a 1,000-RJ burst showed
     # as allocation sites (a literal list in the Job builder) with 4 % of the samples (py-spy).
@@ -130,6 +132,12 @@ def probe(memo: kopf.Memo, **_: Any) -> dict[str, int]:
     return {"waiting": len(queue.waiting), "running": len(queue.running)}
 
 
+@kopf.on.probe(id="peering")
+def peering(memo: kopf.Memo, **_: Any) -> str:
+    """This replica's role: "active", or "standby" (alive too: the endpoint answers on it)."""
+    return "active" if _rt(memo).active else "standby"
+
+
 @kopf.on.event(*RJ)
 async def rj_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
@@ -145,5 +153,7 @@ async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 
 @kopf.on.event(*PODS, labels=MANAGED_SELECTOR)
 async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _rt(memo).pod_seen(dict(body), deleted=type == "DELETED")
-    memo["lost"].seen(body, deleted=type == "DELETED")
+    rt = _rt(memo)
+    rt.pod_seen(dict(body), deleted=type == "DELETED")
+    if rt.active:  # failing a stranded pod is a write: the active replica's alone
+        memo["lost"].seen(body, deleted=type == "DELETED")

@@ -221,6 +221,19 @@ class Kube:
             raise
         return items[0] if items else None
 
+    # --- kopf peering -----------------------------------------------------------------------------
+    async def read_peering(self, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """kopf's KopfPeering in ``namespace`` (ClusterKopfPeering when None); None if absent."""
+        if namespace is None:
+            call = self.custom.get_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", name, _preload_content=False
+            )
+        else:
+            call = self.custom.get_namespaced_custom_object(
+                "kopf.dev", "v1", namespace, "kopfpeerings", name, _preload_content=False
+            )
+        return await _found(call)
+
     # --- RecognitionJobs ------------------------------------------------------------------------
     async def read_rj(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -29,3 +29,7 @@ QUEUE_LENGTH = Gauge("rollcall_queue_waiting", "RecognitionJobs waiting for a GP
 RUNNING_SLOTS = Gauge("rollcall_queue_running", "Unfinished capped GPU Jobs holding a slot")
 WEBHOOK_DELIVERIES = Counter("rollcall_webhook_deliveries_total", "Webhooks delivered")
 WEBHOOK_FAILURES = Counter("rollcall_webhook_failures_total", "Failed webhook attempts", ["final"])
+ACTIVE = Gauge(
+    "rollcall_operator_active",
+    "1 while this replica is the active one (kopf peering), 0 while it stands by",
+)
