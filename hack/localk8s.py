@@ -628,10 +628,14 @@ def main() -> None:
     # SIGTERM (a supervisor, `kill`) stops etcd and kube-apiserver like Ctrl-C does: both unwind
     # the context manager below instead of leaving the children running
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with control_plane(args.workdir) as cp:
+    # The interrupt is caught outside the control plane, so one that comes at any point, even
+    # right after the kubeconfig line, unwinds it and exits 0. Short sleeps, not signal.pause():
+    # a signal that lands between Python's last check and the pause() call is taken, and pause()
+    # then waits for another one (a SIGINT sent right after the line hung a CI run for 60 s).
+    with contextlib.suppress(KeyboardInterrupt), control_plane(args.workdir) as cp:
         print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        while True:
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":
