@@ -628,6 +628,9 @@ def main() -> None:
     # SIGTERM (a supervisor, `kill`) stops etcd and kube-apiserver like Ctrl-C does: both unwind
     # the context manager below instead of leaving the children running
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # and so does Ctrl-C even when started as a background job of a script: the shell then starts
+    # it with SIGINT ignored, and Python leaves an ignored SIGINT ignored (CI hung 60 s on it)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # The interrupt is caught outside the control plane, so one that comes at any point, even
     # right after the kubeconfig line, unwinds it and exits 0. Short sleeps, not signal.pause():
     # a signal that lands between Python's last check and the pause() call is taken, and pause()
