@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -144,20 +145,27 @@ def test_black_out_removes_the_person() -> None:
     assert out[10, 10].min() == 200
 
 
-@pytest.mark.models
-@pytest.mark.slow
-def test_default_card_marks_no_absent_student_present(tmp_path: Path) -> None:
-    """The harness on its own photo set, for the default card at the card's own settings."""
+def run_harness(tmp_path: Path, cards: str) -> dict[str, Any]:
+    """``bench/eval_faces.py`` for ``cards`` (comma-separated ids), as ``make eval`` runs it: its
+    JSON report."""
     out = tmp_path / "eval.json"
     script = str(ROOT / "bench" / "eval_faces.py")
     subprocess.run(
-        [sys.executable, script, "--cards", DEFAULT_EMBEDDER, "--json", str(out), "--threads", "2"],
+        [sys.executable, script, "--cards", cards, "--json", str(out), "--threads", "2"],
         check=True,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    result = json.loads(out.read_text())
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_default_card_marks_no_absent_student_present(tmp_path: Path) -> None:
+    """The harness on its own photo set, for the default card at the card's own settings."""
+    result = run_harness(tmp_path, DEFAULT_EMBEDDER)
     (card,) = result["cards"]
     assert card["card"] == DEFAULT_EMBEDDER == result["default"]
     rates = card["rates_card"]

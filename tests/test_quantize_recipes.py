@@ -3,9 +3,6 @@ graph, and PReLU equalisation, which must keep the float function while evening 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +29,7 @@ from rollcall_job.models.quantize import (
     node_groups,
     quantize_static_int8,
 )
+from test_eval_faces import run_harness
 
 C = 4
 
@@ -221,17 +219,8 @@ def test_the_v2_recipe_keeps_the_real_embedder_near_the_float_one() -> None:
 def test_the_v2_card_decides_as_well_as_the_float_one(tmp_path: Path) -> None:
     """The harness, both cards at their own settings: the int8 card marks nobody absent present
     and misses no more present or masked students than the float default."""
-    out = tmp_path / "eval.json"
-    cards = f"{DEFAULT_EMBEDDER},mobilefacenet-sirius-int8-v2"
-    script = str(Path(__file__).resolve().parent.parent / "bench" / "eval_faces.py")
-    subprocess.run(
-        [sys.executable, script, "--cards", cards, "--json", str(out), "--threads", "2"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    float_card, int8 = (c["rates_card"] for c in json.loads(out.read_text())["cards"])
+    result = run_harness(tmp_path, f"{DEFAULT_EMBEDDER},mobilefacenet-sirius-int8-v2")
+    float_card, int8 = (c["rates_card"] for c in result["cards"])
     assert int8["absent"]["absent"] >= 50 and int8["absent"]["false_present"] == 0
     assert int8["present"]["wrong_face"] == 0 and int8["masked"]["wrong_face"] == 0
     for kind in ("present", "masked"):
