@@ -1,6 +1,6 @@
 """Evaluate every built-in embedder card on registry photos and print a markdown table.
 
-    .venv/bin/python bench/eval_faces.py [--cards ID,ID] [--json OUT] [--threads N]
+    .venv/bin/python bench/eval_faces.py [--cards ID,ID] [--json OUT] [--threads N] [--unfused]
     make eval
 
 Anyone can rerun it: every photo comes from a pinned registry package (listed in the output),
@@ -14,6 +14,11 @@ different people across photos); then the roll call of issue #10 (``evaluation.p
 card's own threshold and margin, under today's greedy rule without a margin, and at the operating
 point chosen on this set (no false present, fewest misses). The chosen point is fitted on the
 same photos it is reported on: read it as an upper bound, and the card's own row as the check.
+
+``--unfused`` runs each embedder's graph as written, with onnxruntime's graph optimisations off, so
+an int8 card's QuantizeLinear/DequantizeLinear pairs stay around float convolutions instead of being
+fused into int8 kernels: the arithmetic of a provider without fused int8 kernels, such as CUDA's.
+It checks an int8 card's decisions on a machine that has no GPU; it is not a GPU run.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime as ort
 
 from rollcall_job.faces import DetectedFace, FaceEngine, load_engine, read_image
 from rollcall_job.matcher import Metric
@@ -48,6 +54,7 @@ from rollcall_job.models.build import (
 from rollcall_job.models.cache import MODELS_VERSION, cache_root
 from rollcall_job.models.cards import EMBEDDER_CARD, ModelCard, load_card
 from rollcall_job.models.npm import extract_npm_member
+from rollcall_job.runtime import session_options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -303,14 +310,28 @@ def rates(t: ev.Tally) -> dict[str, Any]:
     }
 
 
-def evaluate_card(card_id: str, photos: Sequence[PhotoFaces], threads: int) -> dict[str, Any]:
+def unfused(engine: FaceEngine, path: Path, threads: int) -> None:
+    """Swap the engine's embedder session for one that runs ``path`` as written (``--unfused``)."""
+    options = session_options(threads)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    engine.embedder.session = ort.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def evaluate_card(
+    card_id: str, photos: Sequence[PhotoFaces], threads: int, *, as_written: bool = False
+) -> dict[str, Any]:
     folder = card_dir(card_id)
     engine = load_engine(folder, threads=threads, batch_size=16)
     card: ModelCard = load_card(folder / EMBEDDER_CARD)
+    if as_written:
+        unfused(engine, card.path("model", folder), threads)
     metric = cast(Metric, card.metric)
     started = time.perf_counter()
     emb = view_embeddings(engine, photos)
     result: dict[str, Any] = {"card": card_id, "metric": metric, "source": card.source}
+    result["unfused"] = as_written
     result["licence"] = card.licence
     result.update(verification(photos, emb, metric))
     sets = trials(engine, photos, emb, metric)
@@ -395,19 +416,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cards", default=",".join(EMBEDDERS), help="card ids, comma-separated")
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--unfused",
+        action="store_true",
+        help="embedders' graphs as written, optimisations off (int8: no fused int8 kernels)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     detector_engine = load_engine(build_models(), threads=args.threads)
     photos = detect_all(detector_engine)
     n_faces = sum(len(p.faces) for p in photos)
+    mode = ", graphs as written (--unfused)" if args.unfused else ""
     print(
-        f"# Embedder evaluation (models v{MODELS_VERSION}, detector {detector_engine.detector_card.id})\n"
+        f"# Embedder evaluation (models v{MODELS_VERSION}, detector "
+        f"{detector_engine.detector_card.id}{mode})\n"
     )
     print(f"{len(photos)} photos, {n_faces} faces:")
     for p in photos:
         source = next(s for name, _, s in PHOTOS if name == p.name)
         print(f"- {p.name}: {len(p.faces)} face(s), {source}")
-    results = [evaluate_card(c, photos, args.threads) for c in args.cards.split(",") if c]
+    results = [
+        evaluate_card(c, photos, args.threads, as_written=args.unfused)
+        for c in args.cards.split(",")
+        if c
+    ]
     r0 = results[0]["pairs"]
     print(
         f"\nPairs: {r0['real']} real genuine, {r0['augmented']} augmented genuine "

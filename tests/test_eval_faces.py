@@ -145,13 +145,13 @@ def test_black_out_removes_the_person() -> None:
     assert out[10, 10].min() == 200
 
 
-def run_harness(tmp_path: Path, cards: str) -> dict[str, Any]:
-    """``bench/eval_faces.py`` for ``cards`` (comma-separated ids), as ``make eval`` runs it: its
-    JSON report."""
+def run_harness(tmp_path: Path, cards: str, *options: str) -> dict[str, Any]:
+    """``bench/eval_faces.py`` for ``cards`` (comma-separated ids), as ``make eval`` runs it (plus
+    ``options``): its JSON report."""
     out = tmp_path / "eval.json"
     script = str(ROOT / "bench" / "eval_faces.py")
     subprocess.run(
-        [sys.executable, script, "--cards", cards, "--json", str(out), "--threads", "2"],
+        [sys.executable, script, "--cards", cards, "--json", str(out), "--threads", "2", *options],
         check=True,
         capture_output=True,
         text=True,

@@ -216,10 +216,16 @@ def test_the_v2_recipe_keeps_the_real_embedder_near_the_float_one() -> None:
 
 @pytest.mark.models
 @pytest.mark.slow
-def test_the_v2_card_decides_as_well_as_the_float_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [(), ("--unfused",)], ids=["int8-kernels", "graph-as-written"])
+def test_the_v2_card_decides_as_well_as_the_float_one(
+    tmp_path: Path, options: tuple[str, ...]
+) -> None:
     """The harness, both cards at their own settings: the int8 card marks nobody absent present
-    and misses no more present or masked students than the float default."""
-    result = run_harness(tmp_path, f"{DEFAULT_EMBEDDER},mobilefacenet-sirius-int8-v2")
+    and misses no more present or masked students than the float default. Twice: with
+    onnxruntime's fused int8 kernels (a CPU node), and with the graph as written, Q/DQ around float
+    convolutions (what a provider without fused int8 kernels, such as CUDA's, computes)."""
+    result = run_harness(tmp_path, f"{DEFAULT_EMBEDDER},mobilefacenet-sirius-int8-v2", *options)
+    assert [c["unfused"] for c in result["cards"]] == [bool(options)] * 2
     float_card, int8 = (c["rates_card"] for c in result["cards"])
     assert int8["absent"]["absent"] >= 50 and int8["absent"]["false_present"] == 0
     assert int8["present"]["wrong_face"] == 0 and int8["masked"]["wrong_face"] == 0
