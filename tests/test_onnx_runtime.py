@@ -17,9 +17,11 @@ from rollcall_job.runtime import (
     CUDA,
     choose_providers,
     cpu_budget,
+    cpu_flags,
     load_model,
     pipelined_threads,
     quota_cpus,
+    saturating_int8,
 )
 
 TRT = "TensorrtExecutionProvider"
@@ -75,6 +77,85 @@ def test_batched_runs_return_every_output_in_order(tmp_path: Path, batch_size: i
     np.testing.assert_array_equal(twice, 2 * x)
     np.testing.assert_array_equal(total, x.sum(axis=1))
     assert model.providers[-1] == CPU
+
+
+def _int8_sum(path: Path, channels: int) -> Path:
+    """A QDQ 1x1 convolution summing ``channels`` inputs with weight 1.0: inputs quantised to 255
+    (scale 1/255) and weights to 127 (scale 1/127), so each adjacent pair of int products is
+    2 * 255 * 127 = 64770, more than a 16-bit register holds."""
+    f32, u8, i8 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT8
+    inits = [
+        helper.make_tensor("xs", f32, [], [1 / 255]),
+        helper.make_tensor("xz", u8, [], [0]),
+        helper.make_tensor("w", i8, [1, channels, 1, 1], [127] * channels),
+        helper.make_tensor("ws", f32, [], [1 / 127]),
+        helper.make_tensor("wz", i8, [], [0]),
+        helper.make_tensor("ys", f32, [], [channels / 255]),
+        helper.make_tensor("yz", u8, [], [0]),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"]),
+        helper.make_node("Conv", ["xd", "wd"], ["c"]),
+        helper.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "int8sum",
+        [helper.make_tensor_value_info("x", f32, [1, channels, 4, 4])],
+        [helper.make_tensor_value_info("y", f32, [1, 1, 4, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_int8_convolutions_sum_exactly_on_every_cpu(tmp_path: Path) -> None:
+    """The job's sessions run an int8 convolution to the exact sum even where onnxruntime's fast
+    u8s8 kernel would saturate each pair at 32767 (x86 with AVX2 or AVX-512, no VNNI: about half
+    the sum here). On CPUs without that kernel it passes either way; on those it guards
+    ``saturating_int8`` and the option it sets."""
+    channels = 64
+    model = load_model(_int8_sum(tmp_path / "s.onnx", channels), threads=1)
+    (y,) = model.run(np.ones((1, channels, 4, 4), dtype=np.float32))
+    np.testing.assert_allclose(y, channels, rtol=0.02)
+
+
+@pytest.mark.parametrize(
+    ("flags", "saturates"),
+    [
+        ("fpu sse4_1 avx fma", False),  # AVX only: the SSE kernel widens to 16 bits, exact
+        ("sse4_1 avx avx2 fma", True),  # Haswell .. Zen 3: vpmaddubsw saturates
+        ("avx2 avx512f avx512bw", True),  # Skylake-SP: AVX-512 without VNNI saturates too
+        ("avx2 avx512f avx512bw avx512_vnni", False),  # Cascade Lake on: vpdpbusd, 32-bit sums
+        ("avx2 avx_vnni", False),  # Alder Lake: AVX-VNNI
+        ("fp asimd asimddp", False),  # arm64: dot products into 32 bits
+        ("", False),
+    ],
+)
+def test_saturating_int8(flags: str, saturates: bool) -> None:
+    assert saturating_int8(frozenset(flags.split())) is saturates
+
+
+@pytest.mark.parametrize(
+    ("text", "flags"),
+    [
+        (
+            "processor\t: 0\nflags\t\t: fpu avx avx2\n\nprocessor\t: 1\nflags\t: x\n",
+            {"fpu", "avx", "avx2"},
+        ),
+        ("processor\t: 0\nFeatures\t: fp asimd\n", {"fp", "asimd"}),
+        ("processor\t: 0\n", set()),
+    ],
+)
+def test_cpu_flags_reads_the_first_processor(tmp_path: Path, text: str, flags: set[str]) -> None:
+    (tmp_path / "cpuinfo").write_text(text)
+    assert cpu_flags(tmp_path / "cpuinfo") == flags
+    assert cpu_flags(tmp_path / "absent") == frozenset()
 
 
 def test_batch_size_must_be_positive(tmp_path: Path) -> None:
