@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from rollcall_job.pipeline import BadInput, embedder_spec, identify, no_gallery
 from rollcall_job.progress import Progress, log_sink, redis_sink
 from rollcall_job.protocols import Engine, ImageBGR
 from rollcall_job.quality import QualityGate
+from rollcall_job.recheck import publish_checked
 from rollcall_job.results import write_results
 from rollcall_job.termination import error_message, summary_message
 
@@ -106,9 +107,15 @@ def check_names(settings: JobSettings) -> None:
 
 
 def run(
-    settings: JobSettings, *, engine_loader: EngineLoader = load_engine
+    settings: JobSettings,
+    *,
+    engine_loader: EngineLoader = load_engine,
+    before_publish: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Do the job; returns (summary, results key). Raises BadInput / redis errors / anything."""
+    """Do the job; returns (summary, results key). Raises BadInput / redis errors / anything.
+
+    ``before_publish``: a test seam, run once just before the first results publish (RENAME).
+    """
     if settings.mode not in ("identify", "enroll"):
         raise BadInput(f"unknown mode {settings.mode!r}")
     check_names(settings)
@@ -121,8 +128,8 @@ def run(
     try:
         client.ping()  # fail fast (TRANSIENT) before seconds of model loading
         if settings.mode == "enroll":
-            return _enroll(settings, client, engine_loader)
-        return _identify(settings, client, engine_loader)
+            return _enroll(settings, client, engine_loader, before_publish)
+        return _identify(settings, client, engine_loader, before_publish)
     finally:
         client.close()
 
@@ -135,7 +142,10 @@ def _progress(settings: JobSettings, client: redis.Redis, total: int) -> Progres
 
 
 def _identify(
-    settings: JobSettings, client: redis.Redis, engine_loader: EngineLoader
+    settings: JobSettings,
+    client: redis.Redis,
+    engine_loader: EngineLoader,
+    before_publish: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], str]:
     photos = list_photos(settings.input_dir)
     if not photos:
@@ -168,23 +178,50 @@ def _identify(
         on_photo=progress.advance,
     )
     progress.finish()
-    key = write_results(
-        client,
-        settings.job_namespace,
-        settings.job_uid,
-        _attempt(),
-        result.documents,
-        ttl_seconds=settings.result_ttl_seconds,
-        replicas=redisclient.parse(settings.redis_url).replicas,
+    decided = result.decided
+    del gallery, result  # from here the templates live in ``decided`` only (dropped on erasure)
+    store = GalleryStore(client, settings.job_namespace)
+    publish = _publisher(settings, client, before_publish)
+    decided, key, _ = publish_checked(
+        decided,
+        publish,
+        lambda ids: store.enrolled(settings.gallery, spec.meta.model_id, ids),
     )
+    result = decided.outcome()
     summary: dict[str, Any] = result.documents["summary"]
     if result.photos_ok == 0:
         raise BadInput("no photo could be read: " + _first_reasons(summary))
     return summary, key
 
 
+def _publisher(
+    settings: JobSettings, client: redis.Redis, before_publish: Callable[[], None] | None
+) -> Callable[[Mapping[str, Any]], str]:
+    """Publishes documents as this job's results (``write_results``); ``before_publish`` is run
+    before the first publish only."""
+    seam = [before_publish]
+
+    def publish(documents: Mapping[str, Any]) -> str:
+        hook, seam[0] = seam[0], None
+        return write_results(
+            client,
+            settings.job_namespace,
+            settings.job_uid,
+            _attempt(),
+            documents,
+            ttl_seconds=settings.result_ttl_seconds,
+            before_publish=hook,
+            replicas=redisclient.parse(settings.redis_url).replicas,
+        )
+
+    return publish
+
+
 def _enroll(
-    settings: JobSettings, client: redis.Redis, engine_loader: EngineLoader
+    settings: JobSettings,
+    client: redis.Redis,
+    engine_loader: EngineLoader,
+    before_publish: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], str]:
     engine = engine_loader(settings, settings.min_face_px)
     spec = embedder_spec(engine.embedder_card, settings.threshold)
@@ -225,6 +262,7 @@ def _enroll(
         _attempt(),
         outcome.documents,
         ttl_seconds=settings.result_ttl_seconds,
+        before_publish=before_publish,
         replicas=redisclient.parse(settings.redis_url).replicas,
     )
     summary: dict[str, Any] = outcome.documents["summary"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -31,6 +31,7 @@ from rollcall_contract import keys
 from rollcall_job.matcher import Metric
 
 DTYPE = "<f4"
+ENROLLED_CHUNK = 256  # students per HMGET of ``GalleryStore.enrolled``
 FloatArray = npt.NDArray[np.float32]
 
 
@@ -203,6 +204,16 @@ def restrict(gallery: Gallery, roster: Sequence[str]) -> Gallery:
     )
 
 
+def without(gallery: Gallery, erased: Collection[str]) -> Gallery:
+    """The gallery less the ``erased`` students, as a copy (``restrict``), so their templates go
+    when the old gallery is dropped; the same object when none of them is in it."""
+    gone = set(erased)
+    if not gone.intersection(gallery.student_ids):
+        return gallery
+    kept = restrict(gallery, [s for s in gallery.student_ids if s not in gone])
+    return replace(kept, missing=tuple(s for s in gallery.missing if s not in gone))
+
+
 Redis = redis.Redis
 
 
@@ -251,6 +262,18 @@ class GalleryStore:
             return Gallery.from_rows(expected, rows, missing)
         everything = cast(dict[bytes, bytes], self.client.hgetall(gkey))
         return Gallery.from_rows(expected, sorted((k.decode(), v) for k, v in everything.items()))
+
+    def enrolled(self, name: str, model_id: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the gallery hash holds now: HMGET on that one key (one hash slot), in
+        chunks so no reply is huge. HMGET rather than HEXISTS because the job's ACL user has it;
+        the templates it returns are only tested for presence, then dropped."""
+        gkey = self._keys(name, model_id)[0]
+        held: set[str] = set()
+        for i in range(0, len(ids), ENROLLED_CHUNK):
+            chunk = list(ids[i : i + ENROLLED_CHUNK])
+            values = cast(list[bytes | None], self.client.hmget(gkey, chunk))
+            held.update(s for s, v in zip(chunk, values, strict=True) if v is not None)
+        return held
 
     def meta(self, name: str, model_id: str) -> GalleryMeta | None:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self._keys(name, model_id)[1]))

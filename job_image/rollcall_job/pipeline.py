@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, cast, runtime_checkable
 
@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from rollcall_job import annotate, quality
 from rollcall_job.balance import EmbedShare
-from rollcall_job.gallery import Gallery, GalleryMeta
+from rollcall_job.gallery import Gallery, GalleryMeta, without
 from rollcall_job.matcher import CANDIDATES, Match, Metric, attendance, match_faces
 from rollcall_job.photos import DEFAULT_MAX_PIXELS, Photo, PhotoError, read_or_error
 from rollcall_job.prefetch import prefetch_map
@@ -236,10 +236,77 @@ _GATE = quality.QualityGate()
 @dataclass
 class IdentifyOutcome:
     documents: dict[str, Any]
+    decided: Decided  # what decides the photos again (``Decided.without``)
     photos_ok: int = 0
     photos_failed: int = 0
     faces: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def match_photo(
+    pf: PhotoFaces, gallery: Gallery, *, threshold: float, margin: float, top_k: int = 1
+) -> list[Match]:
+    """Decide one photo's faces against ``gallery`` (pure: embeddings in, matches out)."""
+    return match_faces(
+        pf.embeddings,
+        gallery.embeddings,
+        gallery.offsets,
+        gallery.student_ids,
+        metric=gallery.meta.metric,
+        threshold=threshold,
+        margin=margin,
+        quality=pf.quality or None,
+        k=max(top_k, CANDIDATES),
+    )
+
+
+@dataclass(frozen=True)
+class Decided:
+    """Identify's decisions with what makes them again without the models or the pixels.
+
+    Per photo its faces (boxes, detection scores, embeddings, quality verdicts; no image) or its
+    error, and its matches; the gallery, the roster and the rule. ``outcome`` is a pure function of these, so ``without`` can decide every photo again
+    as if some students had never been enrolled (students erased while the job ran:
+    ``rollcall_job.recheck``) and the documents are rebuilt whole, leaving no field to keep an id.
+    """
+
+    photos: tuple[PhotoFaces, ...]
+    matches: tuple[tuple[Match, ...], ...]  # per photo; () for a photo with an error
+    gallery: Gallery
+    roster: tuple[str, ...]  # the students to mark (an empty roster given: the gallery's)
+    threshold: float
+    margin: float
+    top_k: int
+    images: int
+    seconds: float
+
+    def named(self) -> tuple[str, ...]:
+        """The enrolled students the documents may name (every one of the gallery in memory)."""
+        return self.gallery.student_ids
+
+    def without(self, erased: Collection[str]) -> Decided:
+        """Every photo decided again against the gallery and roster less ``erased``; their
+        templates leave memory with this object's gallery (``gallery.without`` copies)."""
+        gallery = without(self.gallery, erased)
+        matches = tuple(
+            ()
+            if pf.error is not None
+            else tuple(
+                match_photo(
+                    pf, gallery, threshold=self.threshold, margin=self.margin, top_k=self.top_k
+                )
+            )
+            for pf in self.photos
+        )
+        roster = tuple(s for s in self.roster if s not in erased)
+        return replace(self, matches=matches, gallery=gallery, roster=roster)
+
+    def outcome(self) -> IdentifyOutcome:
+        """The three result documents and the counts (see the module docstring)."""
+        return _outcome(self)
+
+    def documents(self) -> dict[str, Any]:
+        return self.outcome().documents
 
 
 def _face_doc(box: Sequence[float], det: float, m: Match) -> dict[str, Any]:
@@ -286,17 +353,58 @@ def identify(
     ``roster`` empty means "everyone in the gallery". Students on the roster with no enrolment are
     listed under ``not_enrolled``, not ``absent``: they could not have been recognised, so calling
     them absent would be a claim the job cannot back. ``gate`` None skips the quality gate;
-    ``top_k`` beyond ``matcher.CANDIDATES`` reports more candidates.
+    ``top_k`` beyond ``matcher.CANDIDATES`` reports more candidates. The outcome's ``decided``
+    keeps each photo's embeddings (not its pixels) so the photos can be decided again.
     """
     started = time.monotonic()
-    metric = gallery.meta.metric
-    roster_ids = list(dict.fromkeys(roster)) if roster else list(gallery.student_ids)
-    photo_docs: list[dict[str, Any]] = []
-    per_photo: list[tuple[str, list[Match]]] = []
-    out = IdentifyOutcome(documents={})
+    kept: list[PhotoFaces] = []
+    matched: list[tuple[Match, ...]] = []
     for pf in detect_and_embed(
         engine, photos, max_bytes=max_bytes, max_pixels=max_pixels, on_photo=on_photo, gate=gate
     ):
+        kept.append(replace(pf, image=None))
+        if pf.error is not None:
+            matched.append(())
+            continue
+        matches = match_photo(pf, gallery, threshold=threshold, margin=margin, top_k=top_k)
+        matched.append(tuple(matches))
+        if annotate_dir is not None and pf.image is not None:
+            labels = [_label(b, m) for b, m in zip(pf.boxes, matches, strict=True)]
+            annotate.write(annotate_dir, pf.photo.name, pf.image, labels)
+    decided = Decided(
+        tuple(kept),
+        tuple(matched),
+        gallery,
+        tuple(dict.fromkeys(roster)) if roster else gallery.student_ids,
+        threshold,
+        margin,
+        top_k,
+        len(photos),
+        time.monotonic() - started,
+    )
+    out = decided.outcome()
+    summary = out.documents["summary"]
+    log.info(
+        "identified %d faces in %d photos: %d present, %d uncertain, %d absent, %d faces to review,"
+        " %d unknown",
+        out.faces,
+        out.photos_ok,
+        summary["present"],
+        summary["uncertain"],
+        summary["absent"],
+        summary["needs_review"],
+        summary["unknown"],
+    )
+    return out
+
+
+def _outcome(d: Decided) -> IdentifyOutcome:
+    """``Decided.outcome``: the documents of the module docstring from the decisions alone."""
+    metric = d.gallery.meta.metric
+    photo_docs: list[dict[str, Any]] = []
+    per_photo: list[tuple[str, Sequence[Match]]] = []
+    out = IdentifyOutcome({}, d)
+    for pf, matches in zip(d.photos, d.matches, strict=True):
         if pf.error is not None:
             out.photos_failed += 1
             out.errors.append((pf.photo.name, pf.error.reason))
@@ -304,29 +412,16 @@ def identify(
                 {"photo": pf.photo.name, "error": pf.error.reason, "detail": pf.error.detail}
             )
             continue
-        matches = match_faces(
-            pf.embeddings,
-            gallery.embeddings,
-            gallery.offsets,
-            gallery.student_ids,
-            metric=metric,
-            threshold=threshold,
-            margin=margin,
-            quality=pf.quality or None,
-            k=max(top_k, CANDIDATES),
-        )
         out.photos_ok += 1
         out.faces += len(matches)
         per_photo.append((pf.photo.name, matches))
         faces = zip(pf.boxes, pf.det_scores, matches, strict=True)
         photo_docs.append(
-            {"photo": pf.photo.name, "faces": [_face_doc(b, d, m) for b, d, m in faces]}
+            {"photo": pf.photo.name, "faces": [_face_doc(b, s, m) for b, s, m in faces]}
         )
-        if annotate_dir is not None and pf.image is not None:
-            labels = [_label(b, m) for b, m in zip(pf.boxes, matches, strict=True)]
-            annotate.write(annotate_dir, pf.photo.name, pf.image, labels)
+    roster_ids = list(d.roster)
     att = attendance(roster_ids, per_photo, metric)
-    enrolled = set(gallery.student_ids)
+    enrolled = set(d.gallery.student_ids)
     not_enrolled = [s for s in roster_ids if s not in enrolled]
     absent = [s for s in att.absent if s in enrolled]
     attendance_doc = {
@@ -351,11 +446,11 @@ def identify(
     }
     summary = {
         "mode": "identify",
-        "model": gallery.meta.model_id,
+        "model": d.gallery.meta.model_id,
         "metric": metric,
-        "threshold": threshold,
-        "margin": margin,
-        "images": len(photos),
+        "threshold": d.threshold,
+        "margin": d.margin,
+        "images": d.images,
         "errors": out.photos_failed,
         "faces": out.faces,
         "matched": out.faces - len(att.unknown) - len(att.review),
@@ -366,19 +461,8 @@ def identify(
         "uncertain": len(att.uncertain),
         "absent": len(absent),
         "not_enrolled": len(not_enrolled),
-        "seconds": round(time.monotonic() - started, 3),
+        "seconds": round(d.seconds, 3),
         "failed": [{"photo": n, "reason": r} for n, r in out.errors],
     }
     out.documents = {"summary": summary, "attendance": attendance_doc, "photos": photo_docs}
-    log.info(
-        "identified %d faces in %d photos: %d present, %d uncertain, %d absent, %d faces to review,"
-        " %d unknown",
-        out.faces,
-        out.photos_ok,
-        len(att.present),
-        len(att.uncertain),
-        len(absent),
-        len(att.review),
-        len(att.unknown),
-    )
     return out
