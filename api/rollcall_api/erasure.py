@@ -15,8 +15,10 @@ shape grows with the job (``uncertain`` is being added, enrolment reports key by
 name photos ``<student>/<file>``), and a rewrite that misses one new field would keep the id
 while reporting it erased; results are short-lived (TTL, 7 days by default) and already delivered
 (GET, webhook), so losing a whole result is the smaller harm. In-flight staging hashes are left
-alone: a job still running when the erase happens can publish a result naming the student (erase
-again after it ends).
+alone. An identify job still running re-reads the gallery after it publishes and publishes again
+without anyone gone (``rollcall_job.recheck``), so the order here is part of the contract: the
+template's HDEL first, the results scan after it; either the job's re-read sees the HDEL, or its
+publish came before the scan, which then deletes it.
 
 Redis commands used (the API's ACL user needs them on ``rollcall:<tenant>:*``): SCAN, WATCH,
 UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HDEL, HSET, DEL, HGETALL. No scripts. Nothing here reads,
