@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, Protocol, cast, runtime_checkable
 
@@ -302,8 +303,13 @@ class Decided:
         return replace(self, matches=matches, gallery=gallery, roster=roster)
 
     def outcome(self) -> IdentifyOutcome:
-        """The three result documents and the counts (see the module docstring)."""
-        return _outcome(self)
+        """The three result documents and the counts (see the module docstring); built once, as
+        the job asks for them again to publish and to report."""
+        return self._built
+
+    @cached_property
+    def _built(self) -> IdentifyOutcome:
+        return _build_outcome(self)
 
     def documents(self) -> dict[str, Any]:
         return self.outcome().documents
@@ -398,7 +404,7 @@ def identify(
     return out
 
 
-def _outcome(d: Decided) -> IdentifyOutcome:
+def _build_outcome(d: Decided) -> IdentifyOutcome:
     """``Decided.outcome``: the documents of the module docstring from the decisions alone."""
     metric = d.gallery.meta.metric
     photo_docs: list[dict[str, Any]] = []
