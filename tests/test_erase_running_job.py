@@ -7,7 +7,8 @@ after publishing and publish again without them), between its publish and that r
 erase's scan deletes the first result, the job publishes a clean one), and after the job ended
 (the erase's scan deletes the result). In every case no stored result names the erased student,
 by the API's own test of naming (``erasure.mentions``), and the other students' marks are those of
-a run without the erase.
+a run without the erase. An enrol job of the class during which a student is erased does not write
+that student's template back.
 """
 
 from __future__ import annotations
@@ -208,3 +209,46 @@ def test_erased_after_the_job_ended_the_erase_deletes_the_result(
     done = erase(redis_url)
     assert (done.templates, done.results) == (1, 1)
     assert stored(redis_client) is None
+
+
+# --- enrol ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("erased", [True, False])
+def test_an_enrol_job_does_not_write_back_a_student_erased_while_it_ran(
+    engine: FaceEngine,
+    job: JobSettings,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    erased: bool,
+) -> None:
+    """s2 (enrolled) is enrolled again from new photos beside a new student; when the erase of s2
+    lands while the job detects faces, its put must not bring s2's template back (without the
+    erase, s2's template is the new one)."""
+    enrol_dir = tmp_path / "enrol"
+    for sid, name in ((ERASED, "obama.jpg"), ("newcomer", "biden.jpg")):
+        (enrol_dir / sid).mkdir(parents=True)
+        shutil.copy(photo(name), enrol_dir / sid / "1.jpg")
+    gkey = keys.gallery(TENANT, CLASS, embedder_spec(engine.embedder_card).meta.model_id)
+    old_template = redis_client.hget(gkey, ERASED)
+    erasures: list[Erasure] = []
+    detect = engine.detect
+
+    def erasing_detect(image: Any) -> Any:
+        if erased and not erasures:
+            erasures.append(erase(redis_url))
+        return detect(image)
+
+    monkeypatch.setattr(engine, "detect", erasing_detect)
+    settings = job.model_copy(update={"mode": "enroll", "input_dir": enrol_dir, "roster": []})
+    summary = run_job(engine, settings)
+    assert [e.templates for e in erasures] == ([1] if erased else [])
+    spec = embedder_spec(engine.embedder_card)
+    ids = GalleryStore(redis_client, TENANT).load(CLASS, spec.meta).student_ids
+    assert set(ids) == {*STUDENTS, "absentee", "newcomer"} - ({ERASED} if erased else set())
+    assert summary["erased_while_running"] == int(erased)
+    if not erased:
+        new_template = redis_client.hget(gkey, ERASED)
+        assert new_template is not None and new_template != old_template

@@ -225,9 +225,8 @@ def _enroll(
 ) -> tuple[dict[str, Any], str]:
     engine = engine_loader(settings, settings.min_face_px)
     spec = embedder_spec(engine.embedder_card, settings.threshold)
-    existing = GalleryStore(client, settings.job_namespace).meta(
-        settings.gallery, spec.meta.model_id
-    )
+    store = GalleryStore(client, settings.job_namespace)
+    existing = store.meta(settings.gallery, spec.meta.model_id)
     if existing is not None:
         existing.check(spec.meta)  # refuse before minutes of work, not after
     fine: list[Engine[Any]] = []
@@ -237,7 +236,14 @@ def _enroll(
             fine.append(engine_loader(settings, min(settings.min_face_px, SMALL_FACE_FLOOR_PX)))
         return len(fine[0].detect(image))
 
-    total = sum(len(p) for p in student_photos(settings.input_dir).values())
+    by_student = student_photos(settings.input_dir)
+    total = sum(len(p) for p in by_student.values())
+    # who is enrolled now: one of them gone by the put was erased meanwhile (``GalleryStore.put``)
+    held = (
+        set()
+        if existing is None
+        else store.enrolled(settings.gallery, spec.meta.model_id, list(by_student))
+    )
     progress = _progress(settings, client, total)
     outcome = enroll(
         engine,
@@ -251,10 +257,17 @@ def _enroll(
         on_photo=progress.advance,
     )
     progress.finish()
-    if outcome.students:
-        GalleryStore(client, settings.job_namespace).put(
-            settings.gallery, spec.meta, outcome.students
+    erased = (
+        store.put(settings.gallery, spec.meta, outcome.students, held=held)
+        if outcome.students
+        else set()
+    )
+    if erased:
+        log.info(
+            "students erased while the job ran are not enrolled again",
+            extra={"erased": len(erased)},
         )
+    outcome.documents["summary"]["erased_while_running"] = len(erased)
     key = write_results(
         client,
         settings.job_namespace,

@@ -286,20 +286,31 @@ class GalleryStore:
         students: Mapping[str, npt.ArrayLike],
         *,
         replace: bool = False,
-    ) -> None:
+        held: Collection[str] = (),
+    ) -> set[str]:
         """Write students' embeddings, the meta and the packed copy in one MULTI/EXEC.
 
         The meta and the hash are WATCHed, so a concurrent writer (or one with another model or
         dimension) makes this retry or fail rather than mix incomparable embeddings or leave the
-        packed copy behind. ``replace`` drops the gallery's other students.
+        packed copy behind. ``replace`` drops the gallery's other students. ``held``: who the hash
+        held when the writer began (``enrolled``); one of them it no longer holds was erased since
+        and is not written back, so an enrol job that started before an erase cannot undo it (an
+        erase between this read and the EXEC touches the WATCHed hash: the read is done again).
+        Returns the students so left out.
         """
-        payload = {sid: encode(e, meta.dim) for sid, e in students.items()}
+        encoded = {sid: encode(e, meta.dim) for sid, e in students.items()}
         gkey, mkey, pkey = self._keys(name, meta.model_id)
+        erased: set[str] = set()
 
         def txn(pipe: Any) -> None:
             current = pipe.hgetall(mkey)
             if current and not replace:
                 GalleryMeta.from_fields(current).check(meta)
+            asked = [s for s in encoded if s in held]
+            now = pipe.hmget(gkey, asked) if asked else []
+            erased.clear()
+            erased.update(s for s, v in zip(asked, now, strict=True) if v is None)
+            payload = {s: v for s, v in encoded.items() if s not in erased}
             rows = {} if replace else {k.decode(): v for k, v in pipe.hgetall(gkey).items()}
             rows.update(payload)
             stamp = f"{time.time():.6f}"
@@ -312,6 +323,7 @@ class GalleryStore:
             pipe.set(pkey, pack(sorted(rows.items()), meta.dim, stamp))
 
         self.client.transaction(txn, mkey, gkey)
+        return erased
 
     def delete(self, name: str, model_id: str) -> None:
         self.client.delete(*self._keys(name, model_id))
