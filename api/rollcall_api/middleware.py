@@ -6,11 +6,12 @@ body limit applies to the bytes as they arrive, before anything parses them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -23,6 +24,21 @@ from rollcall_api.looplag import LAG_BUCKETS
 
 access_log = logging.getLogger("rollcall_api.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIds:
+    """Fresh request ids: 32 hex digits, a random half per process and a counter.
+
+    Unique across replicas and restarts as a uuid4 is (64 random bits per process), without a
+    getrandom call per request (2 % of the event loop's samples under a submission burst).
+    """
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
 
 
 class BodyTooLarge(HTTPException):
@@ -162,6 +178,21 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.new_request_id = RequestIds()
+        # (method, route, status) -> its counter and (method, route) histogram children: a
+        # metric's labels() takes a lock and builds the key on every call.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def _observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        series = self._series.get((method, route, status))
+        if series is None:
+            series = (
+                self.metrics.requests.labels(method, route, str(status)),
+                self.metrics.latency.labels(method, route),
+            )
+            self._series[(method, route, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") == "/healthz":
@@ -174,7 +205,7 @@ class RequestContextMiddleware:
                 if _REQUEST_ID.match(candidate):
                     rid = candidate
                 break
-        rid = rid or uuid.uuid4().hex
+        rid = rid or self.new_request_id()
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status = 500
@@ -194,9 +225,11 @@ class RequestContextMiddleware:
         finally:
             route = _route_template(scope)
             method = scope.get("method", "")
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(
-                first_byte if first_byte is not None else time.perf_counter() - start
+            self._observe(
+                method,
+                route,
+                status,
+                first_byte if first_byte is not None else time.perf_counter() - start,
             )
             access_log.info(
                 "request",
