@@ -16,13 +16,22 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
+from fastapi.security.utils import get_authorization_scheme_param
 
 from rollcall_api import looplag
 from rollcall_api.app import create_app, kube_client
 from rollcall_api.auth import KeyStore, hash_key, new_key, parse_key_file
+from rollcall_api.deps import bearer_token
 from rollcall_api.errors import ApiError
 from rollcall_api.kube import new_job_name
-from rollcall_api.logs import DeferredHandler, configure_logging, request_id_var, stop_logging
+from rollcall_api.logs import (
+    BATCH_SECONDS,
+    DeferredHandler,
+    configure_logging,
+    request_id_var,
+    stop_logging,
+)
+from rollcall_api.middleware import RequestIds
 from rollcall_api.routes import enrollments, jobs
 from rollcall_api.schemas import EnrollmentRequest, JobRequest
 from rollcall_api.service import parse_status
@@ -197,6 +206,20 @@ def test_openapi_documents_every_route_and_the_bearer_scheme(tmp_path: Path) -> 
         "/v1/classes/{class_code}/gallery",
     }
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            expected: list[dict[str, list[str]]] | None = (
+                [{"HTTPBearer": []}] if path.startswith("/v1/") else None
+            )
+            assert operation.get("security") == expected, path
+    for path in ("/v1/recognition-jobs", "/v1/enrollments"):
+        (param,) = doc["paths"][path]["post"]["parameters"]
+        assert (param["name"], param["in"], param["required"]) == (
+            "Idempotency-Key",
+            "header",
+            False,
+        )
+        assert doc["paths"][path]["post"]["requestBody"]["required"] is True
     post = doc["paths"]["/v1/recognition-jobs"]["post"]
     assert "202" in post["responses"] and "413" in post["responses"]
     assert post["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith(
@@ -337,13 +360,73 @@ def test_spec_body_equals_the_revalidated_spec(
 
 
 @pytest.mark.parametrize("router", [jobs.router, enrollments.router])
-def test_submit_routes_solve_two_dependencies(router: APIRouter) -> None:
-    """App state comes as one dependency (Submitting): FastAPI solves each one per request."""
+def test_submit_routes_solve_one_dependency_and_no_header_parameter(router: APIRouter) -> None:
+    """Caller, Idempotency-Key and app state come as one dependency (Submitting): FastAPI
+    solves each dependency, and parses query, cookies and headers for each parameter, per
+    request."""
     (route,) = (r for r in router.routes if isinstance(r, APIRoute) and "POST" in (r.methods or ()))
-    assert [d.call.__name__ for d in route.dependant.dependencies if d.call] == [
-        "submitting",
-        "current_caller",
-    ]
+    assert [d.call.__name__ for d in route.dependant.dependencies if d.call] == ["submitting"]
+    assert [d.dependencies for d in route.dependant.dependencies] == [[]]
+    assert not route.dependant.header_params and not route.dependant.query_params
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer rk_abc", "rk_abc"),
+        ("bearer rk_abc", "rk_abc"),
+        ("BEARER  rk_abc ", "rk_abc"),
+        ("Bearer", None),
+        ("Bearer ", None),
+        ("Basic rk_abc", None),
+        ("rk_abc", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_bearer_token_is_read_as_fastapis_http_bearer_reads_it(
+    header: str | None, token: str | None
+) -> None:
+    assert bearer_token(header) == token
+    scheme, credentials = get_authorization_scheme_param(header)
+    fastapi_reads = credentials if scheme.lower() == "bearer" and credentials else None
+    assert fastapi_reads == token
+
+
+def test_request_ids_are_unique_32_hex_digits_and_differ_per_process() -> None:
+    ids, other = RequestIds(), RequestIds()
+    made = [ids() for _ in range(10_000)]
+    assert len(set(made)) == len(made)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in made)
+    assert other()[:16] != made[0][:16]
+
+
+def test_the_log_writer_writes_every_line_in_order_across_its_pauses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Lines queued while the writer pauses (BATCH_SECONDS), or after it went back to waiting,
+    are all written, in order, without a stop to flush them."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    log = logging.getLogger("rollcall_api.test")
+    try:
+        configure_logging("info", json_format=True)
+        for i in range(300):
+            log.info("line %d", i)
+            if i % 100 == 99:
+                time.sleep(3 * BATCH_SECONDS)  # the writer runs dry and waits again
+        deadline = time.monotonic() + 30
+        written = ""
+        while written.count("\n") < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            written += capsys.readouterr().err
+        stop_logging()
+    finally:
+        stop_logging()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = [json.loads(line)["message"] for line in written.splitlines()]
+    assert lines == [f"line {i}" for i in range(300)]
 
 
 def test_queued_log_lines_keep_request_id_arguments_and_exception(

@@ -7,12 +7,13 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 from fastapi import FastAPI
 from kubernetes_asyncio import client, config
 from prometheus_client import start_http_server
 
-from rollcall_api import looplag
+from rollcall_api import deps, looplag
 from rollcall_api.auth import KeyStore
 from rollcall_api.erasure import Eraser
 from rollcall_api.errors import install_error_handlers
@@ -100,6 +101,28 @@ def _metrics_server(metrics: Metrics, host: str, port: int) -> Iterator[None]:
         thread.join(5)
 
 
+def document_bearer_scheme(app: FastAPI) -> None:
+    """Name the bearer key in the OpenAPI document for every route that demands it.
+
+    The key is read by plain code (``deps.authenticate``), not by a FastAPI security dependency
+    solved on every request, so FastAPI no longer writes the scheme into the document itself.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["HTTPBearer"] = deps.BEARER_SCHEME
+            for path, operations in schema["paths"].items():
+                if path.startswith(deps.AUTHENTICATED_PREFIX):
+                    for operation in operations.values():
+                        operation["security"] = [{"HTTPBearer": []}]
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -157,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = RateLimiter(settings.submissions_per_minute, settings.submissions_burst)
     app.state.stream_slots = Slots(settings.streams_per_key)
     install_error_handlers(app)
+    document_bearer_scheme(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(enrollments.router)

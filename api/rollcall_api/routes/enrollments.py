@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from rollcall_api.deps import CallerDep, SubmittingDep
+from rollcall_api.deps import SubmittingDep
 from rollcall_api.errors import ERROR_RESPONSES
-from rollcall_api.routes.jobs import IdempotencyKey, accept
+from rollcall_api.routes.jobs import SUBMIT_OPENAPI, accept
 from rollcall_api.schemas import EnrollmentRequest, JobView
 
 router = APIRouter(prefix="/v1/enrollments", tags=["enrollments"], responses=ERROR_RESPONSES)
@@ -17,13 +17,10 @@ router = APIRouter(prefix="/v1/enrollments", tags=["enrollments"], responses=ERR
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobView,
     summary="Enroll a class: build its gallery from one photo folder per student",
+    openapi_extra=SUBMIT_OPENAPI,
 )
 async def create_enrollment(
-    response: Response,
-    ctx: SubmittingDep,
-    caller: CallerDep,
-    body: EnrollmentRequest,
-    idempotency_key: IdempotencyKey = None,
+    response: Response, ctx: SubmittingDep, body: EnrollmentRequest
 ) -> JobView:
     """Equivalent to POST /v1/recognition-jobs with ``mode: enroll``; read it back there."""
-    return await accept(response, ctx, caller, body, idempotency_key)
+    return await accept(response, ctx, body)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from rollcall_api import events, service
-from rollcall_api.auth import Caller
 from rollcall_api.deps import (
     CallerDep,
     HubDep,
@@ -31,13 +30,25 @@ router = APIRouter(
     prefix="/v1/recognition-jobs", tags=["recognition-jobs"], responses=ERROR_RESPONSES
 )
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description="Retrying a POST with the same key returns the first job, never a second one.",
-    ),
-]
+# The Idempotency-Key header as the OpenAPI document shows it. The submit routes read it in their
+# one dependency (``deps.submitting``), not as a FastAPI header parameter: FastAPI parses the
+# query string, cookies and header parameters for every route that declares one.
+IDEMPOTENCY_KEY_DOC = "Retrying a POST with the same key returns the first job, never a second one."
+SUBMIT_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": IDEMPOTENCY_KEY_DOC,
+            "schema": {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "title": "Idempotency-Key",
+                "description": IDEMPOTENCY_KEY_DOC,
+            },
+        }
+    ]
+}
 
 
 def _limited(metrics: Metrics, limit: str, message: str, retry_after: int) -> ApiError:
@@ -46,19 +57,18 @@ def _limited(metrics: Metrics, limit: str, message: str, retry_after: int) -> Ap
     return ApiError(429, message, code="rate_limited", headers={"Retry-After": str(retry_after)})
 
 
-async def accept(
-    response: Response,
-    ctx: Submitting,
-    caller: Caller,
-    body: JobRequest,
-    idempotency_key: str | None,
-) -> JobView:
+async def accept(response: Response, ctx: Submitting, body: JobRequest) -> JobView:
     """Shared by POST /v1/recognition-jobs and POST /v1/enrollments; rate-limited per school."""
-    metrics = ctx.metrics
+    metrics, caller = ctx.metrics, ctx.caller
     if wait := ctx.limiter.check(caller.school):
         raise _limited(metrics, "submissions", f"too many submissions; retry in {wait} s", wait)
     obj, replayed = await service.submit(
-        ctx.jobs, ctx.store, caller, body, idempotency_key, ctx.settings.idempotency_ttl_seconds
+        ctx.jobs,
+        ctx.store,
+        caller,
+        body,
+        ctx.idempotency_key,
+        ctx.settings.idempotency_ttl_seconds,
     )
     view = service.job_view(obj, ctx.settings.public_url)
     response.headers["Location"] = view.links.self
@@ -76,18 +86,13 @@ async def accept(
     response_model=JobView,
     response_model_by_alias=True,
     summary="Submit a recognition (or enroll-mode) job",
+    openapi_extra=SUBMIT_OPENAPI,
 )
-async def create_job(
-    response: Response,
-    ctx: SubmittingDep,
-    caller: CallerDep,
-    body: JobRequest,
-    idempotency_key: IdempotencyKey = None,
-) -> JobView:
+async def create_job(response: Response, ctx: SubmittingDep, body: JobRequest) -> JobView:
     """Record a RecognitionJob and return at once; follow ``links.self`` or ``links.events``.
 
     429 with ``Retry-After`` when the school is over its submission rate."""
-    return await accept(response, ctx, caller, body, idempotency_key)
+    return await accept(response, ctx, body)
 
 
 @router.get("", response_model=JobList, summary="List jobs, oldest first, a page at a time")
