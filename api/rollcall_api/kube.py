@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from kubernetes_asyncio import client
@@ -102,6 +103,7 @@ class RecognitionJobs:
         self.api_client = api_client
         self.objects = client.CustomObjectsApi(api_client)
         self.timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def _call(self, what: str, coro: Any) -> Any:
         try:
@@ -133,13 +135,46 @@ class RecognitionJobs:
             "metadata": {"name": name, "labels": labels, "annotations": annotations},
             "spec": spec,
         }
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace, safe='')}/{PLURAL}"
         result: dict[str, Any] = await self._call(
             f"recognition job {name}",
-            self.objects.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, body, _request_timeout=self.timeout
-            ),
+            self._post_json(path, json.dumps(body, separators=(",", ":")).encode()),
         )
         return result
+
+    async def _post_json(self, path: str, body: bytes) -> Any:
+        """POST a JSON body to the apiserver with the client's session, TLS, proxy and auth.
+
+        The submit path's one apiserver call, made without kubernetes_asyncio's generated
+        method: that walks the body to sanitise it, processes every parameter and re-reads the
+        response through its deserialiser, about 8 % of the event loop's CPU per submission
+        (py-spy). Errors raise ``ApiException`` as the generated call does.
+        """
+        api = self.api_client
+        headers = {**api.default_headers, "Content-Type": "application/json"}
+        headers["Accept"] = "application/json"
+        await api.update_params_for_auth(headers, [], ["BearerToken"])
+        rest = api.rest_client
+        extra: dict[str, Any] = {}
+        if rest.proxy:
+            extra["proxy"] = rest.proxy
+        if rest.proxy_headers:
+            extra["proxy_headers"] = rest.proxy_headers
+        if rest.server_hostname:
+            extra["server_hostname"] = rest.server_hostname
+        async with rest.pool_manager.post(
+            f"{api.configuration.host}{path}",
+            data=body,
+            headers=headers,
+            timeout=self._client_timeout,
+            **extra,
+        ) as resp:
+            data = await resp.read()
+            if not 200 <= resp.status <= 299:
+                exc = ApiException(status=resp.status, reason=resp.reason)
+                exc.body = data
+                raise exc
+            return json.loads(data)
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
