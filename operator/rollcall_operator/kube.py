@@ -144,28 +144,28 @@ class Kube:
         await _json(resp)
 
     async def list_jobs(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
-        if namespace is None:
-            return (  # type: ignore[no-any-return]
-                await _retrying(
-                    lambda: self.batch.list_job_for_all_namespaces(
-                        label_selector=selector, _preload_content=False
-                    )
-                )
-            )["items"]
-        return (  # type: ignore[no-any-return]
-            await _retrying(
-                lambda: self.batch.list_namespaced_job(
-                    namespace, label_selector=selector, _preload_content=False
-                )
-            )
-        )["items"]
+        return await self._list(
+            self.batch.list_job_for_all_namespaces, self.batch.list_namespaced_job,
+            namespace, selector,
+        )  # fmt: skip
 
-    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        got = await _retrying(
-            lambda: self.core.list_namespaced_pod(
-                namespace, label_selector=selector, _preload_content=False
-            )
-        )
+    async def list_pods(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        return await self._list(
+            self.core.list_pod_for_all_namespaces, self.core.list_namespaced_pod,
+            namespace, selector,
+        )  # fmt: skip
+
+    @staticmethod
+    async def _list(
+        everywhere: Callable[..., Awaitable[Any]],
+        one: Callable[..., Awaitable[Any]],
+        namespace: str | None,
+        selector: str,
+    ) -> list[dict[str, Any]]:
+        """The items ``selector`` picks in ``namespace`` (None: every namespace, for an operator
+        that watches the whole cluster), retried while the apiserver is briefly unavailable."""
+        list_, args = (everywhere, ()) if namespace is None else (one, (namespace,))
+        got = await _retrying(lambda: list_(*args, label_selector=selector, _preload_content=False))
         return got["items"]  # type: ignore[no-any-return]
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
