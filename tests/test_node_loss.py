@@ -11,14 +11,18 @@ controller replaces it on another node, and the real recognition job enrols the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import kopf
 import pytest
 import redis
 from kubernetes import client
@@ -30,9 +34,13 @@ from rollcall_job.models.assets import photo
 from rollcall_job.models.build import build_models
 from rollcall_job.progress import redis_sink
 from rollcall_job.results import read_results
+from rollcall_operator import handlers
+from rollcall_operator.activity import Peering
 from rollcall_operator.builder import NODE_LOST_TAINTS, build_job
 from rollcall_operator.nodeloss import failed_status, stranded_at, unreachable
+from rollcall_operator.runtime import Runtime
 from rollcall_operator.settings import OperatorSettings
+from test_operator_ha import LIFETIME, PEERING, _fake_active_peer, _peering
 from test_operator_lifecycle import K, Operator, k, start_operator  # noqa: F401  (fixtures)
 
 IMAGE_MODEL_DIR = "/opt/rollcall/models"  # where the job image keeps its models (hack/stack.py)
@@ -300,3 +308,137 @@ def test_a_node_dies_under_its_pod_and_the_rj_succeeds_once_on_another_node(
     # the lost pod's GPU slot came back: the next RJ runs and succeeds
     assert k.phase_is("next", "Succeeded", timeout=120)["summary"]["enrolled"] == len(STUDENTS)
     assert all(a.gpu_peak <= a.gpus for a in pool.agents)
+
+
+# --- a hand-over between replicas --------------------------------------------------------------
+# One operator replica in-process (the Runtime kopf's handlers call into), peered as the chart
+# peers them. Its pod events go through handlers.pod_event, as kopf delivers them.
+
+
+def _hold(pod: client.V1Pod, cancelled: threading.Event) -> Outcome:
+    """A job pod that runs until its node dies."""
+    cancelled.wait()
+    return Outcome(137, "killed")
+
+
+@pytest.fixture
+def stranded_pod(k: K, node_pool: Callable[..., NodePool], namespace: str) -> str:  # noqa: F811
+    """A pod of ours on a node that died under it: Running, evicted, Terminating for ever.
+
+    Made from the operator's own Job template with a 0 s node-lost toleration, bound to a node
+    agent that is then killed; the node lifecycle controller marks the Node unreachable and the
+    taint-eviction controller deletes the pod at once, which no kubelet is left to confirm.
+    """
+    # a second node lives on: with every node of a zone down, the node lifecycle controller
+    # assumes its own network is at fault and evicts nothing
+    pool = node_pool(_hold, nodes=2, gpus=1)
+    victim = pool.agents[0]
+    rj = {**_rj(), "metadata": {"name": "rj", "namespace": namespace, "uid": "u1"}}
+    template = build_job(rj, OperatorSettings(node_lost_toleration_seconds=0))["spec"]["template"]
+    name = "stranded"
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": name},
+            "spec": {**template["spec"], "nodeName": victim.name}}  # fmt: skip
+    # the namespace's default ServiceAccount, which pod admission looks up, may not exist yet
+    wait_for(lambda: k.core.create_namespaced_pod(namespace, body), "the pod created")
+    wait_for(lambda: k.core.read_namespaced_pod(name, namespace).status.phase == "Running",
+             "the pod running on its node")  # fmt: skip
+    victim.kill()
+    wait_for(lambda: unreachable(k.core.read_node(victim.name).to_dict()),
+             f"{victim.name} marked unreachable", timeout=90)  # fmt: skip
+    wait_for(lambda: k.core.read_namespaced_pod(name, namespace).metadata.deletion_timestamp,
+             "the pod evicted", timeout=90)  # fmt: skip
+    return name
+
+
+Replica = Callable[[int], contextlib.AbstractAsyncContextManager[tuple[Runtime, kopf.Memo]]]
+
+
+@pytest.fixture
+def replica(
+    kubeconfig: Path, crds: list[str], k8s_api: client.ApiClient, namespace: str, redis_url: str
+) -> Replica:
+    """``replica(timeout)``: an operator replica peered in ``namespace`` (priority 0, so a live
+    fake peer outranks it), started as the startup handler starts it, with its memo as kopf's
+    handlers get it. The peering object (kopf's CRD is among ``crds``) is made here."""
+    _peering(k8s_api, namespace)
+
+    @contextlib.asynccontextmanager
+    async def start(timeout: int) -> AsyncIterator[tuple[Runtime, kopf.Memo]]:
+        settings = OperatorSettings(kubeconfig=kubeconfig, redis_url=redis_url,
+                                    namespaces=[namespace], lost_pod_timeout_seconds=timeout)  # fmt: skip
+        rt = await Runtime.open(settings)
+        memo = kopf.Memo()
+        memo["rt"] = rt
+        try:
+            await rt.start(Peering(PEERING, "operator-b", 0, LIFETIME, (namespace,)))
+            yield rt, memo
+        finally:
+            await rt.close()
+
+    return start
+
+
+# kopf's decorator types the handler as its own callback protocol; called here as kopf calls it
+POD_EVENT = cast(Callable[..., Awaitable[None]], handlers.pod_event)
+
+
+async def _pod_event(memo: kopf.Memo, rt: Runtime, namespace: str, name: str) -> str:
+    """Deliver the pod as it is now to the pod handler, as kopf would; its uid."""
+    pod = await rt.kube.read_pod(namespace, name)
+    assert pod is not None
+    body = kopf.Body(pod)  # type: ignore[arg-type]  # a plain dict is what kopf hands handlers
+    await POD_EVENT(type="MODIFIED", body=body, memo=memo)
+    uid: str = pod["metadata"]["uid"]
+    return uid
+
+
+async def _until(predicate: Callable[[], object], what: str, timeout: float = 90) -> None:
+    """``wait_for`` that lets the replica's tasks run meanwhile (a condition, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_a_replica_that_stands_down_stops_following_stranded_pods(
+    stranded_pod: str, replica: Replica, k8s_api: client.ApiClient, namespace: str
+) -> None:
+    """Following a pod ends in a write (the pod marked Failed): a stand-by must not keep any."""
+    async with replica(3600) as (rt, memo):
+        assert rt.active  # no other peer
+        uid = await _pod_event(memo, rt, namespace, stranded_pod)
+        followers = dict(rt.lost.tasks)
+        assert list(followers) == [uid]  # due in an hour: still waiting
+
+        _fake_active_peer(k8s_api, namespace, present=True)
+        assert not await rt.settle()
+        assert all(task.done() for task in followers.values())
+        assert rt.lost.tasks == {}
+        await _pod_event(memo, rt, namespace, stranded_pod)  # an event still on its way
+        assert rt.lost.tasks == {}
+
+
+@pytest.mark.slow
+async def test_a_replica_that_takes_over_fails_a_pod_stranded_while_it_stood_by(
+    stranded_pod: str, replica: Replica, k8s_api: client.ApiClient, namespace: str,
+    k: K, caplog: pytest.LogCaptureFixture,  # noqa: F811
+) -> None:  # fmt: skip
+    """The active replica died with the node: no event of the pod reaches the one taking over."""
+    _fake_active_peer(k8s_api, namespace, present=True)  # the replica that died, not yet expired
+    async with replica(0) as (rt, _):
+        assert not rt.active
+        pod = k.core.read_namespaced_pod(stranded_pod, namespace)
+        assert pod.status.phase == "Running"  # left alone while this replica stood by
+
+        caplog.set_level(logging.WARNING, logger="rollcall.operator.nodeloss")
+        _fake_active_peer(k8s_api, namespace, present=False)
+        assert await rt.settle()
+
+        def failed() -> bool:
+            return any(getattr(r, "pod", None) == stranded_pod and "marked Failed" in r.message
+                       for r in caplog.records)  # fmt: skip
+
+        await _until(failed, "the stranded pod marked Failed")
+        await _until(lambda: not [p for p in k.core.list_namespaced_pod(namespace).items
+                                  if p.metadata.name == stranded_pod], "the pod removed")  # fmt: skip

@@ -27,7 +27,6 @@ from prometheus_client import start_http_server
 from rollcall_contract.model import GROUP, PLURAL, VERSION
 from rollcall_operator.activity import Peering
 from rollcall_operator.builder import MANAGED_SELECTOR
-from rollcall_operator.nodeloss import LostPods
 from rollcall_operator.runtime import Runtime
 from rollcall_operator.settings import get_settings
 
@@ -106,7 +105,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         start_http_server(ours.metrics_port)
     rt = await Runtime.open(ours)
     memo["rt"] = rt
-    memo["lost"] = LostPods(rt.kube, ours.lost_pod_timeout_seconds)
     # seeds and starts the loops now if this replica is active (standalone: always); a stand-by
     # starts them once it becomes active, and the liveness endpoint answers either way
     await rt.start(Peering.of(settings, ours.namespaces))
@@ -119,8 +117,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    if "lost" in memo:
-        await memo["lost"].close()
     if "rt" in memo:
         await _rt(memo).close()
 
@@ -153,7 +149,4 @@ async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 
 @kopf.on.event(*PODS, labels=MANAGED_SELECTOR)
 async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    rt = _rt(memo)
-    rt.pod_seen(dict(body), deleted=type == "DELETED")
-    if rt.active:  # failing a stranded pod is a write: the active replica's alone
-        memo["lost"].seen(body, deleted=type == "DELETED")
+    _rt(memo).pod_seen(dict(body), deleted=type == "DELETED")

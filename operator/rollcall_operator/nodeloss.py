@@ -11,7 +11,10 @@ opted-in pods what ``LostPods`` does for ours: once the pod has been Terminating
 remove it. A live kubelet finishes its own pods, so a reachable node's pods are never touched.
 
 ``stranded_at``, ``unreachable`` and ``failed_status`` are pure; ``LostPods`` is the thin shell
-fed by the operator's pod watch.
+fed by the operator's pod watch. The runtime owns it and feeds it only while its replica is the
+active one: it cancels every follower on standing down (a stand-by writes nothing) and, on becoming
+active, lists our pods once, since those stranded meanwhile had their events go to the replica that
+was active then, which may have died with the node.
 """
 
 from __future__ import annotations
@@ -101,6 +104,12 @@ class LostPods:
             self.tasks[meta["uid"]] = asyncio.create_task(follow)
 
     async def close(self) -> None:
+        """Cancel every follower (standing down, or shutting down), each at its next await.
+
+        One cancelled between marking its pod Failed and removing it leaves the pod Failed and
+        Terminating: the Job has counted it and retries, only the pod lingers (as after a crash
+        there).
+        """
         for task in list(self.tasks.values()):
             task.cancel()
         for task in list(self.tasks.values()):

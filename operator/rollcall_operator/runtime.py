@@ -8,13 +8,15 @@ clients and the background tasks; each concern lives in its own module:
 - ``admission``: the GPU queue and the task that turns admitted RJs into Jobs;
 - ``folding``: Job and pod state folded into RJ status, coalesced per Job;
 - ``progress``: done/total copied from Redis for running RJs;
-- ``delivery``: completion webhooks.
+- ``delivery``: completion webhooks;
+- ``nodeloss``: pods stranded on an unreachable node, failed so that their Job retries.
 
 All durable state is in the apiserver; after a restart ``seed`` rebuilds the queue from Jobs and RJs.
 
 With kopf peering (``operator.replicas > 1``) only the active replica (``activity.py``) seeds, runs
-the loops, folds, delivers and writes; a stand-by follows the peering object every lifetime/3 and
-re-seeds from the apiserver each time it becomes active, since its cache and queue went stale.
+the loops, folds, delivers, follows stranded pods and writes; a stand-by follows the peering object
+every lifetime/3 and re-seeds from the apiserver each time it becomes active, since its cache and
+queue went stale and the events of the meantime went to the replica that was active then.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ import redis.asyncio as aioredis
 from rollcall_contract import redisclient
 from rollcall_operator import metrics
 from rollcall_operator.activity import Peering, is_active
-from rollcall_operator.admission import Admission
+from rollcall_operator.admission import MANAGED_LABEL_SELECTOR, Admission
 from rollcall_operator.cache import CachedRJ, RJCache
 from rollcall_operator.delivery import Deliveries
 from rollcall_operator.folding import Folder
 from rollcall_operator.kube import ApiException, Kube
+from rollcall_operator.nodeloss import RECHECK_SECONDS, LostPods
 from rollcall_operator.progress import ProgressCopier
 from rollcall_operator.settings import OperatorSettings
 from rollcall_operator.statuswrite import StatusWriter
@@ -57,6 +60,7 @@ class Runtime:
         self.progress = ProgressCopier(
             settings.progress_interval_seconds, redis, self.cache, self.status
         )
+        self.lost = LostPods(kube, settings.lost_pod_timeout_seconds)
         self.tasks: list[asyncio.Task[None]] = []  # the loops, while active
         self.peering: Peering | None = None
         self.active = False
@@ -86,6 +90,7 @@ class Runtime:
             self.follower.cancel()
             await asyncio.gather(self.follower, return_exceptions=True)
         await self._stop_loops()
+        await self.lost.close()
         await self.admission.close()
         await self.folding.close()
         await self.deliveries.close()
@@ -150,15 +155,42 @@ class Runtime:
             (self.admission.loop(), "rollcall-admission"),
             (self.progress.run(), "rollcall-progress"),
             (self.folding.kueue_loop(), "rollcall-kueue"),
+            (self._find_lost_pods(), "rollcall-lost-pods"),
         ):
             self.tasks.append(asyncio.create_task(coro, name=name))
 
+    async def _find_lost_pods(self) -> None:
+        """Follow our pods already stranded: their events went to the replica active then.
+
+        Listed once, after ``active`` is set, so a pod event dropped before then is older than
+        the list; ``LostPods.seen`` follows a pod once, whether the list or an event brings it.
+        """
+        if self.lost.timeout is None:
+            return
+        scopes: list[str | None] = [*self.settings.namespaces] or [None]
+        while True:
+            try:
+                pods = [
+                    pod
+                    for scope in scopes
+                    for pod in await self.kube.list_pods(scope, MANAGED_LABEL_SELECTOR)
+                ]
+            except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as e:
+                log.warning("listing pods for stranded ones failed: %s", getattr(e, "status", e))
+                await asyncio.sleep(RECHECK_SECONDS)
+                continue
+            for pod in pods:
+                self.lost.seen(pod)
+            return
+
     async def _stand_by(self) -> None:
-        """Issue no more writes: stop the loops, Job creations and webhook deliveries."""
+        """Issue no more writes: stop the loops, Job creations, stranded pods' followers and
+        webhook deliveries."""
         self.active, self.known = False, True
         metrics.ACTIVE.set(0)
         log.info("peering: standby (%s)", self.peering.identity if self.peering else "")
         await self._stop_loops()
+        await self.lost.close()
         await self.admission.close()
         await self.deliveries.cancel_all()
         self.admission.seeded.clear()
@@ -196,8 +228,11 @@ class Runtime:
             self.folding.fold(job, deleted)
 
     def pod_seen(self, pod: Mapping[str, Any], deleted: bool = False) -> None:
+        """Fold the pod's scheduling verdict and follow it if stranded; a stand-by drops it
+        (failing a stranded pod is a write; on activation the pods are listed again)."""
         if self.active:
             self.folding.pod_seen(pod, deleted)
+            self.lost.seen(pod, deleted)
 
     # --- between the parts ------------------------------------------------------------------------
     def _written(self, rj: CachedRJ) -> None:
