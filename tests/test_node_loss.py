@@ -36,6 +36,7 @@ from rollcall_job.progress import redis_sink
 from rollcall_job.results import read_results
 from rollcall_operator import handlers
 from rollcall_operator.activity import Peering
+from rollcall_operator.admission import MANAGED_LABEL_SELECTOR
 from rollcall_operator.builder import NODE_LOST_TAINTS, build_job
 from rollcall_operator.nodeloss import failed_status, stranded_at, unreachable
 from rollcall_operator.runtime import Runtime
@@ -430,6 +431,9 @@ async def test_a_replica_that_takes_over_fails_a_pod_stranded_while_it_stood_by(
         assert not rt.active
         pod = k.core.read_namespaced_pod(stranded_pod, namespace)
         assert pod.status.phase == "Running"  # left alone while this replica stood by
+        # what activation lists: here this namespace; a cluster-wide operator's, every one
+        everywhere = await rt.kube.list_pods(None, MANAGED_LABEL_SELECTOR)
+        assert stranded_pod in [p["metadata"]["name"] for p in everywhere]
 
         caplog.set_level(logging.WARNING, logger="rollcall.operator.nodeloss")
         _fake_active_peer(k8s_api, namespace, present=False)
