@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -227,6 +228,30 @@ def median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+@dataclasses.dataclass(frozen=True)
+class Api:
+    """One API process under test: the working tree's, or ``--baseline``'s."""
+
+    name: str  # "" for this tree, "baseline" for --baseline
+    url: str
+    metrics_url: str
+    proc: psutil.Process
+
+
+@contextlib.contextmanager
+def baseline_code(ref: str, into: Path) -> Iterator[Path]:
+    """``api/`` as it was at a git ref, extracted under ``into``: the PYTHONPATH entry that
+    runs that API (with this tree's contract package, which it shares)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "api/rollcall_api"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    yield into / "api"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -243,12 +268,19 @@ def main() -> None:
         default="info",
         help="the API's (info, as deployed: an access line a request)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run api/ as it was at this git ref, as a second API process, in the same "
+        "rounds (its phases beside this tree's, in alternating order): before/after side by side",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rollcall-bench-") as tmp_s:
         tmp = Path(tmp_s)
         with (
             control_plane(tmp / "cp", controller_manager=False, scheduler=False) as cp,
             redis_server(tmp / "redis") as redis,
+            contextlib.ExitStack() as stack,
         ):
             api = install_crds(cp.kubeconfig)
             ns = "bench-submit"
@@ -256,36 +288,50 @@ def main() -> None:
                 client.V1Namespace(metadata=client.V1ObjectMeta(name=ns))
             )
             key = write_key_file(tmp / "keys.yaml", {"bench": [ns]})["bench"]
-            port, metrics_port = free_port(), free_port()
-            env = {
+            base_env = {
                 # The bench measures the API's own cost: no per-school submission limit.
                 "ROLLCALL_API_SUBMISSIONS_PER_MINUTE": "0",
-                "ROLLCALL_API_METRICS_PORT": str(metrics_port),
                 "ROLLCALL_API_KUBECONFIG": str(cp.kubeconfig),
                 "ROLLCALL_API_KEYS_FILE": str(tmp / "keys.yaml"),
                 "ROLLCALL_API_REDIS_URL": redis.url,
                 "ROLLCALL_API_HOST": "127.0.0.1",
-                "ROLLCALL_API_PORT": str(port),
                 "ROLLCALL_API_LOG_LEVEL": args.log_level,
                 # ~1000 lag samples per 10 s phase: a p99 of 100 samples is their maximum.
                 "ROLLCALL_API_LOOP_LAG_INTERVAL_SECONDS": "0.01",
             }
-            url = f"http://127.0.0.1:{port}"
-            metrics_url = f"http://127.0.0.1:{metrics_port}"
-            with api_process(env, port, tmp / "api.log") as proc:
-                asyncio.run(load(url, key, 4, 2.0, False))  # warm up connections and caches
-                print(
-                    f"rollcall API submit benchmark: {args.clients} closed-loop clients, "
-                    f"{args.seconds:g} s per phase, {args.rounds} rounds per CPU set-up, "
-                    f"{os.cpu_count()} CPUs, API log level {args.log_level}, "
-                    f"load average {os.getloadavg()[0]:.1f}"
+            code: dict[str, Path | None] = {"": None}
+            if args.baseline:
+                code["baseline"] = stack.enter_context(
+                    baseline_code(args.baseline, tmp / "baseline")
                 )
-                control = [psutil.Process(p.pid) for p in cp.processes.values()]
-                others = [p.pid for p in control] + [redis.process.pid, os.getpid()]
-                for setup in cpu_setups(os.sched_getaffinity(0), args.setups.split(",")):
-                    applied = apply_setup(setup, proc.pid, others)
-                    print(f" CPU set-up {setup.name}: {setup.how} ({applied})")
-                    run_setup(setup.name, args, cp.kubeconfig, ns, url, key, metrics_url, proc)
+            apis = []
+            for name, path in code.items():
+                port, metrics_port = free_port(), free_port()
+                env = base_env | {
+                    "ROLLCALL_API_PORT": str(port),
+                    "ROLLCALL_API_METRICS_PORT": str(metrics_port),
+                }
+                if path is not None:
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        [str(path), os.environ.get("PYTHONPATH", "")]
+                    )
+                proc = stack.enter_context(api_process(env, port, tmp / f"api{name}.log"))
+                url = f"http://127.0.0.1:{port}"
+                apis.append(Api(name, url, f"http://127.0.0.1:{metrics_port}", proc))
+                asyncio.run(load(url, key, 4, 2.0, False))  # warm up connections and caches
+            print(
+                f"rollcall API submit benchmark: {args.clients} closed-loop clients, "
+                f"{args.seconds:g} s per phase, {args.rounds} rounds per CPU set-up, "
+                f"{os.cpu_count()} CPUs, API log level {args.log_level}, "
+                + (f"baseline api/ at {args.baseline}, " if args.baseline else "")
+                + f"load average {os.getloadavg()[0]:.1f}"
+            )
+            control = [psutil.Process(p.pid) for p in cp.processes.values()]
+            others = [p.pid for p in control] + [redis.process.pid, os.getpid()]
+            for setup in cpu_setups(os.sched_getaffinity(0), args.setups.split(",")):
+                applied = [apply_setup(setup, a.proc.pid, others) for a in apis]
+                print(f" CPU set-up {setup.name}: {setup.how} ({', '.join(sorted(set(applied)))})")
+                run_setup(setup.name, args, cp.kubeconfig, ns, key, apis)
             listed: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
                 "rollcall.io", "v1alpha1", ns, "recognitionjobs", limit=1
             )
@@ -294,91 +340,120 @@ def main() -> None:
             api.close()
 
 
+def round_phases(apis: list[Api], rounds: int) -> list[tuple[str, Api | None]]:
+    """(phase, API) in order: each round a direct phase, then plain and idempotent for each API
+    (the APIs' order alternating round by round, so neither always follows a direct phase),
+    and one more direct phase at the end."""
+    phases: list[tuple[str, Api | None]] = []
+    for r in range(rounds):
+        phases.append(("direct", None))
+        for a in apis if r % 2 == 0 else apis[::-1]:
+            phases += [(f"{a.name} plain".strip(), a), (f"{a.name} idempotent".strip(), a)]
+    return [*phases, ("direct", None)]
+
+
 def run_setup(
     setup: str,
     args: argparse.Namespace,
     kubeconfig: Path,
     ns: str,
-    url: str,
     key: str,
-    metrics_url: str,
-    proc: psutil.Process,
+    apis: list[Api],
 ) -> None:
     """One CPU set-up's interleaved phases, each printed, then the set-up's summary."""
-    control = [psutil.Process(p.pid) for p in psutil.Process().children() if p.pid != proc.pid]
+    api_pids = {a.proc.pid for a in apis}
+    control = [psutil.Process(p.pid) for p in psutil.Process().children() if p.pid not in api_pids]
     me = psutil.Process()
-    phases = [*(["direct", "plain", "idempotent"] * args.rounds), "direct"]
+    phases = round_phases(apis, args.rounds)
     rates: list[tuple[str, float]] = []
-    lags: dict[str, list[dict[str, float]]] = {LAG: [], LAG_OWN: []}
-    ran = waited = 0.0
-    per_job: dict[str, list[float]] = {"plain": [], "idempotent": []}
-    for phase in phases:
-        before, cpu0 = lag_histograms(metrics_url), proc.cpu_times()
-        sched0 = loop_thread_sched(proc.pid)
+    lags: dict[str, dict[str, list[dict[str, float]]]] = {
+        a.name: {LAG: [], LAG_OWN: []} for a in apis
+    }
+    sched_sum: dict[str, list[float]] = {a.name: [0.0, 0.0] for a in apis}
+    per_job: dict[str, list[float]] = {phase: [] for phase, a in phases if a is not None}
+    for phase, target in phases:
+        probe = target or apis[0]
+        before, cpu0 = lag_histograms(probe.metrics_url), probe.proc.cpu_times()
+        sched0 = loop_thread_sched(probe.proc.pid)
         cp0, me0 = cpu_seconds(control), cpu_seconds([me])
         t0 = time.perf_counter()
-        if phase == "direct":
+        if target is None:
             run = load_direct(kubeconfig, ns, args.clients, args.seconds)
         else:
-            run = load(url, key, args.clients, args.seconds, phase == "idempotent")
+            run = load(target.url, key, args.clients, args.seconds, phase.endswith("idempotent"))
         ok, lat, statuses = asyncio.run(run)
         wall = time.perf_counter() - t0
-        cpu1, after = proc.cpu_times(), lag_histograms(metrics_url)
+        cpu1, after = probe.proc.cpu_times(), lag_histograms(probe.metrics_url)
         cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         rates.append((phase, ok / wall))
-        label = {
-            "direct": "apiserver direct",
-            "plain": "via API",
-            "idempotent": "via API + Idem-Key",
-        }[phase]
+        label = "apiserver direct" if target is None else f"via API {phase}"
         print(
-            f"  {label:20s} {ok / wall:7.1f} creates/s  latency p50 "
+            f"  {label:28s} {ok / wall:7.1f} creates/s  latency p50 "
             f"{pct(lat, 0.5) * 1000:.1f} ms p99 {pct(lat, 0.99) * 1000:.1f} ms  CPU: "
             f"API {cpu / wall * 100:.0f}%, control plane + Redis "
             f"{(cpu_seconds(control) - cp0) / wall * 100:.0f}%, load generator "
             f"{(cpu_seconds([me]) - me0) / wall * 100:.0f}%  {statuses}  "
             f"load {os.getloadavg()[0]:.1f}"
         )
-        if phase != "direct":
-            sched1 = loop_thread_sched(proc.pid)
-            ran, waited = ran + sched1[0] - sched0[0], waited + sched1[1] - sched0[1]
-            per_job[phase].append((sched1[0] - sched0[0]) / max(ok, 1))
+        if target is not None:
+            sched1 = loop_thread_sched(target.proc.pid)
+            ran, waited = sched1[0] - sched0[0], sched1[1] - sched0[1]
+            sched_sum[target.name][0] += ran
+            sched_sum[target.name][1] += waited
+            per_job[phase].append(ran / max(ok, 1))
             print(
-                f"  {'':20s} API loop thread: CPU {sched1[0] - sched0[0]:.2f} s "
+                f"  {'':28s} API loop thread: CPU {ran:.2f} s "
                 f"({per_job[phase][-1] * 1000:.2f} ms a submission), waited for a CPU "
-                f"{sched1[1] - sched0[1]:.2f} s in {wall:.1f} s"
+                f"{waited:.2f} s in {wall:.1f} s"
             )
             for name in (LAG, LAG_OWN):
                 q = lag_quantiles(before[name], after[name])
-                lags[name].append(q)
+                lags[target.name][name].append(q)
                 what = "loop lag" if name == LAG else "  own share"
-                print(f"  {'':20s} API {what} {lag_text(q)}")
-    summarise(setup, rates, lags)
-    api_phases = len(phases) - args.rounds - 1
-    print(
-        f"  [{setup}] API loop thread over its {api_phases} phases: ran {ran:.2f} s, waited "
-        f"{waited:.2f} s for a CPU ({waited / api_phases:.2f} s a phase); its CPU a submission "
-        f"(the API's own cost, less noisy than a rate): plain "
-        f"{', '.join(f'{c * 1000:.2f}' for c in per_job['plain'])} ms, idempotent "
-        f"{', '.join(f'{c * 1000:.2f}' for c in per_job['idempotent'])} ms"
-    )
+                print(f"  {'':28s} API {what} {lag_text(q)}")
+    for a in apis:
+        tag = f"{setup}{' ' + a.name if a.name else ''}"
+        plain, idem = f"{a.name} plain".strip(), f"{a.name} idempotent".strip()
+        summarise(tag, rates, lags[a.name], plain, idem)
+        ran, waited = sched_sum[a.name]
+        api_phases = 2 * args.rounds
+        print(
+            f"  [{tag}] API loop thread over its {api_phases} phases: ran {ran:.2f} s, waited "
+            f"{waited:.2f} s for a CPU ({waited / api_phases:.2f} s a phase); its CPU a "
+            f"submission (the API's own cost, less noisy than a rate): plain "
+            f"{', '.join(f'{c * 1000:.2f}' for c in per_job[plain])} ms, idempotent "
+            f"{', '.join(f'{c * 1000:.2f}' for c in per_job[idem])} ms"
+        )
+    if len(apis) > 1:
+        for kind in ("plain", "idempotent"):
+            this, base = per_job[kind], per_job[f"baseline {kind}"]
+            print(
+                f"  [{setup}] loop CPU a submission, this tree / baseline, {kind}, per round: "
+                + ", ".join(f"{t / b:.2f}" for t, b in zip(this, base, strict=True))
+                + f" (median {median([t / b for t, b in zip(this, base, strict=True)]):.2f})"
+            )
 
 
 def summarise(
-    setup: str, rates: list[tuple[str, float]], lags: dict[str, list[dict[str, float]]]
+    setup: str,
+    rates: list[tuple[str, float]],
+    lags: dict[str, list[dict[str, float]]],
+    plain_phase: str = "plain",
+    idem_phase: str = "idempotent",
 ) -> None:
     """Per round: API rate / mean of the direct phases either side; then the medians and goals."""
-    ratios: dict[str, list[float]] = {"plain": [], "idempotent": []}
+    ratios: dict[str, list[float]] = {plain_phase: [], idem_phase: []}
     directs = [i for i, (phase, _) in enumerate(rates) if phase == "direct"]
     for a, b in itertools.pairwise(directs):
         base = (rates[a][1] + rates[b][1]) / 2
         for phase, rate in rates[a + 1 : b]:
-            ratios[phase].append(rate / base)
-    plain, idem = median(ratios["plain"]), median(ratios["idempotent"])
+            if phase in ratios:
+                ratios[phase].append(rate / base)
+    plain, idem = median(ratios[plain_phase]), median(ratios[idem_phase])
     p99 = max(q.get("p99", float("inf")) for q in lags[LAG])
     own = max(q.get("p99", float("inf")) for q in lags[LAG_OWN])
-    shown = ", ".join(f"{r:.2f}" for r in ratios["plain"])
-    shown_idem = ", ".join(f"{r:.2f}" for r in ratios["idempotent"])
+    shown = ", ".join(f"{r:.2f}" for r in ratios[plain_phase])
+    shown_idem = ", ".join(f"{r:.2f}" for r in ratios[idem_phase])
     print(
         f"  [{setup}] ratio via API / direct per round: plain {shown}; idempotent {shown_idem}; "
         f"load average {os.getloadavg()[0]:.1f}"
