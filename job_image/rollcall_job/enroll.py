@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -55,12 +55,102 @@ def average(embeddings: FloatArray, metric: Metric) -> FloatArray:
 _GATE = quality.QualityGate()
 
 
+@dataclass(frozen=True)
+class StudentVerdicts:
+    """One student's folder, decided: every photo's verdict (``used`` or why not) in order."""
+
+    student: str
+    photos: tuple[dict[str, Any], ...]
+    enrolled: bool
+
+    def used(self) -> int:
+        return sum(1 for d in self.photos if d["used"])
+
+    def rejected(self) -> list[dict[str, str]]:
+        return [{"photo": d["photo"], "reason": d["reason"]} for d in self.photos if not d["used"]]
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """An enrol job's result documents as a pure function of its photo verdicts, so they can be
+    built again without a student erased while the job ran (``recheck.publish_checked``).
+
+    ``held``: the students the gallery held when the job began; ``written``: those this job's put
+    wrote. Together they are who the documents name that an erase can have touched (a student
+    neither held nor written has no template to erase). ``without`` drops erased students' folders
+    entirely: the documents are those of a job never given them, plus ``erased_while_running``
+    (a count, never an id).
+    """
+
+    verdicts: tuple[StudentVerdicts, ...]
+    model_id: str
+    metric: Metric
+    seconds: float
+    unreadable: frozenset[str] = frozenset()  # photo names whose file could not be read
+    held: frozenset[str] = frozenset()
+    written: frozenset[str] = frozenset()
+    erased: int = 0
+    _docs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def named(self) -> Sequence[str]:
+        """Students held at the start or written by this job that the documents name."""
+        touched = self.held | self.written
+        return [v.student for v in self.verdicts if v.student in touched]
+
+    def without(self, erased: Collection[str]) -> Self:
+        gone = set(erased)
+        kept = tuple(v for v in self.verdicts if v.student not in gone)
+        dropped = len(self.verdicts) - len(kept)
+        return replace(
+            self,
+            verdicts=kept,
+            written=self.written - gone,
+            held=self.held - gone,
+            erased=self.erased + dropped,
+            _docs={},
+        )
+
+    def documents(self) -> dict[str, Any]:
+        """The result documents (built once: the job publishes and reports them)."""
+        if not self._docs:
+            self._docs.update(self._build())
+        return self._docs
+
+    def _build(self) -> dict[str, Any]:
+        photo_docs = [d for v in self.verdicts for d in v.photos]
+        failed = [{"photo": d["photo"], "reason": d["reason"]} for d in photo_docs if not d["used"]]
+        summary = {
+            "mode": "enroll",
+            "model": self.model_id,
+            "metric": self.metric,
+            "students": len(self.verdicts),
+            "enrolled": sum(1 for v in self.verdicts if v.enrolled),
+            "images": len(photo_docs),
+            "used": sum(v.used() for v in self.verdicts),
+            "rejected": len(failed),
+            "errors": sum(1 for d in photo_docs if d["photo"] in self.unreadable),
+            "seconds": self.seconds,
+            "not_enrolled": [v.student for v in self.verdicts if not v.enrolled],
+            "failed": failed,
+            "erased_while_running": self.erased,
+        }
+        report = {
+            v.student: {"photos": len(v.photos), "used": v.used(), "rejected": v.rejected()}
+            for v in self.verdicts
+        }
+        return {"summary": summary, "students": report, "photos": photo_docs}
+
+
 @dataclass
 class EnrollOutcome:
     students: dict[str, FloatArray]
-    documents: dict[str, Any]
+    enrolled: Enrolled
     photos_used: int
     photos_rejected: int
+
+    @property
+    def documents(self) -> dict[str, Any]:
+        return self.enrolled.documents()
 
 
 def enroll(
@@ -82,12 +172,11 @@ def enroll(
     if not by_student:
         raise BadInput("enroll mode needs one sub-folder of photos per student id")
     students: dict[str, FloatArray] = {}
-    photo_docs: list[dict[str, Any]] = []
-    report: dict[str, dict[str, Any]] = {}
-    used_total = rejected_total = unreadable = 0
+    verdicts: list[StudentVerdicts] = []
+    unreadable: set[str] = set()
     for sid, photos in by_student.items():
         used: list[FloatArray] = []
-        rejected: list[dict[str, str]] = []
+        photo_docs: list[dict[str, Any]] = []
         for pf in detect_and_embed(
             engine,
             photos,
@@ -100,7 +189,7 @@ def enroll(
             big = [i for i, s in enumerate(sizes) if s >= min_face_px]
             if pf.error is not None:
                 reason = pf.error.reason
-                unreadable += 1
+                unreadable.add(pf.photo.name)
             elif len(big) == 1 and pf.quality and pf.quality[big[0]] is not None:
                 reason = f"{LOW_QUALITY}:{pf.quality[big[0]]}"
             elif len(big) == 1:
@@ -122,32 +211,21 @@ def enroll(
                 reason = "too_small"
             else:
                 reason = "no_face"
-            rejected.append({"photo": pf.photo.name, "reason": reason})
             photo_docs.append(
                 {"photo": pf.photo.name, "student": sid, "used": False, "reason": reason}
             )
         if used:
             students[sid] = average(np.stack(used), metric)
-        report[sid] = {"photos": len(photos), "used": len(used), "rejected": rejected}
-        used_total += len(used)
-        rejected_total += len(rejected)
-    not_enrolled = [s for s in by_student if s not in students]
-    summary = {
-        "mode": "enroll",
-        "model": model_id,
-        "metric": metric,
-        "students": len(by_student),
-        "enrolled": len(students),
-        "images": sum(len(p) for p in by_student.values()),
-        "used": used_total,
-        "rejected": rejected_total,
-        "errors": unreadable,
-        "seconds": round(time.monotonic() - started, 3),
-        "not_enrolled": not_enrolled,
-        "failed": [
-            {"photo": d["photo"], "reason": d["reason"]} for d in photo_docs if not d["used"]
-        ],
-    }
+        verdicts.append(StudentVerdicts(sid, tuple(photo_docs), bool(used)))
+    result = Enrolled(
+        tuple(verdicts),
+        model_id,
+        metric,
+        round(time.monotonic() - started, 3),
+        frozenset(unreadable),
+    )
+    used_total = sum(v.used() for v in verdicts)
+    rejected_total = sum(len(v.photos) for v in verdicts) - used_total
     log.info(
         "enrolled %d of %d students from %d photos (%d rejected)",
         len(students),
@@ -155,9 +233,4 @@ def enroll(
         used_total,
         rejected_total,
     )
-    return EnrollOutcome(
-        students,
-        {"summary": summary, "students": report, "photos": photo_docs},
-        used_total,
-        rejected_total,
-    )
+    return EnrollOutcome(students, result, used_total, rejected_total)
