@@ -8,7 +8,7 @@ erase's scan deletes the first result, the job publishes a clean one), and after
 (the erase's scan deletes the result). In every case no stored result names the erased student,
 by the API's own test of naming (``erasure.mentions``), and the other students' marks are those of
 a run without the erase. An enrol job of the class during which a student is erased does not write
-that student's template back.
+that student's template back, and the result it publishes does not name them either.
 """
 
 from __future__ import annotations
@@ -214,19 +214,21 @@ def test_erased_after_the_job_ended_the_erase_deletes_the_result(
 # --- enrol ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("erased", [True, False])
-def test_an_enrol_job_does_not_write_back_a_student_erased_while_it_ran(
+@pytest.mark.parametrize("when", [None, "detect", "before_publish"])
+def test_an_enrol_job_does_not_write_back_or_name_a_student_erased_while_it_ran(
     engine: FaceEngine,
     job: JobSettings,
     redis_url: str,
     redis_client: redis.Redis,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    erased: bool,
+    when: str | None,
 ) -> None:
-    """s2 (enrolled) is enrolled again from new photos beside a new student; when the erase of s2
-    lands while the job detects faces, its put must not bring s2's template back (without the
-    erase, s2's template is the new one)."""
+    """s2 (enrolled) is enrolled again from new photos beside a new student. When the erase of s2
+    lands while the job detects faces, its put must not bring s2's template back; when it lands
+    after the put (just before the publish), it removes the fresh template. Either way the
+    published result must not name s2 (the API's ``mentions``) and counts it as erased; without
+    the erase, s2's template is the new one and the result names s2."""
     enrol_dir = tmp_path / "enrol"
     for sid, name in ((ERASED, "obama.jpg"), ("newcomer", "biden.jpg")):
         (enrol_dir / sid).mkdir(parents=True)
@@ -236,19 +238,30 @@ def test_an_enrol_job_does_not_write_back_a_student_erased_while_it_ran(
     erasures: list[Erasure] = []
     detect = engine.detect
 
-    def erasing_detect(image: Any) -> Any:
-        if erased and not erasures:
+    def erasing() -> None:
+        if not erasures:
             erasures.append(erase(redis_url))
+
+    def erasing_detect(image: Any) -> Any:
+        if when == "detect":
+            erasing()
         return detect(image)
 
     monkeypatch.setattr(engine, "detect", erasing_detect)
     settings = job.model_copy(update={"mode": "enroll", "input_dir": enrol_dir, "roster": []})
-    summary = run_job(engine, settings)
+    seams = {"before_publish": erasing} if when == "before_publish" else {}
+    summary = run_job(engine, settings, **seams)
+    erased = when is not None
     assert [e.templates for e in erasures] == ([1] if erased else [])
     spec = embedder_spec(engine.embedder_card)
     ids = GalleryStore(redis_client, TENANT).load(CLASS, spec.meta).student_ids
     assert set(ids) == {*STUDENTS, "absentee", "newcomer"} - ({ERASED} if erased else set())
     assert summary["erased_while_running"] == int(erased)
-    if not erased:
+    fields = stored(redis_client)
+    assert fields is not None and mentions(fields, ERASED) is not erased
+    assert mentions(fields, "newcomer")
+    if erased:
+        assert json.loads(fields["summary"])["enrolled"] == 1
+    else:
         new_template = redis_client.hget(gkey, ERASED)
         assert new_template is not None and new_template != old_template

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -262,23 +263,22 @@ def _enroll(
         if outcome.students
         else set()
     )
-    if erased:
-        log.info(
-            "students erased while the job ran are not enrolled again",
-            extra={"erased": len(erased)},
-        )
-    outcome.documents["summary"]["erased_while_running"] = len(erased)
-    key = write_results(
-        client,
-        settings.job_namespace,
-        settings.job_uid,
-        _attempt(),
-        outcome.documents,
-        ttl_seconds=settings.result_ttl_seconds,
-        before_publish=before_publish,
-        replicas=redisclient.parse(settings.redis_url).replicas,
+    written = frozenset(outcome.students) - erased
+    enrolled = replace(outcome.enrolled, held=frozenset(held), written=written)
+    if erased:  # left out of the put: not named by the result either
+        enrolled = enrolled.without(erased)
+    # re-read after publishing: a student erased after the put is named by no result that stays
+    enrolled, key, _ = publish_checked(
+        enrolled,
+        _publisher(settings, client, before_publish),
+        lambda ids: store.enrolled(settings.gallery, spec.meta.model_id, ids),
     )
-    summary: dict[str, Any] = outcome.documents["summary"]
+    summary: dict[str, Any] = enrolled.documents()["summary"]
+    if summary["erased_while_running"]:
+        log.info(
+            "students erased while the job ran are not enrolled again nor named",
+            extra={"erased": summary["erased_while_running"]},
+        )
     if not outcome.students:
         raise BadInput("no student could be enrolled: " + _first_reasons(summary))
     return summary, key

@@ -20,6 +20,10 @@ still enrolled, so the argument holds for the last publish; an earlier one namin
 the next (RENAME) or deleted by the scan. Each round drops at least one student, so it ends within
 as many rounds as the gallery has students. A result naming S can survive only the way it can
 without a running job: a failover that loses the erase's acknowledged writes.
+
+Enrol jobs publish the same way (``enroll.Enrolled``): the students they may name that an erase
+can touch are those the gallery held when the job began and those its put wrote; one found gone
+is dropped from the documents (its folder's verdicts, counted in ``erased_while_running``).
 """
 
 from __future__ import annotations
