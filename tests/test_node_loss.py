@@ -38,7 +38,7 @@ from rollcall_operator import handlers
 from rollcall_operator.activity import Peering
 from rollcall_operator.admission import MANAGED_LABEL_SELECTOR
 from rollcall_operator.builder import NODE_LOST_TAINTS, build_job
-from rollcall_operator.nodeloss import failed_status, stranded_at, unreachable
+from rollcall_operator.nodeloss import failed_status, left_over, stranded_at, unreachable
 from rollcall_operator.runtime import Runtime
 from rollcall_operator.settings import OperatorSettings
 from test_operator_ha import LIFETIME, PEERING, _fake_active_peer, _peering
@@ -117,6 +117,27 @@ def test_when_a_terminating_pod_may_be_given_up_on(
     pod: dict[str, Any], expected: dt.datetime | None
 ) -> None:
     assert stranded_at(pod, 60) == expected
+
+
+def _ours(pod: dict[str, Any]) -> dict[str, Any]:
+    """``pod`` with the status this operator gives a stranded pod."""
+    return {**pod, "status": failed_status(pod, "2026-12-01T08:02:00Z")}
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        (_ours(_pod()), True),  # marked Failed by us, never removed: remove it
+        (_ours(_pod(deleted=None)), False),  # not being deleted: nothing to finish
+        (_pod(phase="Failed"), False),  # failed by its kubelet or the Job: not ours to remove
+        (_pod(), False),  # still Running: stranded_at's case, not this one
+        (_ours(_pod(node=None)), False),  # never bound
+    ],
+)
+def test_a_pod_we_failed_but_did_not_remove_is_finished_off(
+    pod: dict[str, Any], expected: bool
+) -> None:
+    assert left_over(pod) is expected
 
 
 @pytest.mark.parametrize(
@@ -444,5 +465,21 @@ async def test_a_replica_that_takes_over_fails_a_pod_stranded_while_it_stood_by(
                        for r in caplog.records)  # fmt: skip
 
         await _until(failed, "the stranded pod marked Failed")
+        await _until(lambda: not [p for p in k.core.list_namespaced_pod(namespace).items
+                                  if p.metadata.name == stranded_pod], "the pod removed")  # fmt: skip
+
+
+@pytest.mark.slow
+async def test_a_replica_that_takes_over_removes_a_pod_left_failed_and_terminating(
+    stranded_pod: str, replica: Replica, namespace: str, k: K,  # noqa: F811
+) -> None:  # fmt: skip
+    """The replica that died (or stood down) marked the pod Failed but never removed it."""
+    node = k.core.read_namespaced_pod(stranded_pod, namespace).spec.node_name
+    status = failed_status({"spec": {"nodeName": node}}, "2026-12-01T08:02:00Z")
+    k.core.patch_namespaced_pod_status(stranded_pod, namespace, {"status": status})
+    left = k.core.read_namespaced_pod(stranded_pod, namespace)
+    assert left.status.phase == "Failed" and left.metadata.deletion_timestamp  # as left behind
+    async with replica(3600) as (rt, _):  # a stranded Running pod would wait an hour
+        assert rt.active
         await _until(lambda: not [p for p in k.core.list_namespaced_pod(namespace).items
                                   if p.metadata.name == stranded_pod], "the pod removed")  # fmt: skip

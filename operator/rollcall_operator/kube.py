@@ -188,6 +188,11 @@ class Kube:
                 _content_type=MERGE_PATCH, _preload_content=False,
             )
         )  # fmt: skip
+        await self.remove_pod(pod)
+
+    async def remove_pod(self, pod: Mapping[str, Any]) -> None:
+        """Delete a pod at once (grace period 0), only if it is still the one read (its uid)."""
+        meta = pod["metadata"]
         try:
             await _json(
                 # with a body the apiserver reads the options from it only, query ignored

@@ -10,7 +10,7 @@ opted-in pods what ``LostPods`` does for ours: once the pod has been Terminating
 (with a DisruptionTarget condition, so the Job's Ignore rule keeps it off the backoff count) and
 remove it. A live kubelet finishes its own pods, so a reachable node's pods are never touched.
 
-``stranded_at``, ``unreachable`` and ``failed_status`` are pure; ``LostPods`` is the thin shell
+``stranded_at``, ``left_over``, ``unreachable`` and ``failed_status`` are pure; ``LostPods`` is the thin shell
 fed by the operator's pod watch. The runtime owns it and feeds it only while its replica is the
 active one: it cancels every follower on standing down (a stand-by writes nothing) and, on becoming
 active, lists our pods once, since those stranded meanwhile had their events go to the replica that
@@ -56,6 +56,22 @@ def stranded_at(pod: Mapping[str, Any], timeout: float) -> dt.datetime | None:
     return _time(deletion) + dt.timedelta(seconds=timeout)
 
 
+def left_over(pod: Mapping[str, Any]) -> bool:
+    """A pod this operator marked Failed but did not get to remove: Terminating for ever.
+
+    Marking and removing are two writes; a follower cancelled between them (its replica stood
+    down) or a removal that failed leaves the pod Failed, so ``stranded_at`` no longer picks it
+    up. The Job has already counted and replaced it, so removing it is all that is left.
+    """
+    status = pod.get("status") or {}
+    return bool(
+        pod["metadata"].get("deletionTimestamp")
+        and (pod.get("spec") or {}).get("nodeName")
+        and status.get("phase") == "Failed"
+        and status.get("reason") == REASON
+    )
+
+
 def unreachable(node: Mapping[str, Any] | None) -> bool:
     """The node lifecycle controller's verdict: no heart-beat within its grace period."""
     taints = ((node or {}).get("spec") or {}).get("taints") or []
@@ -96,7 +112,9 @@ class LostPods:
         """Follow a pod that may become stranded. A follower is never cancelled from here: the
         event of its own status write would otherwise stop it between marking the pod Failed and
         removing it; it ends by itself once the pod is gone or no longer stranded."""
-        if self.timeout is None or deleted or stranded_at(pod, self.timeout) is None:
+        if self.timeout is None or deleted:
+            return
+        if stranded_at(pod, self.timeout) is None and not left_over(pod):
             return
         meta = pod["metadata"]
         if meta["uid"] not in self.tasks:
@@ -107,8 +125,8 @@ class LostPods:
         """Cancel every follower (standing down, or shutting down), each at its next await.
 
         One cancelled between marking its pod Failed and removing it leaves the pod Failed and
-        Terminating: the Job has counted it and retries, only the pod lingers (as after a crash
-        there).
+        Terminating: the Job has counted it and retries; the replica active next finds it
+        (``left_over``) when it lists our pods, and removes it.
         """
         for task in list(self.tasks.values()):
             task.cancel()
@@ -132,6 +150,13 @@ class LostPods:
             due = (
                 None if pod is None or pod["metadata"]["uid"] != uid else stranded_at(pod, timeout)
             )
+            if pod is not None and pod["metadata"]["uid"] == uid and left_over(pod):
+                await self.kube.remove_pod(pod)
+                log.warning(
+                    "pod left Failed on an unreachable node removed",
+                    extra={"namespace": namespace, "pod": name},
+                )
+                return True
             if pod is None or due is None:
                 return True
             wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
