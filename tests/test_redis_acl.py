@@ -20,6 +20,7 @@ import redis
 import redis.asyncio as aioredis
 
 from redisrig import redis_server
+from rollcall_api.erasure import Eraser
 from rollcall_api.store import Store
 from rollcall_contract import acl, keys
 from rollcall_contract.jobenv import ExitCode, JobSettings
@@ -83,6 +84,7 @@ def _seed(admin: redis.Redis, tenant: str, student: str) -> dict[str, str]:
     write_results(admin, tenant, "uid-1", "x", {"summary": {"images": 1}}, ttl_seconds=600)
     admin.hset(keys.job_progress(tenant, "uid-1"), mapping={"done": 1, "total": 2})
     admin.set(keys.idempotency(tenant, "k1"), "{}")
+    admin.hset(keys.erased(tenant, CLASS), "gone", "1-x")
     return {
         "gallery": keys.gallery(tenant, CLASS, META.model_id),
         "gallery_meta": keys.gallery_meta(tenant, CLASS, META.model_id),
@@ -90,6 +92,7 @@ def _seed(admin: redis.Redis, tenant: str, student: str) -> dict[str, str]:
         "results": keys.job_results(tenant, "uid-1"),
         "progress": keys.job_progress(tenant, "uid-1"),
         "idempotency": keys.idempotency(tenant, "k1"),
+        "erased": keys.erased(tenant, CLASS),
     }
 
 
@@ -224,15 +227,19 @@ def test_the_api_store_works_under_its_own_user(acl_redis: AclRedis, admin: redi
                 await client.hset(seeded["progress"], "done", 9)
             # erasure of a class: every model's gallery hash found by pattern, then removed
             found = [k async for k in client.scan_iter(match=keys.gallery_match(B, CLASS))]
-            return claim.won, again.won, held, released, progress, results, found
+            # erasure of a student: the tombstone (HGETALL, HSET, HDEL, EXPIRE), template, results
+            erased = await Eraser(client).erase_student(B, CLASS, "cy")
+            tombs = await client.hkeys(keys.erased(B, CLASS))
+            return claim.won, again.won, held, released, progress, results, found, erased, tombs
         finally:
             await client.aclose()
 
-    won, again, held, released, progress, results, found = asyncio.run(scenario())
+    won, again, held, released, progress, results, found, erased, tombs = asyncio.run(scenario())
     assert (won, again, held, released) == (True, False, True, 0)
     assert progress == (1, 2)
     assert results == {"summary": {"images": 1}}
-    assert found == [seeded["gallery"].encode()]
+    assert found == [seeded["gallery"].encode()]  # not the class's tombstones
+    assert (erased.templates, tombs) == (1, [b"cy"])  # the stale tombstone pruned: HDEL
 
 
 # --- the real job entry point, once per school, with that school's credentials ---------------

@@ -1,5 +1,14 @@
 """Erase a student's templates (every model's gallery of a class) and the results naming them.
 
+Order of one student's erase: the tombstone, then the templates, then the results. The erase of
+student S first records (S, now) in the class's tombstone hash (``keys.erased``), then finds the
+class's galleries by SCAN (after the tombstone, so a gallery a running enrol job creates meanwhile
+is either found here or the job sees the tombstone), removes S's templates, and scans the results.
+Jobs running meanwhile read the tombstones after they publish (``rollcall_job.recheck`` has the
+ordering argument) and drop S from their results, roster and enrolment, so the erase wins even
+where it found nothing: a roster id without a template, or a first enrolment of S whose template
+is written after the erase looked. A whole-class erase writes no tombstones (see ``erase_class``).
+
 Everything is inside the caller's tenant (``rollcall:<namespace>:``), so another school's class of
 the same name is never touched and looks like a class that does not exist.
 
@@ -15,20 +24,22 @@ shape grows with the job (``uncertain`` is being added, enrolment reports key by
 name photos ``<student>/<file>``), and a rewrite that misses one new field would keep the id
 while reporting it erased; results are short-lived (TTL, 7 days by default) and already delivered
 (GET, webhook), so losing a whole result is the smaller harm. In-flight staging hashes are left
-alone. An identify job still running re-reads the gallery after it publishes and publishes again
-without anyone gone (``rollcall_job.recheck``), so the order here is part of the contract: the
-template's HDEL first, the results scan after it; either the job's re-read sees the HDEL, or its
-publish came before the scan, which then deletes it.
+alone. A job still running re-reads the gallery and the tombstones after it publishes and
+publishes again without anyone gone (``rollcall_job.recheck``), so the order here is part of the
+contract: the tombstone first, the galleries' SCAN and HDEL next, the results scan last; either
+the job's re-read sees the tombstone (or the HDEL), or its publish came before the scan, which
+then deletes it.
 
 Redis commands used (the API's ACL user needs them on ``rollcall:<tenant>:*``): SCAN, WATCH,
-UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HDEL, HSET, DEL, HGETALL. No scripts. Nothing here reads,
-logs or returns a template.
+UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HDEL, HSET, DEL, HGETALL, EXPIRE. No scripts. Nothing here
+reads, logs or returns a template.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +56,16 @@ log = logging.getLogger("rollcall_api.erasure")
 
 _RETRIES = 5
 _SCAN_COUNT = 1000
+
+# How long the class's tombstone hash lives after the last erase, and how old one tombstone may
+# grow before a later erase prunes it. A job reads the tombstones after it starts and again after
+# it publishes, so one written after its first read must still be there at its last: jobs run at
+# most ``RunPolicy.active_deadline_seconds`` (the model's bound, 86,400 s: the Job's wall-clock
+# limit, retries included). One more hour covers the Job controller's lag in enforcing it and the
+# clock difference of the API replica that prunes and the one that wrote (each stamp is the
+# writer's clock; a job never compares clocks, only whether a stamp changed). Beyond that an erased
+# student's id is kept no longer than needed.
+ERASED_TTL_SECONDS = 86_400 + 3_600
 
 
 @dataclass(frozen=True)
@@ -105,6 +126,27 @@ def mentions(fields: Mapping[str, str], student: str) -> bool:
     return quoted in text or f"{quoted[:-1]}/" in text
 
 
+def tombstone(now_ms: int) -> str:
+    """A tombstone's value: the erase time (ms) and a nonce, so that every erase writes a value
+    no earlier read can hold (a job tells an erase made since its start by a changed value)."""
+    return f"{now_ms}-{secrets.token_hex(4)}"
+
+
+def stale_tombstones(fields: Mapping[str, str], now_ms: int, ttl_seconds: int) -> set[str]:
+    """The ids whose tombstone is older than ``ttl_seconds`` (or unreadable): pruned by the next
+    erase, as no job still running can need them."""
+    out: set[str] = set()
+    for student, value in fields.items():
+        try:
+            written = int(value.split("-", 1)[0])
+        except ValueError:
+            out.add(student)
+            continue
+        if written < now_ms - ttl_seconds * 1000:
+            out.add(student)
+    return out
+
+
 @dataclass
 class Erasure:
     """What an erase removed: counts and model ids only, never a template."""
@@ -134,6 +176,9 @@ class Eraser:
     async def erase_student(self, tenant: str, class_name: str, student: str) -> Erasure:
         out = Erasure()
         try:
+            # first: a job of the class running now drops the student even where nothing is
+            # found below (a roster id, a first enrolment): the module docstring, and recheck's
+            await self._tombstone(tenant, class_name, student)
             galleries = await self._class(tenant, class_name)
             out.class_found = bool(galleries)
             for ck in galleries.values():
@@ -146,6 +191,29 @@ class Eraser:
         except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
         return out
+
+    async def _tombstone(self, tenant: str, class_name: str, student: str) -> None:
+        """Record the erase in the class's tombstone hash (``keys.erased``), pruning stale ones, and
+        renew the hash's TTL; WATCHed, so a concurrent erase's fresh tombstone is never pruned."""
+        key = keys.erased(tenant, class_name)
+        for _ in range(_RETRIES):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hgetall(key)
+                    now_ms = int(time.time() * 1000)
+                    fields = {_text(k): _text(v) for k, v in raw.items()}
+                    stale = stale_tombstones(fields, now_ms, ERASED_TTL_SECONDS) - {student}
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, student, tombstone(now_ms))
+                    if stale:
+                        pipe.hdel(key, *sorted(stale))
+                    pipe.expire(key, ERASED_TTL_SECONDS)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+        raise ApiError(409, "the class is being erased, retry", code="erase_contended")
 
     async def _drop_template(self, ck: ClassKeys, student: str) -> bool:
         """Remove the student from one model's gallery; True if they were in it."""
@@ -189,7 +257,11 @@ class Eraser:
         raise ApiError(409, "stored results are being changed, retry", code="erase_contended")
 
     async def erase_class(self, tenant: str, class_name: str) -> Erasure:
-        """Delete every model's gallery of the class (hash, meta, packed: one DEL per model)."""
+        """Delete every model's gallery of the class (hash, meta, packed: one DEL per model).
+
+        No tombstones: a job of the class running meanwhile may still publish results naming its
+        students or, if it enrols, write a new gallery; erase those students (or the class) again
+        after it ends."""
         out = Erasure()
         try:
             for ck in (await self._class(tenant, class_name)).values():

@@ -88,6 +88,19 @@ def gallery_match(tenant: str, name: str) -> str:
     return _gallery_match_in(tenant_prefix(tenant), name)
 
 
+def erased(tenant: str, name: str) -> str:
+    """Hash: student id -> erase tombstone (``<unix ms>-<nonce>``) of the class gallery ``name``.
+
+    Written by the API's erase of one student before it touches any template, read by the jobs of
+    the class after they publish (``rollcall_job.recheck``): a student erased while a job ran is
+    left out of its results and its enrolment even when the erase found no template to remove.
+    Short-lived (a TTL longer than any job runs). Its own hash slot (no gallery's or job's key
+    changes with it in one transaction); under ``gallery:`` so the ACL pattern that lets the API
+    erase galleries covers it, and outside ``gallery:{<name>:`` so no gallery SCAN matches it.
+    """
+    return f"{tenant_prefix(tenant)}gallery:erased:{{{_check('gallery name', name, _TOKEN)}}}"
+
+
 def _job_base(tenant: str, job_uid: str) -> str:
     return f"{tenant_prefix(tenant)}job:{{{_check('job uid', job_uid, _TOKEN)}}}"
 

@@ -88,7 +88,8 @@ async def erase_student(
     namespace: Namespace = None,
 ) -> ErasureOut:
     """404 when neither the class's galleries nor any stored result of this school holds the
-    student. Jobs running during the erase are not stopped: erase again after them."""
+    student. Jobs of the class running during the erase are not stopped: they leave the student
+    out of their results and enrolment (even on a 404, as for a first enrolment under way)."""
     ns = service.resolve_namespace(caller, namespace)
     done = await eraser.erase_student(ns, class_code, student_id)
     if not done.templates and not done.results:
