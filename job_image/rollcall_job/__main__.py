@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from rollcall_job.pipeline import BadInput, embedder_spec, identify, no_gallery
 from rollcall_job.progress import Progress, log_sink, redis_sink
 from rollcall_job.protocols import Engine, ImageBGR
 from rollcall_job.quality import QualityGate
-from rollcall_job.recheck import publish_checked
+from rollcall_job.recheck import erased_since, publish_checked
 from rollcall_job.results import write_results
 from rollcall_job.termination import error_message, summary_message
 
@@ -128,9 +128,11 @@ def run(
         raise BadInput(str(e)) from None
     try:
         client.ping()  # fail fast (TRANSIENT) before seconds of model loading
+        # erases recorded from here on are "while the job ran" (recheck: the ordering argument)
+        began = GalleryStore(client, settings.job_namespace).tombstones(settings.gallery)
         if settings.mode == "enroll":
-            return _enroll(settings, client, engine_loader, before_publish)
-        return _identify(settings, client, engine_loader, before_publish)
+            return _enroll(settings, client, engine_loader, began, before_publish)
+        return _identify(settings, client, engine_loader, began, before_publish)
     finally:
         client.close()
 
@@ -142,10 +144,18 @@ def _progress(settings: JobSettings, client: redis.Redis, total: int) -> Progres
     return progress
 
 
+def _erased_since(
+    store: GalleryStore, name: str, began: Mapping[str, str]
+) -> Callable[[Sequence[str]], set[str]]:
+    """Which of some ids were erased since the job began (tombstones read now vs ``began``)."""
+    return lambda ids: erased_since(began, store.tombstones(name), ids)
+
+
 def _identify(
     settings: JobSettings,
     client: redis.Redis,
     engine_loader: EngineLoader,
+    began: Mapping[str, str],
     before_publish: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], str]:
     photos = list_photos(settings.input_dir)
@@ -187,6 +197,7 @@ def _identify(
         decided,
         publish,
         lambda ids: store.enrolled(settings.gallery, spec.meta.model_id, ids),
+        _erased_since(store, settings.gallery, began),
     )
     result = decided.outcome()
     summary: dict[str, Any] = result.documents["summary"]
@@ -222,6 +233,7 @@ def _enroll(
     settings: JobSettings,
     client: redis.Redis,
     engine_loader: EngineLoader,
+    began: Mapping[str, str],
     before_publish: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], str]:
     engine = engine_loader(settings, settings.min_face_px)
@@ -258,12 +270,13 @@ def _enroll(
         on_photo=progress.advance,
     )
     progress.finish()
-    erased = (
-        store.put(settings.gallery, spec.meta, outcome.students, held=held)
-        if outcome.students
-        else set()
-    )
-    written = frozenset(outcome.students) - erased
+    tombstoned = _erased_since(store, settings.gallery, began)
+    # erased so far (a tombstone since the job began): not written at all
+    erased = tombstoned(outcome.enrolled.mentioned())
+    students = {s: e for s, e in outcome.students.items() if s not in erased}
+    if students:
+        erased |= store.put(settings.gallery, spec.meta, students, held=held)
+    written = frozenset(students) - erased
     enrolled = replace(outcome.enrolled, held=frozenset(held), written=written)
     if erased:  # left out of the put: not named by the result either
         enrolled = enrolled.without(erased)
@@ -272,12 +285,20 @@ def _enroll(
         enrolled,
         _publisher(settings, client, before_publish),
         lambda ids: store.enrolled(settings.gallery, spec.meta.model_id, ids),
+        tombstoned,
+    )
+    # the erase may have looked before the put and found nothing: remove what the put wrote
+    undo = written - enrolled.written
+    withdrawn = (
+        store.withdraw(settings.gallery, spec.meta, {s: students[s] for s in undo})
+        if undo
+        else set()
     )
     summary: dict[str, Any] = enrolled.documents()["summary"]
     if summary["erased_while_running"]:
         log.info(
             "students erased while the job ran are not enrolled again nor named",
-            extra={"erased": summary["erased_while_running"]},
+            extra={"erased": summary["erased_while_running"], "withdrawn": len(withdrawn)},
         )
     if not outcome.students:
         raise BadInput("no student could be enrolled: " + _first_reasons(summary))

@@ -76,8 +76,10 @@ class Enrolled:
     built again without a student erased while the job ran (``recheck.publish_checked``).
 
     ``held``: the students the gallery held when the job began; ``written``: those this job's put
-    wrote. Together they are who the documents name that an erase can have touched (a student
-    neither held nor written has no template to erase). ``without`` drops erased students' folders
+    wrote. Together they are who the documents name that an erase can have removed a template of
+    (``named``, checked against the gallery); every folder is checked against the erase
+    tombstones (``mentioned``): an erase that found no template, as of a student enrolled for the
+    first time, leaves one. ``without`` drops erased students' folders
     entirely: the documents are those of a job never given them, plus ``erased_while_running``
     (a count, never an id).
     """
@@ -96,6 +98,10 @@ class Enrolled:
         """Students held at the start or written by this job that the documents name."""
         touched = self.held | self.written
         return [v.student for v in self.verdicts if v.student in touched]
+
+    def mentioned(self) -> Sequence[str]:
+        """Every student whose folder was submitted: the documents name each (enrolled or not)."""
+        return [v.student for v in self.verdicts]
 
     def without(self, erased: Collection[str]) -> Self:
         gone = set(erased)

@@ -275,6 +275,46 @@ class GalleryStore:
             held.update(s for s, v in zip(chunk, values, strict=True) if v is not None)
         return held
 
+    def tombstones(self, name: str) -> dict[str, str]:
+        """The class's erase tombstones (``keys.erased``): student id -> a value each erase writes
+        anew. One small hash (students erased in the last day), read whole: HGETALL."""
+        raw = cast(dict[bytes, bytes], self.client.hgetall(keys.erased(self.tenant, name)))
+        return {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+
+    def withdraw(
+        self, name: str, meta: GalleryMeta, students: Mapping[str, npt.ArrayLike]
+    ) -> set[str]:
+        """Remove the templates a ``put`` of ``students`` wrote, of those the hash still holds with
+        exactly those bytes (a later enrolment's template is left alone): an enrol job's undo for
+        students erased while it ran, whose erase may have looked before the put and found nothing.
+
+        The job's ACL user has no HDEL, so the hash is rewritten whole (DEL, then HSET of the
+        others) with a new meta stamp and packed copy, in one MULTI/EXEC with the hash and meta
+        WATCHed, as ``put``. Rare (an erase landing during a first enrolment). Returns the removed.
+        """
+        encoded = {sid: encode(e, meta.dim) for sid, e in students.items()}
+        gkey, mkey, pkey = self._keys(name, meta.model_id)
+        removed: set[str] = set()
+
+        def txn(pipe: Any) -> None:
+            rows = {k.decode(): v for k, v in pipe.hgetall(gkey).items()}
+            removed.clear()
+            removed.update(s for s, v in encoded.items() if rows.get(s) == v)
+            if not removed:
+                return
+            rest = sorted((s, v) for s, v in rows.items() if s not in removed)
+            stamp = f"{time.time():.6f}"
+            pipe.multi()
+            pipe.delete(gkey)
+            if rest:
+                pipe.hset(gkey, mapping=dict(rest))
+            pipe.hset(mkey, "updated", stamp)
+            pipe.set(pkey, pack(rest, meta.dim, stamp))
+
+        if encoded:
+            self.client.transaction(txn, mkey, gkey)
+        return removed
+
     def meta(self, name: str, model_id: str) -> GalleryMeta | None:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self._keys(name, model_id)[1]))
         return GalleryMeta.from_fields(raw) if raw else None

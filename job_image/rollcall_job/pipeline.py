@@ -282,14 +282,21 @@ class Decided:
     top_k: int
     images: int
     seconds: float
+    erased: int = 0  # students dropped by ``without`` (summary ``erased_while_running``)
 
     def named(self) -> tuple[str, ...]:
         """The enrolled students the documents may name (every one of the gallery in memory)."""
         return self.gallery.student_ids
 
+    def mentioned(self) -> tuple[str, ...]:
+        """Every id the documents may name: the gallery's and the roster's (not enrolled too)."""
+        return tuple(dict.fromkeys((*self.gallery.student_ids, *self.roster)))
+
     def without(self, erased: Collection[str]) -> Decided:
         """Every photo decided again against the gallery and roster less ``erased``; their
-        templates leave memory with this object's gallery (``gallery.without`` copies)."""
+        templates leave memory with this object's gallery (``gallery.without`` copies). The
+        documents then hold no trace of them, only their number."""
+        dropped = len(set(erased).intersection(self.mentioned()))
         gallery = without(self.gallery, erased)
         matches = tuple(
             ()
@@ -302,7 +309,9 @@ class Decided:
             for pf in self.photos
         )
         roster = tuple(s for s in self.roster if s not in erased)
-        return replace(self, matches=matches, gallery=gallery, roster=roster)
+        return replace(
+            self, matches=matches, gallery=gallery, roster=roster, erased=self.erased + dropped
+        )
 
     def outcome(self) -> IdentifyOutcome:
         """The three result documents and the counts (see the module docstring); built once, as
@@ -471,6 +480,7 @@ def _build_outcome(d: Decided) -> IdentifyOutcome:
         "not_enrolled": len(not_enrolled),
         "seconds": round(d.seconds, 3),
         "failed": [{"photo": n, "reason": r} for n, r in out.errors],
+        "erased_while_running": d.erased,
     }
     out.documents = {"summary": summary, "attendance": attendance_doc, "photos": photo_docs}
     return out

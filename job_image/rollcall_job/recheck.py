@@ -18,18 +18,50 @@ after the read, so after the publish, and the erase's scan, which starts after i
 published result and deletes it. The loop ends only on a read that finds everyone it publishes
 still enrolled, so the argument holds for the last publish; an earlier one naming S is replaced by
 the next (RENAME) or deleted by the scan. Each round drops at least one student, so it ends within
-as many rounds as the gallery has students. A result naming S can survive only the way it can
+as many rounds as the documents name students. A result naming S can survive only the way it can
 without a running job: a failover that loses the erase's acknowledged writes.
 
 Enrol jobs publish the same way (``enroll.Enrolled``): the students they may name that an erase
 can touch are those the gallery held when the job began and those its put wrote; one found gone
 is dropped from the documents (its folder's verdicts, counted in ``erased_while_running``).
+
+Erases that find nothing to remove: a roster id with no template (or none the job holds), and a
+student an enrol job enrols for the first time (the erase looks before the put writes). For them
+the erase leaves a tombstone (``keys.erased``: student id -> a value no earlier erase wrote), and
+the order is:
+
+- the erase writes the tombstone first, then finds the class's galleries (SCAN) and HDELs the
+  student's templates, then scans the results;
+- the job reads the class's tombstones once when it starts (HGETALL, before it loads the gallery
+  or enrols anyone), and after each publish (HGETALL again, beside the gallery HMGET); an id whose
+  tombstone is new or changed since the first read (``erased_since``) counts as erased, however
+  the documents name it (roster, absent, not enrolled, a folder of photos).
+
+Roster ids (identify): the tombstone is written after the job's first read (else the erase came
+before the job, whose roster then names the student anew). Either the read after a publish sees
+it: the job drops the id from the roster and every document (``Decided.without``) and publishes
+again. Or that read came before the tombstone, so the publish came before the erase's results
+scan, which deletes the result. First enrolment (enrol): the put comes before the publish, the
+publish before the read. Either the read sees the tombstone: the job drops the student's folder
+(``Enrolled.without``) and publishes again, and removes the template its put wrote (only if the
+hash still holds exactly those bytes: ``GalleryStore.withdraw``), because the erase may have run
+before the put and found nothing. Or the read came before the tombstone, so the put came before
+the erase's SCAN and HDEL, which remove the template, and the publish before its results scan,
+which deletes the result. The job compares tombstone values, never clocks: a tombstone is "since
+the job began" by Redis's own order of the two reads (the job's ACL user has no TIME, and pod and
+API clocks may differ); the stamp in the value serves only the API's pruning.
+
+The first read bounds what counts as "while the job ran": a student erased while the job was
+still queued, or before a retry of its pod started, is named again if its roster or photos name
+them (as in a job submitted after the erase). The API keeps tombstones longer than any job runs
+(``rollcall_api.erasure.ERASED_TTL_SECONDS``), so one written after a job's first read is still
+there at its last.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, Self, TypeVar
 
 log = logging.getLogger("rollcall_job.recheck")
@@ -39,7 +71,12 @@ class Redecidable(Protocol):
     """Results that can be built again as if some students had never been enrolled."""
 
     def named(self) -> Sequence[str]:
-        """The enrolled students the documents may name."""
+        """The enrolled students the documents may name (checked against the gallery)."""
+        ...
+
+    def mentioned(self) -> Sequence[str]:
+        """Every student id the documents may name, ``named`` included (checked against the
+        tombstones): roster ids, students not enrolled, folders of photos."""
         ...
 
     def without(self, erased: Collection[str]) -> Self:
@@ -52,31 +89,43 @@ class Redecidable(Protocol):
 R = TypeVar("R", bound=Redecidable)
 
 
+def erased_since(before: Mapping[str, str], now: Mapping[str, str], ids: Iterable[str]) -> set[str]:
+    """Which of ``ids`` were erased since ``before`` was read: their tombstone in ``now`` is one
+    ``before`` lacks or held with another value (every erase writes a value of its own)."""
+    return {s for s in ids if s in now and now[s] != before.get(s)}
+
+
 def publish_checked(
     decided: R,
     publish: Callable[[Mapping[str, Any]], str],
     enrolled: Callable[[Sequence[str]], Collection[str]],
+    tombstoned: Callable[[Sequence[str]], Collection[str]] | None = None,
 ) -> tuple[R, str, int]:
-    """Publish ``decided``'s documents, then re-read who is enrolled and publish again without the
-    erased until none is (the module docstring says why that is enough).
+    """Publish ``decided``'s documents, then re-read who is enrolled (``enrolled`` of ``named``)
+    and who was erased since the job began (``tombstoned`` of ``mentioned``) and publish again
+    without them until none is (the module docstring says why that is enough).
 
     Returns the decisions last published, the results key and how many students were erased
     while the job ran. Logs counts only: never an id.
     """
     key = publish(decided.documents())
     erased = 0
-    for rounds in range(1, len(decided.named()) + 2):
-        named = decided.named()
+    for rounds in range(1, len(decided.mentioned()) + 2):
+        named, mentioned = decided.named(), decided.mentioned()
         gone = set(named) - set(enrolled(named))
+        if tombstoned is not None:
+            gone |= set(tombstoned(mentioned)) & set(mentioned)
         if not gone:
             return decided, key, erased
         erased += len(gone)
         log.info(
             "students erased while the job ran: decided again and published without them",
-            extra={"erased": len(gone), "round": rounds, "students": len(named) - len(gone)},
+            extra={"erased": len(gone), "round": rounds, "students": len(mentioned) - len(gone)},
         )
         redecided = decided.without(gone)
-        if not set(redecided.named()) <= set(named) - gone:
+        if not set(redecided.mentioned()) <= set(mentioned) - gone or not (
+            set(redecided.named()) <= set(named) - gone
+        ):
             raise RuntimeError("decided again without erased students, the results still name one")
         decided = redecided
         key = publish(decided.documents())

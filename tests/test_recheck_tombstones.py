@@ -1,0 +1,144 @@
+"""Erase tombstones, the job's pure parts: which ids count as erased while a job ran, and the
+publish loop and redecision with ids that only the tombstones can catch (roster ids with no
+template, folders of a first enrolment). The API's side: ``test_erasure_tombstone_api.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from rollcall_api.erasure import mentions
+from rollcall_contract.results import encode_results
+from rollcall_job.recheck import erased_since, publish_checked
+from test_redecide import ROSTER, decided
+
+IDS = ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "want"),
+    [
+        ({}, {}, set()),  # nobody erased
+        ({}, {"b": "1-x"}, {"b"}),  # erased since the job began
+        ({"b": "1-x"}, {"b": "1-x"}, set()),  # erased before it began: the same tombstone
+        ({"b": "1-x"}, {"b": "2-y"}, {"b"}),  # erased before and again since
+        ({"b": "1-x"}, {"b": "1-y"}, {"b"}),  # again within the same ms: the nonce differs
+        ({"b": "1-x"}, {}, set()),  # pruned or expired since: older than any running job
+        ({}, {"z": "1-x"}, set()),  # someone the job does not name
+        ({"a": "1-x"}, {"a": "1-x", "c": "2-y", "d": "3-z"}, {"c", "d"}),
+    ],
+)
+def test_erased_since_the_job_began(
+    before: dict[str, str], now: dict[str, str], want: set[str]
+) -> None:
+    assert erased_since(before, now, IDS) == want
+
+
+# --- identify: a roster id with no template --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("erased", "roster"),
+    [
+        ({"new"}, 4),  # on the roster, not enrolled: only a tombstone tells
+        ({"new", "c"}, 3),  # and an absent enrolled student
+        ({"zz"}, 5),  # nobody the job names: nothing changes, nothing counted
+    ],
+)
+def test_deciding_again_without_a_roster_id_leaves_no_trace(erased: set[str], roster: int) -> None:
+    before = decided()
+    assert "new" in before.mentioned() and "new" not in before.named()
+    after = before.without(erased)
+    docs = after.documents()
+    fields = dict(encode_results(docs))
+    for s in erased:
+        assert not mentions(fields, s) and s not in after.mentioned()
+    assert docs["summary"]["roster"] == roster
+    assert docs["summary"]["erased_while_running"] == len(ROSTER) - roster
+    # the rest as a job never given them would publish
+    want = replace(decided(erased), erased=len(ROSTER) - roster).documents()
+    assert docs == want
+
+
+@dataclass(frozen=True)
+class Names:
+    """A stand-in for ``Decided``: ``enrolled`` ids (gallery-checked) and others (tombstones)."""
+
+    enrolled: tuple[str, ...]
+    others: tuple[str, ...] = ()
+
+    def named(self) -> Sequence[str]:
+        return self.enrolled
+
+    def mentioned(self) -> Sequence[str]:
+        return (*self.enrolled, *self.others)
+
+    def without(self, erased: Collection[str]) -> Names:
+        keep = [n for n in self.enrolled if n not in erased]
+        return Names(tuple(keep), tuple(n for n in self.others if n not in erased))
+
+    def documents(self) -> Mapping[str, Any]:
+        return {"names": list(self.mentioned())}
+
+
+@pytest.mark.parametrize(
+    ("gallery_gone", "tombstoned", "published", "erased"),
+    [
+        ([set()], [set()], [["a", "b", "x", "y"]], 0),
+        ([set()], [{"x"}, set()], [["a", "b", "x", "y"], ["a", "b", "y"]], 1),  # a roster id
+        ([{"b"}, set()], [{"b"}, set()], [["a", "b", "x", "y"], ["a", "x", "y"]], 1),  # both see b
+        (
+            [set(), {"a"}, set()],
+            [{"y"}, set(), set()],
+            [["a", "b", "x", "y"], ["a", "b", "x"], ["b", "x"]],
+            2,
+        ),
+    ],
+)
+def test_publish_checked_reads_the_tombstones_of_every_id_it_publishes(
+    gallery_gone: list[set[str]],
+    tombstoned: list[set[str]],
+    published: list[list[str]],
+    erased: int,
+) -> None:
+    """``x[i]``: what the i-th read finds erased (each read sees every erase before it)."""
+    log: list[tuple[str, Any]] = []
+    gone: set[str] = set()
+    tombs: set[str] = set()
+    reads = {"gallery": 0, "tombstones": 0}
+
+    def publish(documents: Mapping[str, Any]) -> str:
+        log.append(("publish", documents["names"]))
+        return "key"
+
+    def enrolled(ids: Sequence[str]) -> set[str]:
+        gone.update(gallery_gone[min(reads["gallery"], len(gallery_gone) - 1)])
+        reads["gallery"] += 1
+        return set(ids) - gone
+
+    def erased_ids(ids: Sequence[str]) -> set[str]:
+        tombs.update(tombstoned[min(reads["tombstones"], len(tombstoned) - 1)])
+        reads["tombstones"] += 1
+        log.append(("tombstones", list(ids)))
+        return tombs & set(ids)
+
+    last, _, count = publish_checked(Names(("a", "b"), ("x", "y")), publish, enrolled, erased_ids)
+    assert [docs for e, docs in log if e == "publish"] == published
+    assert count == erased and list(last.mentioned()) == published[-1]
+    assert log[-1] == ("tombstones", published[-1])  # the last step reads every id it published
+
+
+def test_publish_checked_refuses_decisions_that_keep_a_tombstoned_id() -> None:
+    @dataclass(frozen=True)
+    class Keeps(Names):
+        def without(self, erased: Collection[str]) -> Keeps:
+            return Keeps(tuple(n for n in self.enrolled if n not in erased), self.others)
+
+    with pytest.raises(RuntimeError, match="still name one"):
+        publish_checked(
+            Keeps(("a",), ("x",)), lambda d: "k", lambda ids: set(ids), lambda ids: {"x"}
+        )
