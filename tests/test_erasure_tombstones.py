@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -74,9 +75,28 @@ class Rig:
     done: list[Erasure] = field(default_factory=list)
 
     def run(
-        self, mode: str, uid: str, folder: Path, roster: Sequence[str] = (), erase_at: str = ""
+        self,
+        mode: str,
+        uid: str,
+        folder: Path,
+        roster: Sequence[str] = (),
+        erase_at: str = "",
+        submitted_at: datetime | None = None,
     ) -> dict[str, Any]:
-        settings = JobSettings(
+        settings = self.settings(mode, uid, folder, roster, submitted_at)
+        seams = self._erasing_at(erase_at)
+        summary, _ = run(settings, engine_loader=lambda s, px: self.engine, **seams)
+        return summary
+
+    def settings(
+        self,
+        mode: str,
+        uid: str,
+        folder: Path,
+        roster: Sequence[str] = (),
+        submitted_at: datetime | None = None,
+    ) -> JobSettings:
+        return JobSettings(
             job_namespace=TENANT,
             job_name=f"rj-{uid}",
             job_uid=uid,
@@ -88,10 +108,8 @@ class Rig:
             redis_url=self.url,
             progress_interval_seconds=0,
             termination_log=self.tmp / f"term-{uid}",
+            submitted_at=submitted_at,
         )
-        seams = self._erasing_at(erase_at)
-        summary, _ = run(settings, engine_loader=lambda s, px: self.engine, **seams)
-        return summary
 
     def _once(self) -> None:
         if not self.done:
@@ -163,13 +181,70 @@ def test_an_identify_job_drops_a_roster_id_erased_while_it_ran(
 
 
 def test_an_erase_before_the_job_began_is_not_while_it_ran(rig: Rig) -> None:
-    """A roster given after (or queued before) the erase names the id anew: the job's first read
-    of the tombstones is where "while it ran" starts (recheck's docstring)."""
+    """Without the RJ's submission time (a Job built by an operator from before it), the job's
+    first read of the tombstones is where "while it ran" starts (recheck's docstring): a roster
+    given after (or queued before) the erase names the id anew."""
     erase(rig.url)
     folder = rig.tmp / "class"
     save(folder / "1.png", photo([("ann", 10, 10, 40)]))
     summary = rig.run("identify", "id-2", folder, ["ann", ERASED])
     assert json.loads(stored(rig.client, "id-2")["attendance"])["not_enrolled"] == [ERASED]
+    assert summary["erased_while_running"] == 0
+
+
+# --- erased after the RJ's submission, before its pod's first read ------------------------------
+
+
+def ago(seconds: float) -> datetime:
+    """A creationTimestamp ``seconds`` ago (negative: to come), whole seconds as the apiserver's."""
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).replace(microsecond=0)
+
+
+@pytest.mark.parametrize("enrolment", ["none", "held"])
+def test_an_erase_while_the_rj_was_queued_wins_over_its_job(
+    rig: Rig, caplog: pytest.LogCaptureFixture, enrolment: str
+) -> None:
+    """The RJ was submitted a minute ago (queued behind the GPU cap, or its first pod failed);
+    dee was erased since, before the job's pod started. The erase's results scan is over before
+    the job publishes, so the job itself must leave no trace of dee: not on the roster, not
+    absent, not not_enrolled, never named by a publish (checked at the seam before the first)."""
+    if enrolment == "held":
+        rig.run("enroll", "enrol-dee", enrol_folder(rig.tmp / "e1", [ERASED]))
+    rig.done.append(erase(rig.url))
+    folder = rig.tmp / "class"
+    save(folder / "1.png", photo([("ann", 10, 10, 40), ("bob", 100, 10, 40)]))
+    first: list[bool] = []
+
+    def seen_at_first_publish() -> None:  # the staged documents, as they are renamed into place
+        staged = rig.client.scan_iter(match=f"{keys.job_results(TENANT, 'id-q')}:staging:*")
+        found = cast(dict[bytes, bytes], rig.client.hgetall(next(staged)))
+        raw = {k.decode(): v.decode() for k, v in found.items()}
+        first.append(mentions(raw, ERASED))
+
+    with caplog.at_level(logging.INFO, logger="rollcall_job"):
+        summary, _ = run(
+            rig.settings("identify", "id-q", folder, ["ann", "bob", "cy", ERASED], ago(60)),
+            engine_loader=lambda s, px: rig.engine,
+            before_publish=seen_at_first_publish,
+        )
+    fields = stored(rig.client, "id-q")
+    assert fields and not mentions(fields, ERASED) and first == [False]
+    att = json.loads(fields["attendance"])
+    assert sorted(p["student"] for p in att["present"]) == ["ann", "bob"]
+    assert (att["absent"], att["not_enrolled"]) == (["cy"], [])
+    assert (summary["roster"], summary["erased_while_running"]) == (3, 1)
+    for r in caplog.records:  # counts only: no line names the erased student
+        assert ERASED not in r.getMessage() and ERASED not in json.dumps(vars(r), default=str)
+
+
+def test_an_erase_before_the_rj_was_submitted_does_not_count(rig: Rig) -> None:
+    """Erased, then (more than the clock margin later) an RJ naming dee submitted: its roster
+    names dee anew, as before."""
+    erase(rig.url)
+    folder = rig.tmp / "class"
+    save(folder / "1.png", photo([("ann", 10, 10, 40)]))
+    summary = rig.run("identify", "id-3", folder, ["ann", ERASED], submitted_at=ago(-5))
+    assert json.loads(stored(rig.client, "id-3")["attendance"])["not_enrolled"] == [ERASED]
     assert summary["erased_while_running"] == 0
 
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 from typing import Any
 
 import pytest
 
-from rollcall_contract.jobenv import INPUT_MOUNT, OUTPUT_MOUNT, REDIS_URL_ENV, ExitCode
+from rollcall_contract.jobenv import (
+    INPUT_MOUNT,
+    OUTPUT_MOUNT,
+    REDIS_URL_ENV,
+    ExitCode,
+    JobSettings,
+)
 from rollcall_contract.labels import label_value
 from rollcall_operator.builder import build_job, job_name
 from rollcall_operator.cache import CachedRJ
@@ -391,3 +398,35 @@ def test_builder_is_pure_and_deterministic() -> None:
 def test_bad_spec_raises() -> None:
     with pytest.raises(ValueError, match="roster is required"):
         build_job(rj(roster=[]), S)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2026-11-27T08:00:05Z", "2026-11-27T08:00:05+00:00"),  # as the apiserver writes it
+        ("2026-11-27T09:00:05+01:00", "2026-11-27T09:00:05+01:00"),
+        (dt.datetime(2026, 11, 27, 8, 0, 5, tzinfo=dt.UTC), "2026-11-27T08:00:05+00:00"),
+        (None, None),  # a body never stored: no variable, the job keeps its first read
+        ("", None),
+        ("yesterday", None),  # not the apiserver's: likewise
+        ("2026-11-27T08:00:05", None),  # no offset: not a moment
+    ],
+)
+def test_the_job_is_told_when_the_rj_was_submitted(
+    stamp: Any, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ROLLCALL_SUBMITTED_AT is the RJ's creationTimestamp: an erase stamped after it counts as
+    made while the job ran (rollcall_job.recheck); the job reads it back as the same moment."""
+    body = rj()
+    if stamp is not None:
+        body["metadata"]["creationTimestamp"] = stamp
+    job = build_job(body, S)
+    assert env(job).get("ROLLCALL_SUBMITTED_AT") == expected
+    names = [e["name"] for e in container(job)["env"]]
+    assert len(names) == len(set(names))
+    for e in container(job)["env"]:  # the container's environment, as the job reads it
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    settings = JobSettings()
+    want = None if expected is None else dt.datetime.fromisoformat(expected)
+    assert settings.submitted_at == want

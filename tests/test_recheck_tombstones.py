@@ -13,7 +13,12 @@ import pytest
 
 from rollcall_api.erasure import mentions
 from rollcall_contract.results import encode_results
-from rollcall_job.recheck import erased_since, publish_checked
+from rollcall_job.recheck import (
+    CLOCK_MARGIN_MS,
+    erased_since,
+    publish_checked,
+    tombstone_ms,
+)
 from test_redecide import ROSTER, decided
 
 IDS = ["a", "b", "c", "d"]
@@ -142,3 +147,63 @@ def test_publish_checked_refuses_decisions_that_keep_a_tombstoned_id() -> None:
         publish_checked(
             Keeps(("a",), ("x",)), lambda d: "k", lambda ids: set(ids), lambda ids: {"x"}
         )
+
+
+# --- since the RJ's submission: the tombstone's stamp against the submission time --------------
+
+SUBMITTED = 1_000_000  # unix ms of the RJ's creationTimestamp
+MARGIN = CLOCK_MARGIN_MS
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ("1700000000123-ab12cd34", 1_700_000_000_123),
+        ("5-x", 5),
+        ("0-x", 0),
+        ("5", None),  # no nonce
+        ("5-", None),
+        ("-x", None),
+        ("", None),
+        ("x-y", None),
+        ("-5-x", None),
+        ("1.5-x", None),
+        ("²-x", None),  # a digit to str.isdigit, not to int()
+    ],
+)
+def test_tombstone_ms(value: str, want: int | None) -> None:
+    assert tombstone_ms(value) == want
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "submitted", "want"),
+    [
+        # the same tombstone at both reads: the stamp decides
+        ({"b": f"{SUBMITTED + 1}-x"}, {"b": f"{SUBMITTED + 1}-x"}, SUBMITTED, {"b"}),  # queued
+        ({"b": f"{SUBMITTED}-x"}, {"b": f"{SUBMITTED}-x"}, SUBMITTED, {"b"}),  # at it
+        ({"b": f"{SUBMITTED - MARGIN}-x"}, {"b": f"{SUBMITTED - MARGIN}-x"}, SUBMITTED, {"b"}),
+        (
+            {"b": f"{SUBMITTED - MARGIN - 1}-x"},
+            {"b": f"{SUBMITTED - MARGIN - 1}-x"},
+            SUBMITTED,
+            set(),
+        ),
+        ({"b": "1-x"}, {"b": "1-x"}, SUBMITTED, set()),  # erased long before: named anew
+        ({"b": "1-x"}, {"b": "1-x"}, None, set()),  # no submission time: today's rule
+        ({"b": f"{SUBMITTED + 1}-x"}, {"b": f"{SUBMITTED + 1}-x"}, None, set()),  # likewise
+        # unreadable: erased (fail safe), unless the job cannot compare (no submission time)
+        ({"b": "garbage"}, {"b": "garbage"}, SUBMITTED, {"b"}),
+        ({"b": "garbage"}, {"b": "garbage"}, None, set()),
+        # changed since the first read: erased, whatever the stamp says
+        ({"b": "1-x"}, {"b": "2-y"}, SUBMITTED, {"b"}),
+        ({}, {"b": "1-x"}, SUBMITTED, {"b"}),
+        ({}, {"b": "garbage"}, None, {"b"}),
+        # gone since (pruned), or never there, or not named
+        ({"b": f"{SUBMITTED + 1}-x"}, {}, SUBMITTED, set()),
+        ({}, {"z": f"{SUBMITTED + 1}-x"}, SUBMITTED, set()),
+    ],
+)
+def test_erased_since_the_submission(
+    before: dict[str, str], now: dict[str, str], submitted: int | None, want: set[str]
+) -> None:
+    assert erased_since(before, now, IDS, submitted) == want

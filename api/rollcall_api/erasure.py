@@ -7,7 +7,9 @@ is either found here or the job sees the tombstone), removes S's templates, and 
 Jobs running meanwhile read the tombstones after they publish (``rollcall_job.recheck`` has the
 ordering argument) and drop S from their results, roster and enrolment, so the erase wins even
 where it found nothing: a roster id without a template, or a first enrolment of S whose template
-is written after the erase looked. A whole-class erase writes no tombstones (see ``erase_class``).
+is written after the erase looked. The stamp (this replica's clock, ms) also lets a job submitted
+before the erase but started after it (queued, or a retried pod) drop S: it compares the stamp
+with its RJ's creationTimestamp. A whole-class erase writes no tombstones (see ``erase_class``).
 
 Everything is inside the caller's tenant (``rollcall:<namespace>:``), so another school's class of
 the same name is never touched and looks like a class that does not exist.
@@ -63,8 +65,10 @@ _SCAN_COUNT = 1000
 # most ``RunPolicy.active_deadline_seconds`` (the model's bound, 86,400 s: the Job's wall-clock
 # limit, retries included). One more hour covers the Job controller's lag in enforcing it and the
 # clock difference of the API replica that prunes and the one that wrote (each stamp is the
-# writer's clock; a job never compares clocks, only whether a stamp changed). Beyond that an erased
-# student's id is kept no longer than needed.
+# writer's clock). Beyond that an erased student's id is kept no longer than needed. A job also
+# counts a tombstone stamped after its RJ's submission (``rollcall_job.recheck``), which this TTL
+# keeps for a job whose last read comes within it: not for an RJ left queued or suspended for
+# about a day or more, which no model bound limits (queueTimeoutSeconds is optional).
 ERASED_TTL_SECONDS = 86_400 + 3_600
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ROLLCALL_"
@@ -70,6 +71,10 @@ class JobEnv(BaseModel):
     max_image_pixels: int = 64_000_000  # decoded size cap, checked from the header before decoding
     progress_interval_seconds: float = 1.0
     termination_log: Path = Path(TERMINATION_LOG)
+    # The RJ's metadata.creationTimestamp (the apiserver's clock): an erase stamped after it counts
+    # as made while the job ran, even before its pod started (rollcall_job.recheck). None: an
+    # operator from before this field; the job's first tombstone read is then the bound.
+    submitted_at: AwareDatetime | None = None
 
 
 class JobSettings(BaseSettings, JobEnv):
@@ -99,6 +104,8 @@ def _render(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, datetime):
+        return value.isoformat()  # RFC 3339, offset included
     return str(value)
 
 

@@ -128,7 +128,8 @@ def run(
         raise BadInput(str(e)) from None
     try:
         client.ping()  # fail fast (TRANSIENT) before seconds of model loading
-        # erases recorded from here on are "while the job ran" (recheck: the ordering argument)
+        # erases recorded from here on are "while the job ran", and with the RJ's submission
+        # time those stamped after it too (recheck: the ordering argument)
         began = GalleryStore(client, settings.job_namespace).tombstones(settings.gallery)
         if settings.mode == "enroll":
             return _enroll(settings, client, engine_loader, began, before_publish)
@@ -145,10 +146,15 @@ def _progress(settings: JobSettings, client: redis.Redis, total: int) -> Progres
 
 
 def _erased_since(
-    store: GalleryStore, name: str, began: Mapping[str, str]
+    settings: JobSettings,
+    store: GalleryStore,
+    began: Mapping[str, str],
 ) -> Callable[[Sequence[str]], set[str]]:
-    """Which of some ids were erased since the job began (tombstones read now vs ``began``)."""
-    return lambda ids: erased_since(began, store.tombstones(name), ids)
+    """Which of some ids were erased since the RJ was submitted (tombstones read now vs ``began``
+    and the submission time: ``recheck.erased_since``)."""
+    at = settings.submitted_at
+    submitted_ms = None if at is None else int(at.timestamp() * 1000)
+    return lambda ids: erased_since(began, store.tombstones(settings.gallery), ids, submitted_ms)
 
 
 def _identify(
@@ -193,11 +199,15 @@ def _identify(
     del gallery, result  # from here the templates live in ``decided`` only (dropped on erasure)
     store = GalleryStore(client, settings.job_namespace)
     publish = _publisher(settings, client, before_publish)
+    tombstoned = _erased_since(settings, store, began)
+    # erased before the first publish (while the RJ was queued, too): never named, even briefly
+    if erased := tombstoned(decided.mentioned()):
+        decided = decided.without(erased)
     decided, key, _ = publish_checked(
         decided,
         publish,
         lambda ids: store.enrolled(settings.gallery, spec.meta.model_id, ids),
-        _erased_since(store, settings.gallery, began),
+        tombstoned,
     )
     result = decided.outcome()
     summary: dict[str, Any] = result.documents["summary"]
@@ -270,8 +280,8 @@ def _enroll(
         on_photo=progress.advance,
     )
     progress.finish()
-    tombstoned = _erased_since(store, settings.gallery, began)
-    # erased so far (a tombstone since the job began): not written at all
+    tombstoned = _erased_since(settings, store, began)
+    # erased so far (a tombstone since the RJ's submission): not written at all
     erased = tombstoned(outcome.enrolled.mentioned())
     students = {s: e for s, e in outcome.students.items() if s not in erased}
     if students:

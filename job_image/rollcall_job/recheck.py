@@ -34,11 +34,12 @@ the order is:
   student's templates, then scans the results;
 - the job reads the class's tombstones once when it starts (HGETALL, before it loads the gallery
   or enrols anyone), and after each publish (HGETALL again, beside the gallery HMGET); an id whose
-  tombstone is new or changed since the first read (``erased_since``) counts as erased, however
-  the documents name it (roster, absent, not enrolled, a folder of photos).
+  tombstone is new or changed since the first read, or stamped after the RJ's submission
+  (``erased_since``), counts as erased, however the documents name it (roster, absent, not
+  enrolled, a folder of photos).
 
-Roster ids (identify): the tombstone is written after the job's first read (else the erase came
-before the job, whose roster then names the student anew). Either the read after a publish sees
+Roster ids (identify): the tombstone counts as "while the job ran" in either of two ways (below:
+the submission rule). Written after the job's first read: either the read after a publish sees
 it: the job drops the id from the roster and every document (``Decided.without``) and publishes
 again. Or that read came before the tombstone, so the publish came before the erase's results
 scan, which deletes the result. First enrolment (enrol): the put comes before the publish, the
@@ -47,15 +48,28 @@ publish before the read. Either the read sees the tombstone: the job drops the s
 hash still holds exactly those bytes: ``GalleryStore.withdraw``), because the erase may have run
 before the put and found nothing. Or the read came before the tombstone, so the put came before
 the erase's SCAN and HDEL, which remove the template, and the publish before its results scan,
-which deletes the result. The job compares tombstone values, never clocks: a tombstone is "since
-the job began" by Redis's own order of the two reads (the job's ACL user has no TIME, and pod and
-API clocks may differ); the stamp in the value serves only the API's pruning.
+which deletes the result. For erases after the first read no clock is compared: a new or changed
+value ("since the job began") is Redis's own order of the two reads (the job's ACL user has no
+TIME), which every job can use, whatever operator built it.
 
-The first read bounds what counts as "while the job ran": a student erased while the job was
-still queued, or before a retry of its pod started, is named again if its roster or photos name
-them (as in a job submitted after the erase). The API keeps tombstones longer than any job runs
-(``rollcall_api.erasure.ERASED_TTL_SECONDS``), so one written after a job's first read is still
-there at its last.
+Erases after the RJ was submitted but before the job's first read (the RJ queued behind the GPU
+cap, a failed pod's retry not yet started): the erase has finished, its results scan included,
+before the job wrote anything, so nothing will delete what the job publishes: the job must drop
+the id itself, and the tombstone's value is already in its first read, so only the clock can
+tell. The operator passes the RJ's ``metadata.creationTimestamp`` (``JobEnv.submitted_at``, the
+apiserver's clock); a tombstone whose stamp (the API's clock, ms) is at or after it, less
+``CLOCK_MARGIN_MS``, counts as erased (``erased_since``), and so does one whose value cannot be
+read. The job checks the tombstones before it puts (enrol) and before its first publish
+(identify), so such an id is neither written nor named even for a moment; the re-read after each
+publish applies the same rule. An erase wins over every job submitted before it (within the
+tombstones' TTL, below). A job without the submission time (an operator from before it) keeps
+the first read as the bound: an erase while the RJ was queued then counts as before the job.
+
+The API keeps tombstones longer than any job runs (``rollcall_api.erasure.ERASED_TTL_SECONDS``),
+so one written after a job's first read is still there at its last. One written while the RJ was
+queued is there too unless the RJ waited so long (about a day or more: queued or suspended) that
+the tombstone expired or was pruned before the job's last read; that erase then counts as before
+the job.
 """
 
 from __future__ import annotations
@@ -89,10 +103,47 @@ class Redecidable(Protocol):
 R = TypeVar("R", bound=Redecidable)
 
 
-def erased_since(before: Mapping[str, str], now: Mapping[str, str], ids: Iterable[str]) -> set[str]:
-    """Which of ``ids`` were erased since ``before`` was read: their tombstone in ``now`` is one
-    ``before`` lacks or held with another value (every erase writes a value of its own)."""
-    return {s for s in ids if s in now and now[s] != before.get(s)}
+# The API stamps a tombstone with its clock (ms), the apiserver the RJ's creationTimestamp with its
+# own, truncated to the whole second. The truncation alone only makes the submission look earlier
+# (more tombstones count). The margin covers an API clock behind the apiserver's by up to 2 s,
+# which would otherwise stamp an erase made just after the submission as before it. An error the
+# other way (a margin too wide, an API clock ahead) counts an erase made up to 2 s before the
+# submission as made after it: the job drops a student the school erased and at once submitted
+# again (no enrolment, not named, counted in erased_while_running), never names an erased one.
+CLOCK_MARGIN_MS = 2_000
+
+
+def tombstone_ms(value: str) -> int | None:
+    """The erase time (unix ms) of a tombstone value ``<ms>-<nonce>``; None when it is not one."""
+    head, sep, nonce = value.partition("-")
+    if not (sep and nonce and head.isascii() and head.isdigit()):
+        return None
+    return int(head)
+
+
+def erased_since(
+    before: Mapping[str, str],
+    now: Mapping[str, str],
+    ids: Iterable[str],
+    submitted_ms: int | None = None,
+) -> set[str]:
+    """Which of ``ids`` were erased since the job was submitted, given the tombstones read at its
+    start (``before``) and ``now``: a tombstone ``before`` lacks or held with another value (every
+    erase writes a value of its own), or, when the submission time (unix ms) is known, one stamped
+    at or after it less ``CLOCK_MARGIN_MS`` or unreadable (fail safe)."""
+
+    def erased(s: str) -> bool:
+        value = now.get(s)
+        if value is None:
+            return False
+        if value != before.get(s):
+            return True
+        if submitted_ms is None:
+            return False
+        stamp = tombstone_ms(value)
+        return stamp is None or stamp >= submitted_ms - CLOCK_MARGIN_MS
+
+    return {s for s in ids if erased(s)}
 
 
 def publish_checked(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from rollcall_contract import keys, labels, redistls
@@ -89,6 +90,20 @@ def owner_reference(rj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def submitted_at(meta: Mapping[str, Any]) -> datetime | None:
+    """The RJ's ``creationTimestamp`` (RFC 3339, set by the apiserver): the job counts an erase
+    stamped after it as made while it ran. None for a body without one (never stored) or with
+    one the apiserver would not write."""
+    stamp = meta.get("creationTimestamp")
+    if not stamp:
+        return None
+    try:
+        when = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp))
+    except ValueError:  # not the apiserver's: the job keeps its first read as the bound
+        return None
+    return when if when.tzinfo is not None else None
+
+
 def _security_contexts(settings: OperatorSettings) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pod and container security contexts that pass the `restricted` Pod Security Standard."""
     pod: dict[str, Any] = {
@@ -135,6 +150,7 @@ def _container(
         annotate=annotate,
         output_dir=OUTPUT_MOUNT if annotate else None,
         redis_ca_file=ca_file,
+        submitted_at=submitted_at(meta),
     )
     env = job_env(settings_for_job, extra=settings.extra_env)
     env.append(
