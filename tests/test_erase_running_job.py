@@ -98,6 +98,19 @@ def erase(url: str, student: str = ERASED) -> Erasure:
     return asyncio.run(go())
 
 
+def erase_class(url: str) -> Erasure:
+    """The API's erase of the class gallery, as DELETE /v1/classes/6B/gallery runs it."""
+
+    async def go() -> Erasure:
+        client = AsyncRedis.from_url(url)
+        try:
+            return await Eraser(client).erase_class(TENANT, CLASS)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
 def stored(client: redis.Redis, uid: str = "uid-6b") -> dict[str, str] | None:
     """The published results hash as the API's erase reads it (None: no result stored)."""
     raw = cast(dict[bytes, bytes], client.hgetall(keys.job_results(TENANT, uid)))

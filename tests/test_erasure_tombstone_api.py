@@ -1,7 +1,7 @@
-"""Erase tombstones, the API's side: an erase of one student records it in the class's tombstone
-hash before it looks for templates, with a TTL longer than any job runs, and prunes stale ones.
-Pure tables, and the real ``Eraser`` against the suite's real Redis. The jobs' side is in
-``test_erasure_tombstones.py``.
+"""Erase tombstones, the API's side: an erase of one student (or of the whole class:
+``CLASS_WIDE``) records it in the class's tombstone hash before it looks for templates, with a
+TTL longer than any job runs, and prunes stale ones. Pure tables, and the real ``Eraser`` against
+the suite's real Redis. The jobs' side is in ``test_erasure_tombstones.py``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,18 @@ from typing import Any, cast
 import pytest
 import redis
 
-from rollcall_api.erasure import ERASED_TTL_SECONDS, Eraser, stale_tombstones, tombstone
+from rollcall_api.erasure import (
+    CLASS_WIDE,
+    ERASED_TTL_SECONDS,
+    Eraser,
+    stale_tombstones,
+    tombstone,
+)
 from rollcall_contract import keys
 from rollcall_contract.model import RunPolicy
-from test_erase_running_job import CLASS, TENANT
+from rollcall_job.gallery import GalleryMeta, GalleryStore
+from rollcall_job.recheck import tombstone_ms
+from test_erase_running_job import CLASS, TENANT, erase_class
 from test_erase_running_job import erase as erase_student
 
 pytestmark = pytest.mark.redis
@@ -60,18 +68,25 @@ def test_the_tombstone_key_is_the_schools_and_no_gallerys() -> None:
         keys.erased("school-a", "6B}:x")
 
 
+def tombstoned_at_scan(monkeypatch: pytest.MonkeyPatch, field: str) -> list[bool]:
+    """Whether the class's tombstone hash held ``field`` each time the erase looked for the
+    class's galleries (``Eraser._class``, wrapped)."""
+    seen: list[bool] = []
+    scan = Eraser._class
+
+    async def scanning(self: Eraser, tenant: str, class_name: str) -> Any:
+        seen.append(bool(await self.redis.hexists(keys.erased(TENANT, CLASS), field)))
+        return await scan(self, tenant, class_name)
+
+    monkeypatch.setattr(Eraser, "_class", scanning)
+    return seen
+
+
 def test_an_erase_leaves_a_tombstone_first_even_where_it_finds_nothing(
     redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = keys.erased(TENANT, CLASS)
-    seen_at_scan: list[bool] = []
-    scan = Eraser._class
-
-    async def scanning(self: Eraser, tenant: str, class_name: str) -> Any:
-        seen_at_scan.append(bool(await self.redis.hexists(key, ERASED)))
-        return await scan(self, tenant, class_name)
-
-    monkeypatch.setattr(Eraser, "_class", scanning)
+    seen_at_scan = tombstoned_at_scan(monkeypatch, ERASED)
     now = tombstone(int(time.time() * 1000))
     redis_client.hset(key, mapping={"old": "1-x", "bad": "x", "fresh": now})
     done = erase_student(redis_url, ERASED)
@@ -85,3 +100,30 @@ def test_an_erase_leaves_a_tombstone_first_even_where_it_finds_nothing(
     erase_student(redis_url, ERASED)
     assert redis_client.hget(key, ERASED) not in (None, first)  # each erase writes anew
     assert not redis_client.exists(keys.erased("school-b", CLASS))  # the tenant's own key
+
+
+@pytest.mark.parametrize("enrolled", [True, False])
+def test_a_class_erase_leaves_a_class_wide_tombstone_first(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, enrolled: bool
+) -> None:
+    """Written before the galleries are looked for, and also when none is found (404): an enrol
+    job of the class may be writing its first gallery. A later class erase writes anew."""
+    key = keys.erased(TENANT, CLASS)
+    seen_at_scan = tombstoned_at_scan(monkeypatch, CLASS_WIDE)
+    if enrolled:
+        GalleryStore(redis_client, TENANT).put(
+            CLASS, GalleryMeta("toy-v1", 3, "cosine"), {"a": [[1.0, 0.0, 0.0]]}
+        )
+    redis_client.hset(key, mapping={"old": "1-x"})
+    before_ms = int(time.time() * 1000)
+    done = erase_class(redis_url)
+    assert (done.templates, done.class_found) == ((1, True) if enrolled else (0, False))
+    assert seen_at_scan == [True]
+    first = cast(bytes | None, redis_client.hget(key, CLASS_WIDE))
+    assert first is not None
+    stamp = tombstone_ms(first.decode())
+    assert stamp is not None and before_ms <= stamp <= int(time.time() * 1000)
+    assert 0 < redis_client.ttl(key) <= ERASED_TTL_SECONDS
+    assert sorted(cast(list[bytes], redis_client.hkeys(key))) == [CLASS_WIDE.encode()]  # pruned
+    erase_class(redis_url)
+    assert redis_client.hget(key, CLASS_WIDE) not in (None, first)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +28,8 @@ from rollcall_api.erasure import Erasure, mentions
 from rollcall_contract import keys
 from rollcall_contract.jobenv import JobSettings
 from rollcall_job.__main__ import run
-from rollcall_job.gallery import GalleryMeta, GalleryStore, unpack
-from test_erase_running_job import CLASS, TENANT
+from rollcall_job.gallery import GalleryMeta, GalleryNotFound, GalleryStore, unpack
+from test_erase_running_job import CLASS, TENANT, erase_class
 from test_erase_running_job import erase as erase_student
 from test_erase_running_job import stored as stored_or_none
 from toyfaces import ToyEngine, photo, save
@@ -73,6 +73,7 @@ class Rig:
     tmp: Path
     monkeypatch: pytest.MonkeyPatch
     done: list[Erasure] = field(default_factory=list)
+    eraser: Callable[[str], Erasure] = erase
 
     def run(
         self,
@@ -113,7 +114,7 @@ class Rig:
 
     def _once(self) -> None:
         if not self.done:
-            self.done.append(erase(self.url))
+            self.done.append(self.eraser(self.url))
 
     def _erasing_at(self, where: str) -> dict[str, Any]:
         """Arrange the erase at ``where``; returns ``run``'s seams."""
@@ -279,6 +280,51 @@ def test_an_erase_before_an_enrolment_began_does_not_stop_it(rig: Rig) -> None:
     assert mentions(stored(rig.client, "enrol-2"), ERASED)
 
 
+# --- enrol: the whole class erased -------------------------------------------------------------
+
+
+def class_keys_left(client: redis.Redis) -> list[str]:
+    """Every key of any model's gallery of the class (hash, meta, packed)."""
+    found = client.scan_iter(match=keys.gallery_match(TENANT, CLASS) + "*")
+    return sorted(k.decode() for k in found)
+
+
+@pytest.mark.parametrize("where", ["queued", "detect", "put", "before_publish"])
+def test_a_class_erase_wins_over_an_enrolment_under_way(rig: Rig, where: str) -> None:
+    """The class gallery (ann, bob, cy) is erased while an enrol job of ann again, dee and eve
+    (new) is queued (submitted a minute before, started after), at its first detection, after
+    its last tombstone read before the put (the put writes a new gallery: the job withdraws it),
+    or just before its publish (the erase deletes what the put wrote). After the job, no gallery
+    of the class holds a template, none is left (no empty gallery either), and the result names
+    no folder."""
+    rig.eraser = erase_class
+    submitted = None
+    if where == "queued":
+        rig.done.append(erase_class(rig.url))
+        submitted = ago(60)
+    folder = enrol_folder(rig.tmp / "e5", ["ann", ERASED, "eve"])
+    summary = rig.run("enroll", "enrol-5", folder, erase_at=where, submitted_at=submitted)
+    assert rig.done[0].templates == (5 if where == "before_publish" else 3)
+    for s in ("ann", "bob", "cy", ERASED, "eve"):
+        assert not templates_of(rig.client, s)
+    assert class_keys_left(rig.client) == []
+    with pytest.raises(GalleryNotFound):
+        GalleryStore(rig.client, TENANT).load(CLASS, META)
+    fields = stored(rig.client, "enrol-5")
+    assert fields and not any(mentions(fields, s) for s in ("ann", ERASED, "eve"))
+    assert (summary["erased_while_running"], summary["enrolled"], summary["students"]) == (3, 0, 0)
+
+
+def test_a_class_erase_before_an_enrolment_was_submitted_does_not_stop_it(rig: Rig) -> None:
+    """Class erased, then (more than the clock margin later) an enrolment submitted: it stands."""
+    erase_class(rig.url)
+    summary = rig.run(
+        "enroll", "enrol-6", enrol_folder(rig.tmp / "e6", ["ann"]), submitted_at=ago(-5)
+    )
+    assert summary["enrolled"] == 1 and summary["erased_while_running"] == 0
+    assert GalleryStore(rig.client, TENANT).load(CLASS, META).student_ids == ("ann",)
+
+
 # --- the job's undo of its own put --------------------------------------------------------------
 
 
@@ -299,6 +345,9 @@ def test_withdraw_removes_only_the_templates_this_put_wrote(redis_client: redis.
     packed = unpack(cast(bytes, redis_client.get(pkey)), META, stamp, redis_client.hlen(gkey))
     assert packed is not None and packed.student_ids == ("bob",)
     np.testing.assert_allclose(packed.embeddings, [[0.0, 0.9, 0.1]], rtol=1e-6)
+    # the last one: no gallery left (no meta, no packed copy), as after a class erase
     assert store.withdraw(CLASS, META, {"bob": [[0.0, 0.9, 0.1]]}) == {"bob"}
-    assert not redis_client.exists(gkey) and len(store.load(CLASS, META)) == 0
+    assert not redis_client.exists(gkey, mkey, pkey)
+    with pytest.raises(GalleryNotFound):
+        store.load(CLASS, META)
     assert store.withdraw(CLASS, META, {"bob": [[0.0, 0.9, 0.1]]}) == set()

@@ -5,15 +5,19 @@ template, folders of a first enrolment). The API's side: ``test_erasure_tombston
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
+from rollcall_api.erasure import CLASS_WIDE as API_CLASS_WIDE
 from rollcall_api.erasure import mentions
+from rollcall_contract.model import IDENT, RecognitionJobSpec
 from rollcall_contract.results import encode_results
 from rollcall_job.recheck import (
+    CLASS_WIDE,
     CLOCK_MARGIN_MS,
     erased_since,
     publish_checked,
@@ -201,9 +205,44 @@ def test_tombstone_ms(value: str, want: int | None) -> None:
         # gone since (pruned), or never there, or not named
         ({"b": f"{SUBMITTED + 1}-x"}, {}, SUBMITTED, set()),
         ({}, {"z": f"{SUBMITTED + 1}-x"}, SUBMITTED, set()),
+        # the class-wide tombstone is nobody's unless asked for (below)
+        ({}, {CLASS_WIDE: f"{SUBMITTED + 1}-x"}, SUBMITTED, set()),
     ],
 )
 def test_erased_since_the_submission(
     before: dict[str, str], now: dict[str, str], submitted: int | None, want: set[str]
 ) -> None:
     assert erased_since(before, now, IDS, submitted) == want
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "submitted", "want"),
+    [
+        ({}, {CLASS_WIDE: "1-x"}, None, set(IDS)),  # erased since the first read
+        ({}, {CLASS_WIDE: "1-x"}, SUBMITTED, set(IDS)),
+        ({CLASS_WIDE: "1-x"}, {CLASS_WIDE: "2-y"}, None, set(IDS)),  # again since
+        (
+            {CLASS_WIDE: f"{SUBMITTED + 1}-x"},
+            {CLASS_WIDE: f"{SUBMITTED + 1}-x"},
+            SUBMITTED,
+            set(IDS),
+        ),
+        ({CLASS_WIDE: "garbage"}, {CLASS_WIDE: "garbage"}, SUBMITTED, set(IDS)),
+        ({CLASS_WIDE: "1-x"}, {CLASS_WIDE: "1-x"}, SUBMITTED, set()),  # before the submission
+        ({CLASS_WIDE: "1-x"}, {CLASS_WIDE: "1-x", "c": "2-y"}, SUBMITTED, {"c"}),  # one student
+        ({CLASS_WIDE: f"{SUBMITTED + 1}-x"}, {CLASS_WIDE: f"{SUBMITTED + 1}-x"}, None, set()),
+    ],
+)
+def test_a_class_wide_erase_erases_every_id(
+    before: dict[str, str], now: dict[str, str], submitted: int | None, want: set[str]
+) -> None:
+    assert erased_since(before, now, IDS, submitted, class_wide=True) == want
+
+
+def test_the_class_wide_field_is_the_apis_and_no_student_id() -> None:
+    assert CLASS_WIDE == API_CLASS_WIDE
+    assert not re.fullmatch(IDENT, CLASS_WIDE)
+    with pytest.raises(ValueError):
+        RecognitionJobSpec.model_validate(
+            {"classCode": "6B", "images": {"claimName": "p"}, "roster": [CLASS_WIDE]}
+        )

@@ -9,7 +9,8 @@ ordering argument) and drop S from their results, roster and enrolment, so the e
 where it found nothing: a roster id without a template, or a first enrolment of S whose template
 is written after the erase looked. The stamp (this replica's clock, ms) also lets a job submitted
 before the erase but started after it (queued, or a retried pod) drop S: it compares the stamp
-with its RJ's creationTimestamp. A whole-class erase writes no tombstones (see ``erase_class``).
+with its RJ's creationTimestamp. A whole-class erase writes the class-wide tombstone
+``CLASS_WIDE`` first, then deletes the galleries (see ``erase_class``).
 
 Everything is inside the caller's tenant (``rollcall:<namespace>:``), so another school's class of
 the same name is never touched and looks like a class that does not exist.
@@ -70,6 +71,9 @@ _SCAN_COUNT = 1000
 # keeps for a job whose last read comes within it: not for an RJ left queued or suspended for
 # about a day or more, which no model bound limits (queueTimeoutSeconds is optional).
 ERASED_TTL_SECONDS = 86_400 + 3_600
+# The tombstone field of a whole-class erase: no student id can be it (``model.IDENT``), and the
+# jobs' ``rollcall_job.recheck.CLASS_WIDE`` is the same (tested).
+CLASS_WIDE = "*"
 
 
 @dataclass(frozen=True)
@@ -197,8 +201,9 @@ class Eraser:
         return out
 
     async def _tombstone(self, tenant: str, class_name: str, student: str) -> None:
-        """Record the erase in the class's tombstone hash (``keys.erased``), pruning stale ones, and
-        renew the hash's TTL; WATCHed, so a concurrent erase's fresh tombstone is never pruned."""
+        """Record the erase of ``student`` (or ``CLASS_WIDE``) in the class's tombstone hash
+        (``keys.erased``), pruning stale ones, and renew the hash's TTL; WATCHed, so a concurrent
+        erase's fresh tombstone is never pruned."""
         key = keys.erased(tenant, class_name)
         for _ in range(_RETRIES):
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -263,11 +268,15 @@ class Eraser:
     async def erase_class(self, tenant: str, class_name: str) -> Erasure:
         """Delete every model's gallery of the class (hash, meta, packed: one DEL per model).
 
-        No tombstones: a job of the class running meanwhile may still publish results naming its
-        students or, if it enrols, write a new gallery; erase those students (or the class) again
-        after it ends."""
+        First the class-wide tombstone (``CLASS_WIDE``): an enrol job of the class submitted before
+        this erase puts nothing after reading it, and withdraws what its put wrote, so no gallery
+        comes back; the order (tombstone, then SCAN and DEL) is ``rollcall_job.recheck``'s. Written
+        even when no gallery is found (404): a first enrolment of the class may be under way.
+        Results stay (the route says so); identify jobs running meanwhile drop whoever their
+        gallery re-read finds gone."""
         out = Erasure()
         try:
+            await self._tombstone(tenant, class_name, CLASS_WIDE)
             for ck in (await self._class(tenant, class_name)).values():
                 pipe = self.redis.pipeline(transaction=True)
                 pipe.hlen(ck.gallery)

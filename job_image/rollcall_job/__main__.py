@@ -149,12 +149,17 @@ def _erased_since(
     settings: JobSettings,
     store: GalleryStore,
     began: Mapping[str, str],
+    *,
+    class_wide: bool = False,
 ) -> Callable[[Sequence[str]], set[str]]:
     """Which of some ids were erased since the RJ was submitted (tombstones read now vs ``began``
-    and the submission time: ``recheck.erased_since``)."""
+    and the submission time: ``recheck.erased_since``); ``class_wide``: all of them once the
+    class's gallery was erased so."""
     at = settings.submitted_at
     submitted_ms = None if at is None else int(at.timestamp() * 1000)
-    return lambda ids: erased_since(began, store.tombstones(settings.gallery), ids, submitted_ms)
+    return lambda ids: erased_since(
+        began, store.tombstones(settings.gallery), ids, submitted_ms, class_wide=class_wide
+    )
 
 
 def _identify(
@@ -280,7 +285,8 @@ def _enroll(
         on_photo=progress.advance,
     )
     progress.finish()
-    tombstoned = _erased_since(settings, store, began)
+    # a class-wide erase since the RJ's submission counts every folder as erased
+    tombstoned = _erased_since(settings, store, began, class_wide=True)
     # erased so far (a tombstone since the RJ's submission): not written at all
     erased = tombstoned(outcome.enrolled.mentioned())
     students = {s: e for s, e in outcome.students.items() if s not in erased}

@@ -290,7 +290,10 @@ class GalleryStore:
 
         The job's ACL user has no HDEL, so the hash is rewritten whole (DEL, then HSET of the
         others) with a new meta stamp and packed copy, in one MULTI/EXEC with the hash and meta
-        WATCHed, as ``put``. Rare (an erase landing during a first enrolment). Returns the removed.
+        WATCHed, as ``put``. A hash left empty goes with its meta and packed copy: no gallery, as
+        a whole-class erase leaves it (or as before a first enrolment), not an empty one that a
+        put after the class erase brought back. Rare (an erase landing during an enrolment).
+        Returns the removed.
         """
         encoded = {sid: encode(e, meta.dim) for sid, e in students.items()}
         gkey, mkey, pkey = self._keys(name, meta.model_id)
@@ -305,9 +308,11 @@ class GalleryStore:
             rest = sorted((s, v) for s, v in rows.items() if s not in removed)
             stamp = f"{time.time():.6f}"
             pipe.multi()
+            if not rest:
+                pipe.delete(gkey, mkey, pkey)
+                return
             pipe.delete(gkey)
-            if rest:
-                pipe.hset(gkey, mapping=dict(rest))
+            pipe.hset(gkey, mapping=dict(rest))
             pipe.hset(mkey, "updated", stamp)
             pipe.set(pkey, pack(rest, meta.dim, stamp))
 

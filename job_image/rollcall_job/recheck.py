@@ -65,6 +65,15 @@ publish applies the same rule. An erase wins over every job submitted before it 
 tombstones' TTL, below). A job without the submission time (an operator from before it) keeps
 the first read as the bound: an erase while the RJ was queued then counts as before the job.
 
+A whole-class erase (``DELETE /v1/classes/<c>/gallery``) writes the tombstone ``CLASS_WIDE``
+(no student id can be ``*``) before it deletes the galleries, in the same hash, under the same
+two rules. An enrol job that finds it erased treats every folder as erased: it puts nothing,
+drops every folder from its documents (counted in ``erased_while_running``) and withdraws every
+template its put wrote; the order is the one above (the class erase's SCAN and DEL after its
+tombstone, the job's read after its put), so either the job withdraws or the erase deletes what
+the put wrote. Identify jobs do not look at it: results stay on a class erase (their gallery
+re-read drops whoever it finds gone, as before).
+
 The API keeps tombstones longer than any job runs (``rollcall_api.erasure.ERASED_TTL_SECONDS``),
 so one written after a job's first read is still there at its last. One written while the RJ was
 queued is there too unless the RJ waited so long (about a day or more: queued or suspended) that
@@ -111,6 +120,8 @@ R = TypeVar("R", bound=Redecidable)
 # submission as made after it: the job drops a student the school erased and at once submitted
 # again (no enrolment, not named, counted in erased_while_running), never names an erased one.
 CLOCK_MARGIN_MS = 2_000
+# The tombstone of a whole-class erase: not a student id (``model.IDENT`` has no ``*``).
+CLASS_WIDE = "*"
 
 
 def tombstone_ms(value: str) -> int | None:
@@ -126,11 +137,14 @@ def erased_since(
     now: Mapping[str, str],
     ids: Iterable[str],
     submitted_ms: int | None = None,
+    *,
+    class_wide: bool = False,
 ) -> set[str]:
     """Which of ``ids`` were erased since the job was submitted, given the tombstones read at its
     start (``before``) and ``now``: a tombstone ``before`` lacks or held with another value (every
     erase writes a value of its own), or, when the submission time (unix ms) is known, one stamped
-    at or after it less ``CLOCK_MARGIN_MS`` or unreadable (fail safe)."""
+    at or after it less ``CLOCK_MARGIN_MS`` or unreadable (fail safe). ``class_wide``: a
+    ``CLASS_WIDE`` tombstone so erased counts every one of ``ids`` as erased."""
 
     def erased(s: str) -> bool:
         value = now.get(s)
@@ -143,6 +157,8 @@ def erased_since(
         stamp = tombstone_ms(value)
         return stamp is None or stamp >= submitted_ms - CLOCK_MARGIN_MS
 
+    if class_wide and erased(CLASS_WIDE):
+        return set(ids)
     return {s for s in ids if erased(s)}
 
 
