@@ -29,6 +29,7 @@ from rollcall_contract import keys
 from rollcall_contract.jobenv import JobSettings
 from rollcall_job.__main__ import run
 from rollcall_job.gallery import GalleryMeta, GalleryNotFound, GalleryStore, unpack
+from rollcall_job.pipeline import BadInput
 from test_erase_running_job import CLASS, TENANT, erase_class
 from test_erase_running_job import erase as erase_student
 from test_erase_running_job import stored as stored_or_none
@@ -247,6 +248,21 @@ def test_an_erase_before_the_rj_was_submitted_does_not_count(rig: Rig) -> None:
     summary = rig.run("identify", "id-3", folder, ["ann", ERASED], submitted_at=ago(-5))
     assert json.loads(stored(rig.client, "id-3")["attendance"])["not_enrolled"] == [ERASED]
     assert summary["erased_while_running"] == 0
+
+
+@pytest.mark.parametrize("mode", ["identify", "enroll"])
+def test_a_job_starting_a_day_after_its_submission_refuses_to_run(rig: Rig, mode: str) -> None:
+    """An erase made while the RJ waited may have left the tombstones by now: the job cannot
+    know, so it does nothing (bad input: submit a new RJ) rather than name or enrol the student."""
+    folder = rig.tmp / "late"
+    save(folder / "ann" / "1.png" if mode == "enroll" else folder / "1.png",
+         photo([("ann", 10, 10, 40)]))  # fmt: skip
+    gallery = keys.gallery(TENANT, CLASS, META.model_id)
+    templates = rig.client.hgetall(gallery)
+    with pytest.raises(BadInput, match="submit a new RJ"):
+        rig.run(mode, f"late-{mode}", folder, ["ann"], submitted_at=ago(24 * 3600 + 60))
+    assert stored_or_none(rig.client, f"late-{mode}") is None  # nothing published
+    assert rig.client.hgetall(gallery) == templates  # nothing enrolled
 
 
 # --- enrol: a student's first enrolment ---------------------------------------------------------

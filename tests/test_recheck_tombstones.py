@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from rollcall_api.erasure import CLASS_WIDE as API_CLASS_WIDE
 from rollcall_api.erasure import mentions
 from rollcall_contract.model import IDENT, RecognitionJobSpec
 from rollcall_contract.results import encode_results
@@ -22,6 +21,7 @@ from rollcall_job.recheck import (
     erased_since,
     publish_checked,
     tombstone_ms,
+    too_late,
 )
 from test_redecide import ROSTER, decided
 
@@ -202,8 +202,12 @@ def test_tombstone_ms(value: str, want: int | None) -> None:
         ({"b": "1-x"}, {"b": "2-y"}, SUBMITTED, {"b"}),
         ({}, {"b": "1-x"}, SUBMITTED, {"b"}),
         ({}, {"b": "garbage"}, None, {"b"}),
-        # gone since (pruned), or never there, or not named
-        ({"b": f"{SUBMITTED + 1}-x"}, {}, SUBMITTED, set()),
+        # read at the start, stamped after the submission, gone since (expired or pruned): still
+        # an erase after the submission; stamped before it: not
+        ({"b": f"{SUBMITTED + 1}-x"}, {}, SUBMITTED, {"b"}),
+        ({"b": "1-x"}, {}, SUBMITTED, set()),
+        ({"b": f"{SUBMITTED + 1}-x"}, {}, None, set()),
+        # never there, or not named
         ({}, {"z": f"{SUBMITTED + 1}-x"}, SUBMITTED, set()),
         # the class-wide tombstone is nobody's unless asked for (below)
         ({}, {CLASS_WIDE: f"{SUBMITTED + 1}-x"}, SUBMITTED, set()),
@@ -239,10 +243,28 @@ def test_a_class_wide_erase_erases_every_id(
     assert erased_since(before, now, IDS, submitted, class_wide=True) == want
 
 
-def test_the_class_wide_field_is_the_apis_and_no_student_id() -> None:
-    assert CLASS_WIDE == API_CLASS_WIDE
+def test_the_class_wide_field_is_no_student_id() -> None:
     assert not re.fullmatch(IDENT, CLASS_WIDE)
     with pytest.raises(ValueError):
         RecognitionJobSpec.model_validate(
             {"classCode": "6B", "images": {"claimName": "p"}, "roster": [CLASS_WIDE]}
         )
+
+
+HOUR_MS = 3_600_000
+
+
+@pytest.mark.parametrize(
+    ("submitted", "now", "want"),
+    [
+        (None, SUBMITTED, False),  # no submission time (an older operator): nothing to compare
+        (SUBMITTED, SUBMITTED, False),
+        (SUBMITTED, SUBMITTED + 24 * HOUR_MS - 1, False),  # within a day: every erase on record
+        (SUBMITTED, SUBMITTED + 24 * HOUR_MS, True),  # a day: one may have expired
+        (SUBMITTED, SUBMITTED + 30 * 24 * HOUR_MS, True),
+    ],
+)
+def test_a_job_starting_a_day_after_its_submission_refuses(
+    submitted: int | None, now: int, want: bool
+) -> None:
+    assert too_late(submitted, now) is want

@@ -60,20 +60,9 @@ log = logging.getLogger("rollcall_api.erasure")
 _RETRIES = 5
 _SCAN_COUNT = 1000
 
-# How long the class's tombstone hash lives after the last erase, and how old one tombstone may
-# grow before a later erase prunes it. A job reads the tombstones after it starts and again after
-# it publishes, so one written after its first read must still be there at its last: jobs run at
-# most ``RunPolicy.active_deadline_seconds`` (the model's bound, 86,400 s: the Job's wall-clock
-# limit, retries included). One more hour covers the Job controller's lag in enforcing it and the
-# clock difference of the API replica that prunes and the one that wrote (each stamp is the
-# writer's clock). Beyond that an erased student's id is kept no longer than needed. A job also
-# counts a tombstone stamped after its RJ's submission (``rollcall_job.recheck``), which this TTL
-# keeps for a job whose last read comes within it: not for an RJ left queued or suspended for
-# about a day or more, which no model bound limits (queueTimeoutSeconds is optional).
-ERASED_TTL_SECONDS = 86_400 + 3_600
-# The tombstone field of a whole-class erase: no student id can be it (``model.IDENT``), and the
-# jobs' ``rollcall_job.recheck.CLASS_WIDE`` is the same (tested).
-CLASS_WIDE = "*"
+# Declared with the key layout (``rollcall_contract.keys``): the jobs read the same.
+ERASED_TTL_SECONDS = keys.ERASED_TTL_SECONDS
+CLASS_WIDE = keys.ERASED_CLASS_WIDE
 
 
 @dataclass(frozen=True)

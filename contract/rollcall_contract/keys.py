@@ -88,6 +88,20 @@ def gallery_match(tenant: str, name: str) -> str:
     return _gallery_match_in(tenant_prefix(tenant), name)
 
 
+# How long the class's tombstone hash lives after the last erase, and how old one tombstone may
+# grow before a later erase prunes it. A job counts a tombstone stamped after its RJ's submission
+# or written while it ran (``rollcall_job.recheck``), so each must outlive the job's last read:
+# jobs run at most ``RunPolicy.active_deadline_seconds`` (the model's bound, 86,400 s: the Job's
+# wall-clock limit, retries included). One more hour covers the Job controller's lag in enforcing
+# it and the clock difference of the API replica that prunes and the one that wrote (each stamp is
+# the writer's clock). A job whose pod starts this long or longer after its RJ's submission could
+# miss an erase made meanwhile, so it refuses to run (resubmit it). Beyond that an erased student's
+# id is kept no longer than needed.
+ERASED_TTL_SECONDS = 86_400 + 3_600
+# The tombstone field of a whole-class erase: no student id can be it (``model.IDENT`` has no *).
+ERASED_CLASS_WIDE = "*"
+
+
 def erased(tenant: str, name: str) -> str:
     """Hash: student id -> erase tombstone (``<unix ms>-<nonce>``) of the class gallery ``name``.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from rollcall_job.pipeline import BadInput, embedder_spec, identify, no_gallery
 from rollcall_job.progress import Progress, log_sink, redis_sink
 from rollcall_job.protocols import Engine, ImageBGR
 from rollcall_job.quality import QualityGate
-from rollcall_job.recheck import erased_since, publish_checked
+from rollcall_job.recheck import erased_since, publish_checked, too_late
 from rollcall_job.results import write_results
 from rollcall_job.termination import error_message, summary_message
 
@@ -126,6 +127,13 @@ def run(
         client = redis_client(settings.redis_url, settings.redis_ca_file)
     except ValueError as e:  # a CA file with a plain redis:// URL: fix the settings
         raise BadInput(str(e)) from None
+    at = settings.submitted_at
+    if at is not None and too_late(int(at.timestamp() * 1000), int(time.time() * 1000)):
+        raise BadInput(
+            f"the RJ was submitted at {at.isoformat()}, over "
+            f"{(keys.ERASED_TTL_SECONDS - 3_600) // 3_600} h ago: an erase made since may no longer "
+            "be on record, so this job does not run; submit a new RJ"
+        )
     try:
         client.ping()  # fail fast (TRANSIENT) before seconds of model loading
         # erases recorded from here on are "while the job ran", and with the RJ's submission

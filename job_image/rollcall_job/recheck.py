@@ -74,11 +74,12 @@ tombstone, the job's read after its put), so either the job withdraws or the era
 the put wrote. Identify jobs do not look at it: results stay on a class erase (their gallery
 re-read drops whoever it finds gone, as before).
 
-The API keeps tombstones longer than any job runs (``rollcall_api.erasure.ERASED_TTL_SECONDS``),
-so one written after a job's first read is still there at its last. One written while the RJ was
-queued is there too unless the RJ waited so long (about a day or more: queued or suspended) that
-the tombstone expired or was pruned before the job's last read; that erase then counts as before
-the job.
+The API keeps tombstones longer than any job runs (``keys.ERASED_TTL_SECONDS``), so one written
+after a job's first read is still there at its last. One written while the RJ was queued is in the
+first read if the pod starts within that TTL of the submission, and counts from there even if it
+expires before the last read. A pod starting later than that (an RJ queued or suspended for about
+a day) could have missed an erase made meanwhile, so the job refuses to run (``too_late``: bad
+input, submit the RJ again).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, Self, TypeVar
+
+from rollcall_contract import keys
 
 log = logging.getLogger("rollcall_job.recheck")
 
@@ -120,8 +123,7 @@ R = TypeVar("R", bound=Redecidable)
 # submission as made after it: the job drops a student the school erased and at once submitted
 # again (no enrolment, not named, counted in erased_while_running), never names an erased one.
 CLOCK_MARGIN_MS = 2_000
-# The tombstone of a whole-class erase: not a student id (``model.IDENT`` has no ``*``).
-CLASS_WIDE = "*"
+CLASS_WIDE = keys.ERASED_CLASS_WIDE
 
 
 def tombstone_ms(value: str) -> int | None:
@@ -130,6 +132,15 @@ def tombstone_ms(value: str) -> int | None:
     if not (sep and nonce and head.isascii() and head.isdigit()):
         return None
     return int(head)
+
+
+def too_late(submitted_ms: int | None, now_ms: int) -> bool:
+    """Whether a job starting at ``now_ms`` (the pod's clock) may have missed an erase made since
+    its RJ's submission: tombstones live ``keys.ERASED_TTL_SECONDS`` from the erase, less the hour
+    it keeps for clocks and the Job controller's lag."""
+    if submitted_ms is None:
+        return False
+    return now_ms - submitted_ms >= (keys.ERASED_TTL_SECONDS - 3_600) * 1000
 
 
 def erased_since(
@@ -143,19 +154,21 @@ def erased_since(
     """Which of ``ids`` were erased since the job was submitted, given the tombstones read at its
     start (``before``) and ``now``: a tombstone ``before`` lacks or held with another value (every
     erase writes a value of its own), or, when the submission time (unix ms) is known, one stamped
-    at or after it less ``CLOCK_MARGIN_MS`` or unreadable (fail safe). ``class_wide``: a
+    at or after it less ``CLOCK_MARGIN_MS`` or unreadable (fail safe), read now or at the start. ``class_wide``: a
     ``CLASS_WIDE`` tombstone so erased counts every one of ``ids`` as erased."""
 
-    def erased(s: str) -> bool:
-        value = now.get(s)
-        if value is None:
-            return False
-        if value != before.get(s):
-            return True
-        if submitted_ms is None:
+    def after_submission(value: str | None) -> bool:
+        if value is None or submitted_ms is None:
             return False
         stamp = tombstone_ms(value)
         return stamp is None or stamp >= submitted_ms - CLOCK_MARGIN_MS
+
+    def erased(s: str) -> bool:
+        value, then = now.get(s), before.get(s)
+        if value is not None and value != then:
+            return True
+        # read at the start and gone since (expired or pruned): still an erase after submission
+        return after_submission(value) or after_submission(then)
 
     if class_wide and erased(CLASS_WIDE):
         return set(ids)
