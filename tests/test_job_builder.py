@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from rollcall_contract.jobenv import (
     INPUT_MOUNT,
@@ -430,3 +431,79 @@ def test_the_job_is_told_when_the_rj_was_submitted(
     settings = JobSettings()
     want = None if expected is None else dt.datetime.fromisoformat(expected)
     assert settings.submitted_at == want
+
+
+INT8 = "mobilefacenet-sirius-int8-v2"
+
+
+@pytest.mark.parametrize(
+    ("default_model", "spec_model", "expected"),
+    [
+        (None, None, "default"),  # spec.model left out: the CRD's default, the image's built-in
+        (None, "default", "default"),
+        (None, "dlib-resnet-v1", "dlib-resnet-v1"),
+        (INT8, None, INT8),
+        (INT8, "default", INT8),
+        (INT8, "dlib-resnet-v1", "dlib-resnet-v1"),  # an RJ that names a card keeps it
+        (INT8, "mobilefacenet-sirius-v1", "mobilefacenet-sirius-v1"),  # the float one, by its id
+    ],
+)
+def test_the_cluster_default_model_stands_in_for_default_only(
+    default_model: str | None,
+    spec_model: str | None,
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ROLLCALL_MODEL is the card the job runs (and so whose galleries it reads): the cluster's
+    default_model for an RJ that names none, the RJ's own card otherwise."""
+    body = rj() if spec_model is None else rj(model=spec_model)
+    job = build_job(body, OperatorSettings(default_model=default_model))
+    assert env(job)["ROLLCALL_MODEL"] == expected
+    names = [e["name"] for e in container(job)["env"]]
+    assert len(names) == len(set(names))
+    for e in container(job)["env"]:  # the container's environment, as the job reads it
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    assert JobSettings().model == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "../mobilefacenet-sirius-int8-v2",
+        "..",
+        ".",
+        "cards/int8",
+        "Int8",
+        "-int8",
+        " int8",
+        "x" * 64,
+    ],
+)
+def test_default_model_must_be_a_card_name(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked as spec.model is (a DNS label), so no setting points the job outside its model
+    dir; refused at the operator's start-up, from the environment too, not at every job."""
+    with pytest.raises(ValidationError, match="default_model"):
+        OperatorSettings(default_model=value)
+    monkeypatch.setenv("ROLLCALL_OPERATOR_DEFAULT_MODEL", value)
+    with pytest.raises(ValidationError, match="default_model"):
+        OperatorSettings()
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", None), (INT8, INT8), ("default", "default")])
+def test_default_model_from_the_environment(
+    text: str, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty variable is no setting (the image's built-in default), as the chart's ``""``."""
+    monkeypatch.setenv("ROLLCALL_OPERATOR_DEFAULT_MODEL", text)
+    assert OperatorSettings().default_model == expected
+    want = expected or "default"
+    assert env(build_job(rj(), OperatorSettings()))["ROLLCALL_MODEL"] == want
+
+
+@pytest.mark.parametrize("name", ["model", "MODEL"])
+def test_extra_env_cannot_set_the_model(name: str) -> None:
+    """A job-wide ROLLCALL_MODEL would also replace the card an RJ names (and duplicate the
+    variable): the cluster's choice is default_model."""
+    with pytest.raises(ValidationError, match="default_model"):
+        OperatorSettings(extra_env={name: INT8})

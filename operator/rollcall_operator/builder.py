@@ -77,6 +77,21 @@ def build_labels(rj_name: str, rj_uid: str, spec: RecognitionJobSpec) -> dict[st
     }
 
 
+# spec.model's default (the CRD's and the job's): the job image's built-in model dir.
+BUILTIN_MODEL = "default"
+
+
+def job_model(spec: RecognitionJobSpec, settings: OperatorSettings) -> str:
+    """The card the job runs: the RJ's own, or for ``default`` the cluster's (``default_model``).
+
+    Decided here, not in the job, so the Job's ROLLCALL_MODEL says which card (and so which
+    galleries) it used; the results carry the card's id too (summary.model).
+    """
+    if spec.model in ("", BUILTIN_MODEL) and settings.default_model:
+        return settings.default_model
+    return spec.model
+
+
 def owner_reference(rj: Mapping[str, Any]) -> dict[str, Any]:
     """Makes the RJ the Job's controller: deleting the RJ garbage-collects the Job and its pods."""
     meta = rj["metadata"]
@@ -141,7 +156,7 @@ def _container(
         threshold=spec.matching.threshold,
         margin=spec.matching.margin,
         top_k=spec.matching.top_k,
-        model=spec.model,
+        model=job_model(spec, settings),
         input_dir=INPUT_MOUNT,
         # Said explicitly (it is also the default) so a runtime that maps the pod's
         # terminationMessagePath elsewhere, like the local node agent, can rewrite it.

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rollcall_contract.jobenv import env_name
+from rollcall_contract.model import DnsLabel
 from rollcall_operator.egress import Allowlist
 from rollcall_operator.quantities import JobBounds, parse_quantity
 
@@ -108,6 +109,17 @@ class OperatorSettings(BaseSettings):
         default_factory=dict,
         description="Extra ROLLCALL_* settings for the container, e.g. PROVIDERS.",
     )
+    default_model: DnsLabel | None = Field(
+        default=None,
+        description="Model card of RJs whose spec.model is 'default' (e.g. the int8 card on a "
+        "CPU-only cluster); empty: the job image's built-in default. RJs naming a card keep it.",
+    )
+
+    @field_validator("default_model", mode="before")
+    @classmethod
+    def _empty_is_builtin(cls, value: object) -> object:
+        # an empty ROLLCALL_OPERATOR_DEFAULT_MODEL (set by hand) means "not set", as the chart's ""
+        return None if value == "" else value
 
     @field_validator("image")
     @classmethod
@@ -122,6 +134,11 @@ class OperatorSettings(BaseSettings):
             env_name(name)
             if name.lower() in _PER_RJ_SETTINGS:  # the RJ's own: its tenant, its Redis user
                 raise ValueError(f"extra_env cannot set {name!r}: it comes from each RJ")
+            if name.lower() == "model":  # would override the card an RJ names, too
+                raise ValueError(
+                    "extra_env cannot set 'model': set default_model (chart: models.default), "
+                    "which leaves an RJ that names a card alone"
+                )
         return value
 
     pod_annotations: dict[str, str] = Field(default_factory=dict)
