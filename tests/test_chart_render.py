@@ -96,6 +96,8 @@ def test_helm_lint_passes_strict_with_defaults_and_with_a_gpu_cluster_setup(
         ({"redis": {"external": {"url": "http://redis:6379"}}}, "url"),
         ({"job": {"extraEnv": {"batch_size": 64}}}, "batch_size"),  # settings values are strings
         ({"gpu": {"tolerations": [{"key": "x", "operator": "Exist"}]}}, "operator"),
+        # a card name, as spec.model: never a path out of the model dir
+        ({"models": {"default": "../mobilefacenet-sirius-int8-v2"}}, "/models/default"),
     ],
 )
 def test_schema_rejects_typos_and_bad_values(
@@ -378,6 +380,38 @@ def test_operator_env_names_are_real_settings(default_docs: list[dict[str, Any]]
     fields = {f"{ENV_PREFIX}{name.upper()}" for name in OperatorSettings.model_fields}
     fields.add(f"{ENV_PREFIX}LOG_LEVEL")  # read by rollcall_operator.__main__ itself
     assert set(env_of(operator_container(default_docs))) <= fields
+
+
+def test_models_default_reaches_the_operator_and_the_jobs_of_rjs_naming_no_card(
+    tools_bin: Path,
+    tmp_path: Path,
+    default_docs: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``models.default`` becomes the operator's default_model; ``""`` (the chart's default)
+    renders no variable, so the jobs keep the image's built-in model."""
+    rj: dict[str, Any] = {
+        "metadata": {"name": "math-7b", "namespace": NS, "uid": "u-1"},
+        "spec": {"classCode": "MATH-7B", "images": {"claimName": "photos"}, "roster": ["s1"]},
+    }
+    named = {**rj, "spec": {**rj["spec"], "model": "dlib-resnet-v1"}}
+    var = f"{ENV_PREFIX}DEFAULT_MODEL"
+
+    assert var not in env_of(operator_container(default_docs))
+    s = operator_settings(default_docs, monkeypatch)
+    assert s.default_model is None
+    assert (
+        env_of(build_job(rj, s)["spec"]["template"]["spec"]["containers"][0])["ROLLCALL_MODEL"]
+        == "default"
+    )
+
+    docs = render(tools_bin, tmp_path, {"models": {"default": "mobilefacenet-sirius-int8-v2"}})
+    assert env_of(operator_container(docs))[var] == "mobilefacenet-sirius-int8-v2"
+    s = operator_settings(docs, monkeypatch)
+    assert s.default_model == "mobilefacenet-sirius-int8-v2"
+    for body, model in ((rj, "mobilefacenet-sirius-int8-v2"), (named, "dlib-resnet-v1")):
+        container = build_job(body, s)["spec"]["template"]["spec"]["containers"][0]
+        assert env_of(container)["ROLLCALL_MODEL"] == model
 
 
 # --- the API --------------------------------------------------------------------------------------
