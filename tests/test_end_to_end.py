@@ -26,6 +26,7 @@ from localk8s import ensure_tools, wait_for
 from rollcall_job.faces import load_engine, read_image
 from rollcall_job.models.assets import photo
 from rollcall_job.models.build import build_models
+from rollcall_operator.builder import job_name
 from stack import Stack, running_stack
 
 pytestmark = [pytest.mark.models, pytest.mark.k8s, pytest.mark.redis, pytest.mark.slow]
@@ -291,3 +292,82 @@ def _job_name(stack: Stack, rj: str) -> str:
         ),
     )
     return str(obj.get("status", {}).get("jobName") or "")
+
+
+INT8 = "mobilefacenet-sirius-int8-v2"
+FLOAT = "mobilefacenet-sirius-v1"  # the image's built-in default, by its card id
+
+
+@pytest.fixture(scope="module")
+def int8_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A CPU-only cluster's set-up: the operator's default_model (chart: models.default) is the
+    int8 card; two students enrolled from their own photos, one of them in today's photo."""
+    with running_stack(
+        tmp_path_factory.mktemp("e2e-int8"),
+        schools={"north": [NS]},
+        model_dir=build_models(),
+        operator_env={"ROLLCALL_OPERATOR_DEFAULT_MODEL": INT8},
+    ) as s:
+        enrollment = s.claim(NS, "enrollment")
+        for sid, names in {
+            "s-obama": ["obama.jpg", "obama2.jpg"],
+            "s-biden": ["biden.jpg"],
+        }.items():
+            (enrollment / sid).mkdir(parents=True)
+            for name in names:
+                shutil.copy(photo(name), enrollment / sid / name)
+        today = s.claim(NS, "class-photos") / "period-1"
+        today.mkdir(parents=True)
+        shutil.copy(photo("obama3.jpg"), today / "portrait.jpg")
+        yield s
+
+
+def test_the_cluster_default_model_runs_rjs_that_name_none_and_keeps_galleries_apart(
+    int8_cluster: Stack,
+) -> None:
+    """The switch as a school lives it: a class enrolled under the float card (what ``default``
+    meant before) has no int8 gallery, so attendance naming no card fails with the "enrol the
+    class again" error; enrolled again naming no card, the int8 card takes it, and says so."""
+    roster = ["s-obama", "s-biden"]
+    batch = client.BatchV1Api(int8_cluster.api)
+
+    def enrol(http: httpx.Client, **model: str) -> Any:
+        body = {"classCode": CLASS, "images": {"claimName": "enrollment"}, **model}
+        resp = http.post("/v1/enrollments", json=body)
+        assert resp.status_code == 202, resp.text
+        return _wait_phase(http, resp.json()["id"], {"Succeeded", "Failed"})
+
+    def identify(http: httpx.Client) -> Any:  # no model in the request: the CRD's "default"
+        resp = http.post(
+            "/v1/recognition-jobs",
+            json={
+                "classCode": CLASS,
+                "images": {"claimName": "class-photos", "subPath": "period-1"},
+                "roster": roster,
+            },
+        )
+        assert resp.status_code == 202, resp.text
+        return _wait_phase(http, resp.json()["id"], {"Succeeded", "Failed"})
+
+    def job_model(job: Any) -> str:
+        assert job["spec"]["model"] == "default"  # the RJ as stored: it named no card
+        manifest: Any = batch.read_namespaced_job(job_name(job["id"]), NS)
+        env = {e.name: e.value for e in manifest.spec.template.spec.containers[0].env}
+        return str(env["ROLLCALL_MODEL"])
+
+    with _http(int8_cluster) as http:
+        assert enrol(http, model=FLOAT)["phase"] == "Succeeded"
+        job = identify(http)
+        assert job["phase"] == "Failed", job
+        assert f"has no gallery '{CLASS}' for model '{INT8}': enrol the class" in job["message"]
+        assert job_model(job) == INT8
+
+        enrolment = enrol(http)
+        assert enrolment["phase"] == "Succeeded", enrolment
+        assert job_model(enrolment) == INT8
+        job = identify(http)
+        assert job["phase"] == "Succeeded", job
+        results = http.get(f"/v1/recognition-jobs/{job['id']}/results").json()
+        assert results["summary"]["model"] == INT8
+        assert [p["student"] for p in results["attendance"]["present"]] == ["s-obama"]
+        assert results["attendance"]["absent"] == ["s-biden"]
