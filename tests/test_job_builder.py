@@ -455,10 +455,12 @@ def test_the_cluster_default_model_stands_in_for_default_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """ROLLCALL_MODEL is the card the job runs (and so whose galleries it reads): the cluster's
-    default_model for an RJ that names none, the RJ's own card otherwise."""
+    default_model for an RJ that names none, the RJ's own card otherwise. The Job's
+    rollcall.io/model label says the same card, for the fold to copy into status.model."""
     body = rj() if spec_model is None else rj(model=spec_model)
     job = build_job(body, OperatorSettings(default_model=default_model))
     assert env(job)["ROLLCALL_MODEL"] == expected
+    assert job["metadata"]["labels"]["rollcall.io/model"] == expected
     names = [e["name"] for e in container(job)["env"]]
     assert len(names) == len(set(names))
     for e in container(job)["env"]:  # the container's environment, as the job reads it

@@ -357,3 +357,44 @@ def test_a_job_that_merely_exists_writes_nothing_over_the_default_pending(
         assert patch is not None
         assert ({**current, **patch}["phase"], patch.get("reason")) == writes
         assert patch["jobName"] == "math-7b"
+
+
+INT8 = "mobilefacenet-sirius-int8-v2"
+
+
+def labelled(j: dict[str, Any], model: str) -> dict[str, Any]:
+    """``j`` as the operator labels it: ``rollcall.io/model`` names the card it runs."""
+    return {**j, "metadata": {**j["metadata"], "labels": {"rollcall.io/model": model}}}
+
+
+@pytest.mark.parametrize(
+    ("current", "the_job", "pods", "model"),
+    [
+        # the card lands with jobName, in the write the fold makes anyway
+        (DEFAULTED, labelled(job(active=1), INT8), [pod("p", "Running")], INT8),
+        ({}, labelled(job(), "default"), [], "default"),
+        (QUEUED, labelled(job(), "dlib-resnet-v1"), [], "dlib-resnet-v1"),
+        (DEFAULTED, labelled(job(("Complete", "Done")), INT8),
+         [pod("p", "Succeeded", exit_code=0, message=OK_MSG)], INT8),
+        # a Job from an older operator has no label: no status.model, the rest as before
+        (DEFAULTED, job(active=1), [pod("p", "Running")], None),
+        (QUEUED, job(), [], None),
+    ],
+)  # fmt: skip
+def test_status_model_comes_from_the_jobs_label(
+    current: dict[str, Any],
+    the_job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    model: str | None,
+) -> None:
+    patch = patch_for(current, the_job, pods, now=T1)
+    assert patch is not None and patch["jobName"] == "math-7b"
+    assert patch.get("model") == model
+    assert ("model" in patch) is (model is not None)
+    # folded again, unchanged: nothing to write (the label costs no write of its own)
+    assert patch_for({**current, **patch}, the_job, pods, now=T2) is None
+
+
+def test_a_labelled_job_that_merely_exists_still_writes_nothing() -> None:
+    """status.model lands with jobName at the next transition, as jobName does: no extra write."""
+    assert patch_for(DEFAULTED, labelled(job(), INT8), [], now=T1) is None

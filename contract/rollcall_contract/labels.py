@@ -19,6 +19,9 @@ CLASS = "rollcall.io/class"
 MODE = "rollcall.io/mode"
 RJ_NAME = "rollcall.io/rj-name"
 RJ_UID = "rollcall.io/rj-uid"
+# On the Job: the model card it runs (the RJ's spec.model, or the cluster's for "default"); the
+# operator copies it into the RJ's status.model when it folds the Job.
+MODEL = "rollcall.io/model"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 ANNOTATION_RJ = "rollcall.io/recognitionjob"

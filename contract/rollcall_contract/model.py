@@ -370,6 +370,11 @@ class RecognitionJobStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
     job_name: str | None = None
+    model: str | None = Field(
+        default=None,
+        description="The model card the Job runs: spec.model, or the cluster's default for "
+        "'default'. Unset for Jobs made by an operator from before this field.",
+    )
     attempts: int = 0
     queued_time: str | None = None
     start_time: str | None = None

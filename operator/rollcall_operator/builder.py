@@ -256,6 +256,11 @@ def build_job(
     name = job_name(meta["name"])
     pod_labels = build_labels(meta["name"], meta["uid"], spec)
     job_labels = dict(pod_labels)
+    # The card, for the fold to copy into status.model with jobName (no write of its own). Card
+    # ids are DNS labels, so always valid label values; an invalid one would only go unlabelled.
+    model = job_model(spec, settings)
+    if labels.is_label_value(model):
+        job_labels[labels.MODEL] = model
     if spec.queue:
         job_labels[labels.KUEUE_QUEUE] = spec.queue
     gpu = spec.resources.gpus > 0

@@ -140,6 +140,7 @@ _PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Absent", "type": "integer", "jsonPath": ".status.summary.absent", "priority": 1},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
+    {"name": "Model", "type": "string", "jsonPath": ".status.model", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

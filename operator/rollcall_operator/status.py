@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rollcall_contract import labels
 from rollcall_contract.jobenv import ExitCode
 from rollcall_contract.model import TERMINAL_PHASES, Phase, Summary
 
@@ -370,6 +371,11 @@ def job_status_patch(
     }
     if generation is not None:
         extra["observedGeneration"] = generation
+    # The card the Job runs, from its label (see builder.build_job); Jobs of an older operator
+    # carry none, and their RJs keep no status.model.
+    model = (job["metadata"].get("labels") or {}).get(labels.MODEL)
+    if model:
+        extra["model"] = model
     if seen.completion_time:
         extra["completionTime"] = seen.completion_time
     if seen.summary is not None:
