@@ -353,6 +353,13 @@ def test_the_cluster_default_model_runs_rjs_that_name_none_and_keeps_galleries_a
         assert job["spec"]["model"] == "default"  # the RJ as stored: it named no card
         manifest: Any = batch.read_namespaced_job(job_name(job["id"]), NS)
         env = {e.name: e.value for e in manifest.spec.template.spec.containers[0].env}
+        rj = cast(  # a custom object is untyped JSON
+            dict[str, Any],
+            client.CustomObjectsApi(int8_cluster.api).get_namespaced_custom_object(
+                "rollcall.io", "v1alpha1", NS, "recognitionjobs", job["id"]
+            ),
+        )
+        assert rj["status"].get("model") == env["ROLLCALL_MODEL"]  # kubectl get rj -o wide
         return str(env["ROLLCALL_MODEL"])
 
     with _http(int8_cluster) as http:
