@@ -179,11 +179,13 @@ async def test_status_progress_and_summary_read_back(
     api: Api, k8s_api: client.ApiClient, redis_client: redis.Redis
 ) -> None:
     job = (await submit(api)).json()
-    set_status(
-        k8s_api, api.ns, job["id"], {"phase": "Running", "progress": {"done": 3, "total": 10}}
-    )
+    assert job["model"] is None  # no Job yet: the operator has not chosen the card
+    running = {"phase": "Running", "progress": {"done": 3, "total": 10},
+               "model": "mobilefacenet-sirius-int8-v2"}  # fmt: skip
+    set_status(k8s_api, api.ns, job["id"], running)
     got = (await api.http.get(f"/v1/recognition-jobs/{job['id']}", headers=api.auth())).json()
     assert got["phase"] == "Running" and got["progress"] == {"done": 3, "total": 10}
+    assert got["model"] == "mobilefacenet-sirius-int8-v2"  # the card, whatever spec.model says
 
     # The job's own progress in Redis is fresher than the RJ status while it runs.
     redis_client.hset(keys.job_progress(api.ns, job["uid"]), mapping={"done": 7, "total": 10})

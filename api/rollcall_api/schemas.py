@@ -64,6 +64,11 @@ class JobView(_Out):
     phase: Phase
     progress: ProgressOut
     summary: Summary | None = None
+    model: str | None = Field(
+        default=None,
+        description="The model card the job runs (its galleries are that card's): spec.model, or "
+        "the cluster's default card for 'default'. Null until the operator has made its Job.",
+    )
     reason: str | None = None
     message: str | None = None
     created_at: str | None = None

@@ -87,6 +87,7 @@ def job_view(obj: dict[str, Any], base: str, progress: tuple[int, int] | None = 
         phase=status.phase,
         progress=ProgressOut(done=done, total=total),
         summary=status.summary,
+        model=status.model,
         reason=status.reason,
         message=status.message,
         created_at=meta.get("creationTimestamp"),
