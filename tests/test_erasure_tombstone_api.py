@@ -17,7 +17,6 @@ from rollcall_api.erasure import (
     ERASED_TTL_SECONDS,
     Eraser,
     stale_tombstones,
-    tombstone,
 )
 from rollcall_contract import keys
 from rollcall_contract.model import RunPolicy
@@ -48,7 +47,7 @@ def test_stale_tombstones(fields: dict[str, str], want: set[str]) -> None:
 
 
 def test_every_erase_writes_a_tombstone_of_its_own() -> None:
-    values = {tombstone(5) for _ in range(50)}
+    values = {keys.tombstone(5) for _ in range(50)}
     assert len(values) == 50 and all(v.startswith("5-") for v in values)
 
 
@@ -87,7 +86,7 @@ def test_an_erase_leaves_a_tombstone_first_even_where_it_finds_nothing(
 ) -> None:
     key = keys.erased(TENANT, CLASS)
     seen_at_scan = tombstoned_at_scan(monkeypatch, ERASED)
-    now = tombstone(int(time.time() * 1000))
+    now = keys.tombstone(int(time.time() * 1000))
     redis_client.hset(key, mapping={"old": "1-x", "bad": "x", "fresh": now})
     done = erase_student(redis_url, ERASED)
     assert (done.templates, done.results, done.class_found) == (0, 0, False)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -123,25 +122,11 @@ def mentions(fields: Mapping[str, str], student: str) -> bool:
     return quoted in text or f"{quoted[:-1]}/" in text
 
 
-def tombstone(now_ms: int) -> str:
-    """A tombstone's value: the erase time (ms) and a nonce, so that every erase writes a value
-    no earlier read can hold (a job tells an erase made since its start by a changed value)."""
-    return f"{now_ms}-{secrets.token_hex(4)}"
-
-
 def stale_tombstones(fields: Mapping[str, str], now_ms: int, ttl_seconds: int) -> set[str]:
     """The ids whose tombstone is older than ``ttl_seconds`` (or unreadable): pruned by the next
     erase, as no job still running can need them."""
-    out: set[str] = set()
-    for student, value in fields.items():
-        try:
-            written = int(value.split("-", 1)[0])
-        except ValueError:
-            out.add(student)
-            continue
-        if written < now_ms - ttl_seconds * 1000:
-            out.add(student)
-    return out
+    oldest = now_ms - ttl_seconds * 1000
+    return {s for s, v in fields.items() if (ms := keys.tombstone_ms(v)) is None or ms < oldest}
 
 
 @dataclass
@@ -203,7 +188,7 @@ class Eraser:
                     fields = {_text(k): _text(v) for k, v in raw.items()}
                     stale = stale_tombstones(fields, now_ms, ERASED_TTL_SECONDS) - {student}
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hset(key, student, tombstone(now_ms))
+                    pipe.hset(key, student, keys.tombstone(now_ms))
                     if stale:
                         pipe.hdel(key, *sorted(stale))
                     pipe.expire(key, ERASED_TTL_SECONDS)

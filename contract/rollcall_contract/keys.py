@@ -13,6 +13,7 @@ or a RENAME across them stays on one shard.
 from __future__ import annotations
 
 import re
+import secrets
 
 PREFIX = "rollcall"
 
@@ -98,8 +99,24 @@ def gallery_match(tenant: str, name: str) -> str:
 # miss an erase made meanwhile, so it refuses to run (resubmit it). Beyond that an erased student's
 # id is kept no longer than needed.
 ERASED_TTL_SECONDS = 86_400 + 3_600
+# The latest a job's pod may start after its RJ's submission and still see every erase since.
+ERASED_START_WITHIN_SECONDS = ERASED_TTL_SECONDS - 3_600
 # The tombstone field of a whole-class erase: no student id can be it (``model.IDENT`` has no *).
 ERASED_CLASS_WIDE = "*"
+
+
+def tombstone(now_ms: int) -> str:
+    """A tombstone's value: the erase time (ms) and a nonce, so that every erase writes a value
+    no earlier read can hold (a job tells an erase made since its start by a changed value)."""
+    return f"{now_ms}-{secrets.token_hex(4)}"
+
+
+def tombstone_ms(value: str) -> int | None:
+    """The erase time (unix ms) of a tombstone value ``<ms>-<nonce>``; None when it is not one."""
+    head, sep, nonce = value.partition("-")
+    if not (sep and nonce and head.isascii() and head.isdigit()):
+        return None
+    return int(head)
 
 
 def erased(tenant: str, name: str) -> str:

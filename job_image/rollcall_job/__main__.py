@@ -123,17 +123,16 @@ def run(
     check_names(settings)
     if not settings.input_dir.is_dir():
         raise BadInput(f"input directory {settings.input_dir} does not exist")
+    if too_late(_submitted_ms(settings), int(time.time() * 1000)):
+        raise BadInput(
+            f"the RJ was submitted at {settings.submitted_at}, over "
+            f"{keys.ERASED_START_WITHIN_SECONDS // 3_600} h ago: an erase made since may no longer "
+            "be on record, so this job does not run; submit a new RJ"
+        )
     try:
         client = redis_client(settings.redis_url, settings.redis_ca_file)
     except ValueError as e:  # a CA file with a plain redis:// URL: fix the settings
         raise BadInput(str(e)) from None
-    at = settings.submitted_at
-    if at is not None and too_late(int(at.timestamp() * 1000), int(time.time() * 1000)):
-        raise BadInput(
-            f"the RJ was submitted at {at.isoformat()}, over "
-            f"{(keys.ERASED_TTL_SECONDS - 3_600) // 3_600} h ago: an erase made since may no longer "
-            "be on record, so this job does not run; submit a new RJ"
-        )
     try:
         client.ping()  # fail fast (TRANSIENT) before seconds of model loading
         # erases recorded from here on are "while the job ran", and with the RJ's submission
@@ -163,11 +162,15 @@ def _erased_since(
     """Which of some ids were erased since the RJ was submitted (tombstones read now vs ``began``
     and the submission time: ``recheck.erased_since``); ``class_wide``: all of them once the
     class's gallery was erased so."""
-    at = settings.submitted_at
-    submitted_ms = None if at is None else int(at.timestamp() * 1000)
+    submitted_ms = _submitted_ms(settings)
     return lambda ids: erased_since(
         began, store.tombstones(settings.gallery), ids, submitted_ms, class_wide=class_wide
     )
+
+
+def _submitted_ms(settings: JobSettings) -> int | None:
+    at = settings.submitted_at
+    return None if at is None else int(at.timestamp() * 1000)
 
 
 def _identify(

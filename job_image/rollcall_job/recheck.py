@@ -126,12 +126,7 @@ CLOCK_MARGIN_MS = 2_000
 CLASS_WIDE = keys.ERASED_CLASS_WIDE
 
 
-def tombstone_ms(value: str) -> int | None:
-    """The erase time (unix ms) of a tombstone value ``<ms>-<nonce>``; None when it is not one."""
-    head, sep, nonce = value.partition("-")
-    if not (sep and nonce and head.isascii() and head.isdigit()):
-        return None
-    return int(head)
+tombstone_ms = keys.tombstone_ms
 
 
 def too_late(submitted_ms: int | None, now_ms: int) -> bool:
@@ -140,7 +135,7 @@ def too_late(submitted_ms: int | None, now_ms: int) -> bool:
     it keeps for clocks and the Job controller's lag."""
     if submitted_ms is None:
         return False
-    return now_ms - submitted_ms >= (keys.ERASED_TTL_SECONDS - 3_600) * 1000
+    return now_ms - submitted_ms >= keys.ERASED_START_WITHIN_SECONDS * 1000
 
 
 def erased_since(
