@@ -9,7 +9,7 @@ PYTHON_VERSION ?= 3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
-APT_PACKAGES := redis-server
+APT_PACKAGES := redis-server qemu-user
 PYTEST_ARGS ?=
 EXTRAS := api,client,operator,job,models
 
@@ -18,7 +18,7 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: system
-system: ## Debian packages the tests need (redis-server)
+system: ## Debian packages the tests need (redis-server; qemu-user emulates other x86 CPUs)
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
