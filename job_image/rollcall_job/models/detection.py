@@ -178,7 +178,7 @@ class SingleShot:
         For NCHW, ``cv2.split`` gives contiguous planes, each written straight into its place
         with the colour swap folded into the plane order: a pass or two per plane instead of a
         colour-converted, a float, a normalised and a transposed copy of the level (RetinaFace's
-        384x288 level: about 0.1 against 1.2-1.6 ms of CPU).
+        384x288 level: 0.1-0.2 against 1.2-1.6 ms of CPU).
         """
         h, w = image_bgr.shape[:2]
         if self.card.layout == "NCHW":
