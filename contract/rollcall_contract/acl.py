@@ -8,7 +8,8 @@ leaks out of one school namespace reaches that school's keys only:
   names), no FLUSHALL/FLUSHDB/CONFIG/ACL/DEBUG/SCRIPT/EVAL/MODULE/SHUTDOWN (``-@all`` first).
 - ``rollcall-operator``: read-only (``%R~``) on job progress hashes, HMGET and PING only.
 - ``rollcall-api``: serves every school (its own auth maps keys to namespaces): read progress,
-  read/rewrite results, idempotency claims, and gallery reads/erasure (erase endpoints).
+  read/rewrite results, idempotency claims, and gallery reads/erasure (erase endpoints), which
+  waits for the replicas (WAIT, and ``INFO replication`` alone of INFO's sections).
 
 The chart renders its ACL file from ``chart_rules()`` (written to ``charts/rollcall/files/`` by
 ``python -m rollcall_contract.acl``; a test keeps them equal), and the tests start redis-server
@@ -53,6 +54,8 @@ API_COMMANDS: tuple[str, ...] = (
     "scan",  # gallery_match: every model's gallery of a class, for erasure
     "eval", "evalsha",  # compare-and-delete of an idempotency claim (scripts run under this ACL)
     "watch", "unwatch", "multi", "exec", "discard",
+    "wait",  # an erase answers 200 once the primary's replicas hold it (rollcall_api.erasure)
+    "info|replication",  # ...and asks the primary how many it has: that INFO section only
     *CLUSTER_CLIENT_COMMANDS,
 )  # fmt: skip
 
