@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = RecognitionJobs(api_client, settings.kube_timeout_seconds)
         app.state.kube_events = KubeEvents(api_client, settings.kube_timeout_seconds)
         app.state.store = Store(redis)
-        app.state.eraser = Eraser(redis)
+        app.state.eraser = Eraser(redis, settings.erase_replicas, settings.erase_replica_timeout_ms)
         app.state.keys = keys
         app.state.hub = hub = WatchHub(
             app.state.jobs, settings.watch_linger_seconds, _watch_gauges(metrics)

@@ -33,20 +33,66 @@ contract: the tombstone first, the galleries' SCAN and HDEL next, the results sc
 the job's re-read sees the tombstone (or the HDEL), or its publish came before the scan, which
 then deletes it.
 
+Replicas: an erase answers 200 only once the primary's replicas hold it. Replication is
+asynchronous, so a primary that dies after applying an erase but before its replicas got it
+hands a failover (Sentinel, Cluster) a replica with the template and no tombstone: the erased
+child would be matched again. So after its writes the erase asks the primary (``INFO
+replication``, ``connected_slaves``) how many replicas it has and waits (``WAIT n timeout``) for
+``n`` of them (``replicas``: all those connected by default, a fixed number, or 0: never wait).
+A primary without replicas (the chart's bundled Redis, the tests' redis-server) costs that one
+INFO and answers as before. Fewer acknowledgements in time: 503 with Retry-After, the erase
+applied on the primary and not confirmed; the same DELETE repeated is idempotent.
+
+What WAIT guarantees (redis.io/commands/wait): it blocks the calling connection until ``n``
+replicas acknowledged every write *that connection* made before it, and returns how many did,
+also on timeout. It counts the replication offset of the connection's last write, and a primary's
+replication stream is one ordered log, so a replica that acknowledged that offset has received
+every earlier write of that primary, made on any connection. redis-py's WATCH pipelines each take
+a pooled connection of their own, so the writes above are not pinned to one; instead the wait is
+one non-transactional pipeline (one connection) holding a fresh write of ours, the ``unconfirmed``
+marker below, followed by WAIT: the acknowledged offset covers the marker, hence every erase write
+before it. What it does not guarantee: WAIT is not consensus. A replica that acknowledged can
+still lose the promotion to one that did not (Sentinel and Cluster prefer the replica with the
+highest offset they can reach: best effort), an acknowledging replica that dies too takes the
+erase with it (no persistence is awaited), and with ``all`` a replica disconnected at that moment
+is not counted, yet Sentinel may promote it if its link was down only briefly: set a fixed number
+to demand that many.
+
+Unconfirmed erases (:func:`unconfirmed_key`): the fresh write is ``HSET <class's unconfirmed
+hash> <student or *> <counts>`` (the hash lives ``ERASED_TTL_SECONDS``), its field removed once
+WAIT succeeded. A repeated DELETE finds the templates and results gone and would answer 404; an
+erase that found nothing reads the marker (one HGET) and takes its counts, and answers 200 once its
+own WAIT succeeds. It rewrites the tombstone and the marker, so WAIT always has a fresh write to
+count. After a failover that lost the first attempt the repeat finds the template on the promoted
+replica and erases it again.
+
+Redis Cluster: the tombstone and the marker share the class's slot (``{<class>}``), and the wait
+runs on that slot's primary only. Each model's gallery (``{<class>:<model>}``) and each result
+(``{<uid>}``) may sit on other primaries whose replication is not awaited: there a failover can
+bring a template back. The confirmed tombstone still makes every job of the class for its TTL
+(``ERASED_TTL_SECONDS``) drop the student (``rollcall_job.recheck``); after that a template lost
+this way would be matched again until the next erase. Awaiting those primaries would need a fresh
+write of ours in each of their slots; in a result's slot the API's ACL allows no key but the
+result itself, which the erase has just deleted.
+
 Redis commands used (the API's ACL user needs them on ``rollcall:<tenant>:*``): SCAN, WATCH,
-UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HDEL, HSET, DEL, HGETALL, EXPIRE. No scripts. Nothing here
-reads, logs or returns a template.
+UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HGET, HDEL, HSET, DEL, HGETALL, EXPIRE; and, keyless, WAIT and
+INFO (the replication section only: ``+info|replication``). No scripts. Nothing here reads, logs or
+returns a template; the unconfirmed marker holds counts and model ids.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import WatchError
 
 from rollcall_api.errors import ApiError
@@ -62,6 +108,37 @@ _SCAN_COUNT = 1000
 # Declared with the key layout (``rollcall_contract.keys``): the jobs read the same.
 ERASED_TTL_SECONDS = keys.ERASED_TTL_SECONDS
 CLASS_WIDE = keys.ERASED_CLASS_WIDE
+# Replicas an erase waits for (WAIT) by default: every one the primary reports connected.
+ALL_REPLICAS: Literal["all"] = "all"
+REPLICA_TIMEOUT_MS = 2000
+
+
+def unconfirmed_key(tenant: str, class_name: str) -> str:
+    """Hash: student id (or ``CLASS_WIDE``) -> JSON counts of an erase applied on the primary and
+    not yet confirmed by its replicas. Beside the tombstone, in its slot (``{<class>}``) and under
+    the ACL's ``gallery:`` pattern; no gallery SCAN matches it."""
+    return keys.erased(tenant, class_name) + ":unconfirmed"
+
+
+def wanted_replicas(setting: int | Literal["all"], connected: int) -> int:
+    """How many replicas an erase waits for: ``connected`` for ``all``, else the setting (0: none).
+    A fixed number above ``connected`` is kept: fewer replicas than asked for is not a success."""
+    return connected if setting == ALL_REPLICAS else setting
+
+
+def connected_replicas(info: object) -> int:
+    """``connected_slaves`` of a parsed ``INFO replication`` reply (0 if absent)."""
+    if not isinstance(info, Mapping):
+        return 0
+    return int(info.get("connected_slaves", 0))
+
+
+def unconfirmed_message(acked: int, wanted: int) -> str:
+    """The 503's text: what happened, and that repeating the request is safe."""
+    return (
+        f"erased on the primary, not yet confirmed by {wanted - acked} of {wanted} replicas; "
+        "repeat the same DELETE, it is idempotent"
+    )
 
 
 @dataclass(frozen=True)
@@ -138,6 +215,29 @@ class Erasure:
     results: int = 0
     class_found: bool = False
 
+    @property
+    def found(self) -> bool:
+        """Whether this erase removed anything (else the route answers 404)."""
+        return bool(self.templates or self.results or self.models)
+
+    def marker(self) -> str:
+        """The unconfirmed marker's value: these counts (no template, no id but model ids)."""
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_marker(cls, value: str) -> Erasure | None:
+        """The counts a marker holds; None if it is not one (then it is ignored)."""
+        try:
+            data = json.loads(value)
+            return cls(
+                models=[str(m) for m in data["models"]],
+                templates=int(data["templates"]),
+                results=int(data["results"]),
+                class_found=bool(data["class_found"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
@@ -146,8 +246,15 @@ def _text(value: bytes | str) -> str:
 class Eraser:
     """The Redis side of erasure, for one tenant at a time."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        replicas: int | Literal["all"] = ALL_REPLICAS,
+        timeout_ms: int = REPLICA_TIMEOUT_MS,
+    ) -> None:
         self.redis = redis
+        self.replicas = replicas
+        self.timeout_ms = timeout_ms
 
     async def _scan(self, pattern: str) -> list[str]:
         return [_text(k) async for k in self.redis.scan_iter(match=pattern, count=_SCAN_COUNT)]
@@ -170,8 +277,54 @@ class Eraser:
             # Results too when the class gallery is gone (erased earlier): they may still name them.
             for key in await self._scan(results_pattern(tenant)):
                 out.results += await self._drop_results(key, student)
+            # last: the replicas hold all of the above, or 503 (the module docstring)
+            return await self._confirm(tenant, class_name, student, out)
         except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
+
+    def _cluster_node(self, key: str) -> dict[str, Any]:
+        """``target_nodes`` for a keyless command on the primary of ``key``'s slot (Cluster)."""
+        if isinstance(self.redis, RedisCluster):
+            return {"target_nodes": self.redis.get_node_from_key(key)}
+        return {}
+
+    async def _confirm(self, tenant: str, class_name: str, target: str, out: Erasure) -> Erasure:
+        """Wait for the replicas to hold the erase; 503 if too few confirm in time.
+
+        An erase that found nothing takes the counts of an earlier unconfirmed one of ``target``
+        (its marker), so the repeat of a DELETE answered 503 answers 200 with what was erased."""
+        marker = unconfirmed_key(tenant, class_name)
+        node = self._cluster_node(marker)
+        earlier = None
+        if not out.found:  # only here: a found erase reports its own counts
+            raw = await self.redis.hget(marker, target)
+            earlier = Erasure.from_marker(_text(raw)) if raw is not None else None
+            out = earlier or out
+        wanted = 0
+        if self.replicas != 0:
+            info = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "INFO", "replication", **node
+            )
+            wanted = wanted_replicas(self.replicas, connected_replicas(info))
+        if wanted == 0:
+            if earlier is not None:  # confirmed by nobody, as asked: done, a next erase is a 404
+                await self.redis.hdel(marker, target)
+            return out
+        pipe = self.redis.pipeline(transaction=False)  # one connection: the HSET, then its WAIT
+        pipe.hset(marker, target, out.marker())
+        pipe.expire(marker, ERASED_TTL_SECONDS)
+        pipe.execute_command("WAIT", wanted, self.timeout_ms, **node)
+        acked = int((await pipe.execute())[-1])
+        if acked < wanted:
+            log.warning("erase not confirmed by replicas", extra={"acked": acked, "wanted": wanted})
+            retry = str(max(1, math.ceil(self.timeout_ms / 1000)))
+            raise ApiError(
+                503,
+                unconfirmed_message(acked, wanted),
+                code="erase_unconfirmed",
+                headers={"Retry-After": retry},
+            )
+        await self.redis.hdel(marker, target)
         return out
 
     async def _tombstone(self, tenant: str, class_name: str, student: str) -> None:
@@ -247,7 +400,7 @@ class Eraser:
         comes back; the order (tombstone, then SCAN and DEL) is ``rollcall_job.recheck``'s. Written
         even when no gallery is found (404): a first enrolment of the class may be under way.
         Results stay (the route says so); identify jobs running meanwhile drop whoever their
-        gallery re-read finds gone."""
+        gallery re-read finds gone. Confirmed by the replicas as a student's erase is."""
         out = Erasure()
         try:
             await self._tombstone(tenant, class_name, CLASS_WIDE)
@@ -258,7 +411,7 @@ class Eraser:
                 students, _ = await pipe.execute()
                 out.templates += int(students)
                 out.models.append(ck.model_id)
+            out.class_found = bool(out.models)
+            return await self._confirm(tenant, class_name, CLASS_WIDE, out)
         except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
-        out.class_found = bool(out.models)
-        return out

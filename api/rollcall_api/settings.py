@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,20 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         description="Serve Prometheus metrics on this separate port (0: no metrics endpoint).",
+    )
+    erase_replicas: Literal["all"] | Annotated[int, Field(ge=0)] = Field(
+        default="all",
+        description=(
+            "Replicas that must confirm an erase (Redis WAIT) before it answers 200: 'all' (those "
+            "the primary reports connected), a number, or 0 (do not wait)."
+        ),
+    )
+    erase_replica_timeout_ms: int = Field(
+        default=2000,
+        ge=1,
+        le=4000,
+        description="How long an erase waits for them before answering 503 (under the 5 s socket "
+        "timeout of the API's Redis client).",
     )
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)

@@ -1,0 +1,411 @@
+"""An erase answers 200 only once the Redis primary's replicas hold it (``WAIT``), else 503.
+
+Real servers only: a primary and a replica (two ``redis-server`` processes with the components'
+ACL users), the replica replicating through a relay the test can hold (what the primary sends
+waits in the relay, undelivered, like a slow network) and cut (what it held is lost, like a
+primary that dies before its replica got the write). The API runs in-process against them and the
+real apiserver (each erase records an Event). Pure rules come first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+import pytest
+import redis
+from pydantic import ValidationError
+
+from apirig import write_key_file
+from redisrig import RedisServer, redis_server
+from rollcall_api.app import create_app
+from rollcall_api.erasure import (
+    ALL_REPLICAS,
+    CLASS_WIDE,
+    Erasure,
+    connected_replicas,
+    unconfirmed_key,
+    unconfirmed_message,
+    wanted_replicas,
+)
+from rollcall_api.settings import Settings
+from rollcall_contract import acl, keys
+from rollcall_job.gallery import GalleryMeta, GalleryStore
+from rollcall_job.results import read_results, write_results
+
+MODELS = (
+    GalleryMeta("dlib-resnet-v1", 4, "euclidean"),
+    GalleryMeta("mobilefacenet-v1", 3, "cosine"),
+)
+CLASS = "7B"
+STUDENT = "s-001"
+
+# --- pure ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "connected", "wanted"),
+    [
+        (ALL_REPLICAS, 0, 0),  # no replicas: nothing to wait for, answered as before
+        (ALL_REPLICAS, 2, 2),
+        (0, 2, 0),  # opted out
+        (1, 2, 1),
+        (2, 1, 2),  # more asked than connected: kept, so the erase is not confirmed
+    ],
+)
+def test_how_many_replicas_an_erase_waits_for(
+    setting: int | Literal["all"], connected: int, wanted: int
+) -> None:
+    assert wanted_replicas(setting, connected) == wanted
+
+
+@pytest.mark.parametrize(
+    ("info", "connected"),
+    [
+        ({"role": "master", "connected_slaves": 2}, 2),
+        ({"role": "master"}, 0),
+        ("role:master", 0),
+    ],
+)
+def test_connected_replicas_read_from_info(info: object, connected: int) -> None:
+    assert connected_replicas(info) == connected
+
+
+def test_the_503_message_says_what_happened_and_that_repeating_is_safe() -> None:
+    text = unconfirmed_message(0, 2)
+    assert text.startswith("erased on the primary, not yet confirmed by 2 of 2 replicas")
+    assert "repeat the same DELETE, it is idempotent" in text
+
+
+@pytest.mark.parametrize(
+    "value", ["", "{", "[]", '{"models": 1}', '{"models": [], "templates": "x", "results": 0}']
+)
+def test_a_marker_that_is_not_one_is_ignored(value: str) -> None:
+    assert Erasure.from_marker(value) is None
+
+
+def test_a_marker_holds_counts_and_model_ids_only() -> None:
+    done = Erasure(models=["m1", "m2"], templates=2, results=1, class_found=True)
+    assert Erasure.from_marker(done.marker()) == done
+    assert set(Erasure.__dataclass_fields__) == {"models", "templates", "results", "class_found"}
+    assert unconfirmed_key("north", CLASS).startswith(keys.erased("north", CLASS))
+
+
+@pytest.mark.parametrize(
+    ("env", "replicas"),
+    [
+        ({}, "all"),
+        ({"ROLLCALL_API_ERASE_REPLICAS": "0"}, 0),
+        ({"ROLLCALL_API_ERASE_REPLICAS": "3"}, 3),
+    ],
+)
+def test_settings_read_the_replicas_an_erase_waits_for(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], replicas: int | str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (settings.erase_replicas, settings.erase_replica_timeout_ms) == (replicas, 2000)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ROLLCALL_API_ERASE_REPLICAS", "-1"),
+        ("ROLLCALL_API_ERASE_REPLICAS", "some"),
+        ("ROLLCALL_API_ERASE_REPLICA_TIMEOUT_MS", "0"),  # WAIT's 0 blocks forever
+        ("ROLLCALL_API_ERASE_REPLICA_TIMEOUT_MS", "5000"),  # past the 5 s socket timeout
+    ],
+)
+def test_settings_refuse_what_waits_forever_or_means_nothing(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+# --- a primary and a replica behind a relay ------------------------------------------------------
+
+
+class Relay:
+    """A TCP relay on the replica's replication link: ``hold`` keeps what the primary sends from
+    the replica (its acknowledgements still flow), ``release`` delivers it, ``cut`` drops it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.open = threading.Event()  # cleared: hold what flows to the replica
+        self.open.set()
+        self.closed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self) -> None:
+        self.open.clear()
+
+    def release(self) -> None:
+        self.open.set()
+
+    def cut(self) -> None:
+        """Drop the link and whatever it holds, as a primary that dies before sending it."""
+        self.closed.set()
+        self.open.set()
+        for s in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                replica, _ = self.listener.accept()
+            except OSError:
+                return
+            primary = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [replica, primary]
+            threading.Thread(target=self._pump, args=(primary, replica, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(replica, primary, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, holdable: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                while holdable and not self.open.wait(0.01):
+                    pass
+                if self.closed.is_set():
+                    return
+                dst.sendall(data)
+
+
+@dataclass
+class Pair:
+    primary: RedisServer
+    replica: RedisServer
+    relay: Relay
+    passwords: dict[str, str]
+
+    def url(self, user: str, port: int | None = None) -> str:
+        password = quote(self.passwords[user], safe="")
+        return f"redis://{user}:{password}@127.0.0.1:{port or self.primary.port}/0"
+
+    def admin(self, server: RedisServer) -> redis.Redis:
+        return redis.Redis.from_url(self.url(acl.ADMIN_USER, server.port), socket_timeout=10)
+
+
+def _online(admin: redis.Redis) -> bool:
+    info = admin.info("replication")
+    return bool(info.get("slave0", {}).get("state") == "online")
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    """A primary and one replica, both loading the components' ACL users (admin, API)."""
+    passwords = {u: secrets.token_urlsafe(18) for u in (acl.ADMIN_USER, acl.API_USER)}
+    users = [
+        (acl.ADMIN_USER, acl.admin_rules(), passwords[acl.ADMIN_USER]),
+        (acl.API_USER, acl.api_rules(), passwords[acl.API_USER]),
+    ]
+    aclfile = tmp_path / "users.acl"
+    aclfile.write_text(acl.acl_file(users))
+    base = f"aclfile {aclfile}\nrepl-diskless-sync-delay 0\n"
+    with redis_server(tmp_path / "primary", base) as primary:
+        relay = Relay(primary.port)
+        auth = f"masteruser {acl.ADMIN_USER}\nmasterauth {passwords[acl.ADMIN_USER]}\n"
+        conf = f"{base}{auth}replicaof 127.0.0.1 {relay.port}\n"
+        try:
+            with redis_server(tmp_path / "replica", conf) as replica:
+                rig = Pair(primary, replica, relay, passwords)
+                with rig.admin(primary) as admin:
+                    _until("the replica to sync", lambda: _online(admin))
+                try:
+                    yield rig
+                finally:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(replica.process.pid, signal.SIGCONT)
+        finally:
+            relay.cut()
+
+
+@dataclass
+class Api:
+    http: httpx.AsyncClient
+    key: str
+    namespace: str
+
+    async def delete(self, path: str) -> httpx.Response:
+        return await self.http.delete(path, headers={"Authorization": f"Bearer {self.key}"})
+
+
+ApiFactory = Callable[..., contextlib.AbstractAsyncContextManager[Api]]
+
+
+@pytest.fixture
+def api(tmp_path: Path, kubeconfig: Path, namespace: str, pair: Pair) -> ApiFactory:
+    """The API as the API's Redis user against the pair's primary, with the given settings."""
+
+    @contextlib.asynccontextmanager
+    async def start(**settings: Any) -> AsyncIterator[Api]:
+        issued = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})
+        app = create_app(
+            Settings(
+                kubeconfig=kubeconfig,
+                keys_file=tmp_path / "keys.yaml",
+                redis_url=pair.url(acl.API_USER),
+                keys_reload_seconds=0,
+                **settings,
+            )
+        )
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+                yield Api(http, issued["north"], namespace)
+
+    return start
+
+
+STUDENT_PATH = f"/v1/classes/{CLASS}/students/{STUDENT}"
+CLASS_PATH = f"/v1/classes/{CLASS}/gallery"
+
+
+def _enrol(pair: Pair, tenant: str) -> None:
+    """Two models' galleries and a result naming the student, on the primary and the replica."""
+    with pair.admin(pair.primary) as admin:
+        store = GalleryStore(admin, tenant)
+        for meta in MODELS:
+            store.put(CLASS, meta, {s: [[0.5] * meta.dim] for s in (STUDENT, "s-002")})
+        doc = {"attendance": {"present": [{"student": STUDENT}]}}
+        write_results(admin, tenant, "uid-1", "1", doc, ttl_seconds=600)
+    with pair.admin(pair.replica) as replica:
+        _until("the replica to hold the enrolment", lambda: _holds(replica, tenant) == (2, False))
+
+
+def _holds(r: redis.Redis, tenant: str, student: str = STUDENT) -> tuple[int, bool]:
+    """(models whose gallery still has the student's template, tombstone of the student present)."""
+    templates = sum(
+        bool(r.hexists(keys.gallery(tenant, CLASS, m.model_id), student)) for m in MODELS
+    )
+    return templates, bool(r.hexists(keys.erased(tenant, CLASS), student))
+
+
+@contextlib.contextmanager
+def stopped(server: RedisServer) -> Iterator[None]:
+    """The server's process stopped (SIGSTOP): connected, answering nothing."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def test_an_erase_answers_only_once_the_replica_holds_it(pair: Pair, api: ApiFactory) -> None:
+    async with api() as north:
+        _enrol(pair, north.namespace)
+        pair.relay.hold()
+        asyncio.get_running_loop().call_later(0.8, pair.relay.release)
+        pending = asyncio.create_task(north.delete(STUDENT_PATH))
+        await asyncio.sleep(0.5)
+        assert not pending.done()  # the replica has not got the erase: no answer yet
+        resp = await pending
+        assert resp.status_code == 200, resp.text
+        assert (resp.json()["templates"], resp.json()["results"]) == (2, 1)
+        with pair.admin(pair.replica) as replica:  # read at once, on the replica itself
+            assert _holds(replica, north.namespace) == (0, True)
+            assert replica.exists(keys.job_results(north.namespace, "uid-1")) == 0
+
+
+async def test_an_unconfirmed_erase_is_a_503_and_the_same_delete_later_a_200(
+    pair: Pair, api: ApiFactory
+) -> None:
+    async with api(erase_replica_timeout_ms=500) as north:
+        _enrol(pair, north.namespace)
+        with stopped(pair.replica):
+            began = time.monotonic()
+            resp = await north.delete(STUDENT_PATH)
+            took = time.monotonic() - began
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["Retry-After"] == "1"
+        error = resp.json()["error"]
+        assert error["code"] == "erase_unconfirmed"
+        assert error["message"] == unconfirmed_message(0, 1)
+        assert 0.5 <= took < 3
+        with pair.admin(pair.primary) as primary:  # applied on the primary, not confirmed
+            assert _holds(primary, north.namespace) == (0, True)
+            assert read_results(primary, north.namespace, "uid-1") is None
+
+        again = await north.delete(STUDENT_PATH)  # the replica runs again
+        assert again.status_code == 200, again.text
+        assert (again.json()["templates"], again.json()["results"]) == (2, 1)  # the first's counts
+        with pair.admin(pair.replica) as replica:
+            assert _holds(replica, north.namespace) == (0, True)
+        assert (await north.delete(STUDENT_PATH)).status_code == 404  # confirmed: erased is erased
+
+
+async def test_a_class_erase_unconfirmed_then_confirmed(pair: Pair, api: ApiFactory) -> None:
+    async with api(erase_replica_timeout_ms=300) as north:
+        _enrol(pair, north.namespace)
+        with stopped(pair.replica):
+            first = await north.delete(CLASS_PATH)
+        assert first.status_code == 503 and first.headers["Retry-After"] == "1", first.text
+        again = await north.delete(CLASS_PATH)
+        assert again.status_code == 200, again.text
+        assert (again.json()["templates"], len(again.json()["models"])) == (4, 2)
+        with pair.admin(pair.replica) as replica:
+            assert _holds(replica, north.namespace, CLASS_WIDE)[1]
+            assert _holds(replica, north.namespace, "s-002")[0] == 0
+        assert (await north.delete(CLASS_PATH)).status_code == 404
+
+
+async def test_more_replicas_asked_for_than_connected_is_never_a_200(
+    pair: Pair, api: ApiFactory
+) -> None:
+    async with api(erase_replicas=2, erase_replica_timeout_ms=200) as north:
+        _enrol(pair, north.namespace)
+        resp = await north.delete(STUDENT_PATH)
+        assert resp.status_code == 503
+        assert resp.json()["error"]["message"] == unconfirmed_message(1, 2)
+
+
+async def test_replicas_zero_does_not_wait(pair: Pair, api: ApiFactory) -> None:
+    async with api(erase_replicas=0) as north:
+        _enrol(pair, north.namespace)
+        with stopped(pair.replica):
+            resp = await asyncio.wait_for(north.delete(STUDENT_PATH), 1.5)
+        assert resp.status_code == 200, resp.text
+
+
+async def test_a_replica_promoted_right_after_a_200_has_no_template(
+    pair: Pair, api: ApiFactory
+) -> None:
+    """The primary dies at once after the 200, its link cut with whatever it still held, and the
+    replica is promoted (REPLICAOF NO ONE, what Sentinel sends): the erase is there."""
+    async with api() as north:
+        _enrol(pair, north.namespace)
+        pair.relay.hold()
+        asyncio.get_running_loop().call_later(0.5, pair.relay.release)
+        resp = await north.delete(STUDENT_PATH)
+        pair.relay.cut()
+        pair.primary.process.kill()
+        assert resp.status_code == 200, resp.text
+        with pair.admin(pair.replica) as promoted:
+            promoted.execute_command("REPLICAOF", "NO", "ONE")
+            assert promoted.execute_command("ROLE")[0] == b"master"
+            assert _holds(promoted, north.namespace) == (0, True)
