@@ -4,7 +4,7 @@ Real servers only: a primary and a replica (two ``redis-server`` processes with 
 ACL users), the replica replicating through a relay the test can hold (what the primary sends
 waits in the relay, undelivered, like a slow network) and cut (what it held is lost, like a
 primary that dies before its replica got the write). The API runs in-process against them and the
-real apiserver (each erase records an Event). Pure rules come first.
+real apiserver (each erase records an Event). Pure rules and the chart's values come first.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import redis
 from pydantic import ValidationError
 
 from apirig import write_key_file
+from helmchart import env_of, one, render
 from redisrig import RedisServer, redis_server
 from rollcall_api.app import create_app
 from rollcall_api.erasure import (
@@ -135,6 +136,35 @@ def test_settings_refuse_what_waits_forever_or_means_nothing(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def _api_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    container = one(docs, "Deployment", "rc-rollcall-api")["spec"]["template"]["spec"]
+    return env_of(container["containers"][0])
+
+
+def test_chart_values_reach_the_api_settings(
+    tools_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = _api_env(render(tools_bin, tmp_path))
+    assert default["ROLLCALL_API_ERASE_REPLICAS"] == "all"
+    assert default["ROLLCALL_API_ERASE_REPLICA_TIMEOUT_MS"] == "2000"
+    values = {"api": {"erasure": {"replicas": 1, "replicaTimeoutMs": 800}}}
+    env = _api_env(render(tools_bin, tmp_path, values))
+    for name in ("ROLLCALL_API_ERASE_REPLICAS", "ROLLCALL_API_ERASE_REPLICA_TIMEOUT_MS"):
+        monkeypatch.setenv(name, env[name])
+    assert (Settings().erase_replicas, Settings().erase_replica_timeout_ms) == (1, 800)
+
+
+@pytest.mark.parametrize(
+    "erasure",
+    [{"replicas": -1}, {"replicas": "some"}, {"replicaTimeoutMs": 0}, {"replicaTimeoutMs": 5000}],
+)
+def test_chart_refuses_erasure_values_the_api_would_refuse(
+    tools_bin: Path, tmp_path: Path, erasure: dict[str, Any]
+) -> None:
+    with pytest.raises(AssertionError, match="schema"):
+        render(tools_bin, tmp_path, {"api": {"erasure": erasure}})
 
 
 # --- a primary and a replica behind a relay ------------------------------------------------------
