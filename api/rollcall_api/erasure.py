@@ -56,7 +56,8 @@ still lose the promotion to one that did not (Sentinel and Cluster prefer the re
 highest offset they can reach: best effort), an acknowledging replica that dies too takes the
 erase with it (no persistence is awaited), and with ``all`` a replica disconnected at that moment
 is not counted, yet Sentinel may promote it if its link was down only briefly: set a fixed number
-to demand that many.
+to demand that many. A replica still in its first full sync is counted (promoted now, it would
+serve the data it had before), so erases answer 503 until it is online.
 
 Unconfirmed erases (:func:`unconfirmed_key`): the fresh write is ``HSET <class's unconfirmed
 hash> <student or *> <counts>`` (the hash lives ``ERASED_TTL_SECONDS``), its field removed once
