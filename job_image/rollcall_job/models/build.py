@@ -126,7 +126,8 @@ def _embedder_onnx(card_id: str, scratch: Path, engine_dir: Path | None = None) 
             quantize_static_int8,
         )
 
-        model = tflite_to_onnx(fetch_tflite(scratch / "mobilefacenet.tflite"))
+        # the spelling the recipes equalise; the same bytes as before the float card's changed
+        model = tflite_to_onnx(fetch_tflite(scratch / "mobilefacenet.tflite"), "two-branch")
         calibration = calibration_inputs(engine_dir or build_models())
         recipe = INT8_RECIPES[card_id]
         return bytes(quantize_static_int8(model, calibration, recipe).SerializeToString())

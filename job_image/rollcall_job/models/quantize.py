@@ -70,7 +70,7 @@ def node_groups(model: onnx.ModelProto) -> dict[NodeGroup, list[str]]:
 
     first: the convolution reading the graph input. head: the convolutions after the last Add
     (MobileFaceNet's global depthwise conv and its two linear 1x1 convs). prelu: an Add of two
-    depthwise 1x1 convolutions and those convolutions (``mobilefacenet.fold_prelu``'s PReLU).
+    depthwise 1x1 convolutions and those convolutions (``mobilefacenet.fold_prelu``'s two-branch PReLU).
     residual: every other Add (the inverted residual blocks' skips).
     """
     graph = model.graph
