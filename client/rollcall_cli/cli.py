@@ -463,16 +463,57 @@ Yes = Annotated[bool, typer.Option("--yes", "-y", help="Erase without asking for
 Namespace = Annotated[
     str | None, typer.Option(help="School namespace (keys with several); default: the key's first.")
 ]
+Wait = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="Seconds to keep repeating an erase the primary applied but its replicas did not "
+        "confirm yet (503 erase_unconfirmed; repeating is safe). 0: do not repeat.",
+    ),
+]
 
 
 # Class codes and student ids as the API takes them: no "/", "..", "?" that could move the path.
 _IDENT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 
 
+WAIT_LONGEST = 10.0  # seconds: a larger Retry-After is clipped, so the deadline is checked often
+
+
+def unconfirmed_pause(resp: httpx.Response) -> tuple[float, str] | None:
+    """For a 503 ``erase_unconfirmed`` (the primary erased, its replicas did not confirm in time):
+    the seconds to wait before repeating the DELETE (``Retry-After``, 1 to ``WAIT_LONGEST``) and
+    the API's message; for any other answer None, so it is handled as before."""
+    if resp.status_code != 503:
+        return None
+    try:
+        info = resp.json()["error"]
+        if info["code"] != "erase_unconfirmed":
+            return None
+        message = f"{info['message']} ({info['code']})"
+    except (ValueError, KeyError, TypeError):
+        return None
+    try:  # delta-seconds; an HTTP-date (the API sends none) counts as 1
+        pause = float(int(resp.headers.get("Retry-After", "1")))
+    except ValueError:
+        pause = 1.0
+    return min(max(pause, 1.0), WAIT_LONGEST), message
+
+
 def _erase(
-    ctx: typer.Context, names: list[str], path: str, what: str, yes: bool, namespace: str | None
+    ctx: typer.Context,
+    names: list[str],
+    path: str,
+    what: str,
+    yes: bool,
+    namespace: str | None,
+    wait: float,
 ) -> None:
-    """Confirm (``--yes``, or an answer on a terminal), then DELETE and print what went."""
+    """Confirm (``--yes``, or an answer on a terminal), then DELETE and print what went.
+
+    A 503 ``erase_unconfirmed`` means the erase is applied on the Redis primary but its replicas
+    did not confirm it in time; the same DELETE is idempotent and answers 200 with the first
+    attempt's counts once they did, so it is repeated for up to ``wait`` seconds."""
     for name in names:
         if len(name) > 64 or not _IDENT.match(name):
             fail(Exit.USAGE, f"{name!r} is not a class code or student id")
@@ -483,7 +524,31 @@ def _erase(
         if not typer.confirm(f"Erase {what}? This cannot be undone", default=False):
             fail(Exit.USAGE, "not erased")
     params = {"namespace": namespace} if namespace else None
-    done = _call(conn, "DELETE", path, params=params)
+    deadline = time.monotonic() + wait
+    with conn.client() as http:
+        while True:
+            try:
+                resp = http.delete(path, params=params)
+            except httpx.HTTPError as exc:
+                fail(Exit.UNAVAILABLE, f"cannot reach {conn.url}: {exc}")
+            unconfirmed = unconfirmed_pause(resp)
+            if unconfirmed is None:
+                break
+            pause, message = unconfirmed
+            left = deadline - time.monotonic()
+            if left <= 0:
+                fail(
+                    Exit.UNAVAILABLE,
+                    f"{message}\n  {what} is erased on the primary but not confirmed by its "
+                    f"replicas after waiting {wait:g} s: repeat this command (--wait for longer)",
+                )
+            pause = min(pause, left)
+            err.print(
+                f"erased on the primary, waiting for replicas to confirm; repeating in {pause:g} s",
+                highlight=False,
+            )
+            time.sleep(pause)
+    done = _checked(resp)
     models = ",".join(done.get("models") or []) or "-"
     out.print(
         f"erased {what} in {done['namespace']}: templates={done['templates']} "
@@ -499,11 +564,15 @@ def erase_student(
     class_code: Annotated[str, typer.Option("--class", help="The class (gallery) code.")],
     yes: Yes = False,
     namespace: Namespace = None,
+    wait: Wait = 30.0,
 ) -> None:
-    """Erase one student's templates in every model's gallery of a class, and results naming them."""
+    """Erase one student's templates in every model's gallery of a class, and results naming them.
+
+    Until the Redis replicas confirm the erase (503 erase_unconfirmed) it is repeated, up to --wait.
+    """
     path = f"/v1/classes/{class_code}/students/{student_id}"
     what = f"student {student_id} of class {class_code}"
-    _erase(ctx, [class_code, student_id], path, what, yes, namespace)
+    _erase(ctx, [class_code, student_id], path, what, yes, namespace, wait)
 
 
 @erase_app.command("class")
@@ -512,10 +581,14 @@ def erase_class(
     class_code: Annotated[str, typer.Argument(help="The class (gallery) code.")],
     yes: Yes = False,
     namespace: Namespace = None,
+    wait: Wait = 30.0,
 ) -> None:
-    """Erase a whole class gallery (every student, every model)."""
+    """Erase a whole class gallery (every student, every model).
+
+    Until the Redis replicas confirm the erase (503 erase_unconfirmed) it is repeated, up to --wait.
+    """
     path, what = f"/v1/classes/{class_code}/gallery", f"the gallery of class {class_code}"
-    _erase(ctx, [class_code], path, what, yes, namespace)
+    _erase(ctx, [class_code], path, what, yes, namespace, wait)
 
 
 RECONNECT_FOR = 60.0  # seconds a broken event stream is retried before giving up (exit 7)

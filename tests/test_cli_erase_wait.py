@@ -1,0 +1,164 @@
+"""``rollcall erase`` waits out a 503 ``erase_unconfirmed`` by repeating the same DELETE.
+
+Real servers only: the API (uvicorn, in a thread) erases on the primary of a primary + replica
+pair (tests/replicarig.py) and records Events in the real apiserver; the CLI runs its real
+commands against it. A SIGSTOPped replica cannot confirm, so the API answers 503 until it runs
+again. The table of answers the CLI repeats comes first (pure: ``httpx.Response`` values).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from apirig import serve_in_thread, write_key_file
+from replicarig import Pair, replica_pair, stopped, until
+from rollcall_api.erasure import unconfirmed_message
+from rollcall_api.settings import Settings
+from rollcall_cli.cli import Exit, app, unconfirmed_pause
+from rollcall_contract import acl, keys
+from rollcall_job.gallery import GalleryMeta, GalleryStore
+from rollcall_job.results import write_results
+
+UNCONFIRMED = {"error": {"code": "erase_unconfirmed", "message": "erased on the primary"}}
+MESSAGE = "erased on the primary (erase_unconfirmed)"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "retry_after", "pause"),
+    [
+        (503, UNCONFIRMED, "1", (1.0, MESSAGE)),
+        (503, UNCONFIRMED, "4", (4.0, MESSAGE)),
+        (503, UNCONFIRMED, "600", (10.0, MESSAGE)),  # clipped: the deadline is checked often
+        (503, UNCONFIRMED, "0", (1.0, MESSAGE)),  # never a busy loop
+        (503, UNCONFIRMED, None, (1.0, MESSAGE)),
+        (503, UNCONFIRMED, "nan", (1.0, MESSAGE)),
+        (503, UNCONFIRMED, "Wed, 21 Oct 2026 07:28:00 GMT", (1.0, MESSAGE)),
+        (503, {"error": {"code": "redis_unavailable", "message": "x"}}, "1", None),  # as before
+        (503, {"detail": "no"}, "1", None),
+        (502, UNCONFIRMED, "1", None),
+        (200, {"templates": 1}, None, None),
+        (404, {"error": {"code": "not_found", "message": "x"}}, None, None),
+    ],
+)
+def test_which_answers_are_repeated_and_after_how_long(
+    status: int, body: dict[str, Any], retry_after: str | None, pause: tuple[float, str] | None
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    assert unconfirmed_pause(httpx.Response(status, json=body, headers=headers)) == pause
+
+
+def test_a_503_that_is_not_json_is_not_repeated() -> None:
+    assert unconfirmed_pause(httpx.Response(503, text="<html>bad gateway</html>")) is None
+
+
+# --- the CLI against the API over a primary and a stopped replica ----------------------------------
+
+MODEL = GalleryMeta("mobilefacenet-v1", 3, "cosine")
+CLASS, STUDENT = "7B", "s-001"
+WAIT_LINE = "erased on the primary, waiting for replicas to confirm; repeating in 1 s"
+
+
+class Cli:
+    def __init__(self, url: str, key: str) -> None:
+        self.url, self.key = url, key
+
+    def __call__(self, *args: str) -> Any:
+        prefix = ["--url", self.url, "--api-key", self.key]
+        return CliRunner().invoke(app, [*prefix, *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    with replica_pair(tmp_path) as rig:
+        yield rig
+
+
+@pytest.fixture
+def cli(tmp_path: Path, kubeconfig: Path, namespace: str, pair: Pair) -> Iterator[Cli]:
+    """The API as its own Redis user on the pair's primary; a replica gets 500 ms to confirm."""
+    issued = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})
+    settings = Settings(
+        kubeconfig=kubeconfig,
+        keys_file=tmp_path / "keys.yaml",
+        redis_url=pair.url(acl.API_USER),
+        keys_reload_seconds=0,
+        erase_replica_timeout_ms=500,  # Retry-After: 1
+    )
+    with pair.admin(pair.primary) as admin:  # one template and one result naming the student
+        GalleryStore(admin, namespace).put(CLASS, MODEL, {STUDENT: [[0.5] * 3], "s-002": [[1] * 3]})
+        doc = {"attendance": {"present": [{"student": STUDENT}]}}
+        write_results(admin, namespace, "uid-1", "1", doc, ttl_seconds=600)
+    with pair.admin(pair.replica) as replica:
+        gallery = keys.gallery(namespace, CLASS, MODEL.model_id)
+        until("the replica to hold the enrolment", lambda: replica.hexists(gallery, STUDENT))
+    with serve_in_thread(settings) as url:
+        yield Cli(url, issued["north"])
+
+
+def _text(output: str) -> str:
+    """The CLI's output with the console's line wrapping (80 columns here) undone."""
+    return " ".join(output.split())
+
+
+ERASE = ("erase", "student", "--class", CLASS, STUDENT, "--yes")
+COUNTS = f"templates=1 models={MODEL.model_id} results=1"
+
+
+def test_wait_0_fails_at_once_saying_the_erase_is_on_the_primary(cli: Cli, pair: Pair) -> None:
+    with stopped(pair.replica):
+        res = cli(*ERASE, "--wait", "0")
+    assert res.exit_code == Exit.UNAVAILABLE, res.output
+    assert unconfirmed_message(0, 1) in _text(res.stderr)
+    assert "is erased on the primary but not confirmed" in _text(res.stderr)
+    assert "repeat this command" in _text(res.stderr)
+    assert WAIT_LINE not in res.stderr
+
+
+def test_repeats_until_the_replica_confirms_and_prints_the_first_counts(
+    cli: Cli, pair: Pair
+) -> None:
+    resume = threading.Timer(1.5, os.kill, (pair.replica.process.pid, signal.SIGCONT))
+    os.kill(pair.replica.process.pid, signal.SIGSTOP)
+    resume.start()
+    try:
+        began = time.monotonic()
+        res = cli(*ERASE, "--wait", "20")
+        took = time.monotonic() - began
+    finally:
+        resume.join()
+    assert res.exit_code == 0, res.output
+    assert WAIT_LINE in res.stderr
+    assert COUNTS in _text(res.stdout)  # the first attempt's counts, not the repeat's zeros
+    assert took < 10
+    assert cli(*ERASE, "--wait", "20").exit_code == Exit.NOT_FOUND  # confirmed: erased is erased
+
+
+def test_wait_runs_out_with_the_api_message_and_unavailable(cli: Cli, pair: Pair) -> None:
+    with stopped(pair.replica):
+        began = time.monotonic()
+        res = cli("erase", "class", CLASS, "--yes", "--wait", "2.5")
+        took = time.monotonic() - began
+    assert res.exit_code == Exit.UNAVAILABLE, res.output
+    assert WAIT_LINE in res.stderr  # then a shorter last wait, as long as the deadline leaves
+    assert "after waiting 2.5 s: repeat this command" in _text(res.stderr)
+    assert 2.5 <= took < 6  # never gives up early; the last DELETE ends it
+
+
+def test_nothing_unconfirmed_answers_at_once_as_before(cli: Cli) -> None:
+    began = time.monotonic()
+    res = cli(*ERASE, "--wait", "20")
+    assert res.exit_code == 0, res.output
+    assert COUNTS in _text(res.stdout) and "waiting" not in res.stderr
+    assert time.monotonic() - began < 2
+    again = cli(*ERASE, "--wait", "20")  # any other error is not repeated: a 404 at once
+    assert again.exit_code == Exit.NOT_FOUND and "waiting" not in again.stderr
