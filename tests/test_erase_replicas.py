@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from rollcall_api.app import create_app
 from rollcall_api.erasure import (
     ALL_REPLICAS,
     CLASS_WIDE,
+    MARKER_FRESH_SECONDS,
     Erasure,
+    Marker,
     connected_replicas,
     unconfirmed_key,
     unconfirmed_message,
@@ -84,17 +87,31 @@ def test_the_503_message_says_what_happened_and_that_repeating_is_safe() -> None
     assert "repeat the same DELETE, it is idempotent" in text
 
 
+_COUNTS = '"models": [], "templates": 0, "results": 0, "class_found": false'
+
+
 @pytest.mark.parametrize(
-    "value", ["", "{", "[]", '{"models": 1}', '{"models": [], "templates": "x", "results": 0}']
+    "value",
+    [
+        "",
+        "{",
+        "[]",
+        '{"models": 1}',
+        '{"models": [], "templates": "x", "results": 0}',
+        f"{{{_COUNTS}}}",  # a marker written before markers had a time: ignored
+        f'{{{_COUNTS}, "at_ms": 1, "slots": ["x"]}}',
+    ],
 )
 def test_a_marker_that_is_not_one_is_ignored(value: str) -> None:
-    assert Erasure.from_marker(value) is None
+    assert Marker.parse(value) is None
 
 
-def test_a_marker_holds_counts_and_model_ids_only() -> None:
+def test_a_marker_holds_counts_model_ids_a_time_and_slots_only() -> None:
     done = Erasure(models=["m1", "m2"], templates=2, results=1, class_found=True)
-    assert Erasure.from_marker(done.marker()) == done
+    marker = Marker(done, 1_700_000_000_000, (12, 9000))
+    assert Marker.parse(marker.value()) == marker
     assert set(Erasure.__dataclass_fields__) == {"models", "templates", "results", "class_found"}
+    assert set(Marker.__dataclass_fields__) == {"erasure", "at_ms", "slots"}
     assert unconfirmed_key("north", CLASS).startswith(keys.erased("north", CLASS))
 
 
@@ -325,3 +342,23 @@ async def test_a_replica_promoted_right_after_a_200_has_no_template(
             promoted.execute_command("REPLICAOF", "NO", "ONE")
             assert promoted.execute_command("ROLE")[0] == b"master"
             assert _holds(promoted, north.namespace) == (0, True)
+
+
+async def test_an_old_unconfirmed_marker_no_longer_answers_a_found_nothing_erase(
+    pair: Pair, api: ApiFactory
+) -> None:
+    """An erase answered 503 and not repeated within MARKER_FRESH_SECONDS: a later erase that
+    finds nothing is a 404 (not a 200 with the old counts), and drops the old marker."""
+    async with api(erase_replica_timeout_ms=300) as north:
+        _enrol(pair, north.namespace)
+        with stopped(pair.replica):
+            assert (await north.delete(STUDENT_PATH)).status_code == 503
+        marker = unconfirmed_key(north.namespace, CLASS)
+        with pair.admin(pair.primary) as primary:
+            value = json.loads(primary.hget(marker, STUDENT) or b"")
+            value["at_ms"] = int(time.time() * 1000) - (MARKER_FRESH_SECONDS + 60) * 1000
+            primary.hset(marker, STUDENT, json.dumps(value))
+        resp = await north.delete(STUDENT_PATH)
+        assert resp.status_code == 404, resp.text
+        with pair.admin(pair.primary) as primary:
+            assert not primary.hexists(marker, STUDENT)

@@ -60,26 +60,34 @@ to demand that many. A replica still in its first full sync is counted (promoted
 serve the data it had before), so erases answer 503 until it is online.
 
 Unconfirmed erases (:func:`unconfirmed_key`): the fresh write is ``HSET <class's unconfirmed
-hash> <student or *> <counts>`` (the hash lives ``ERASED_TTL_SECONDS``), its field removed once
-WAIT succeeded. A repeated DELETE finds the templates and results gone and would answer 404; an
-erase that found nothing reads the marker (one HGET) and takes its counts, and answers 200 once its
-own WAIT succeeds. It rewrites the tombstone and the marker, so WAIT always has a fresh write to
-count. After a failover that lost the first attempt the repeat finds the template on the promoted
-replica and erases it again.
+hash> <student or *> <marker>`` (the hash lives ``ERASED_TTL_SECONDS``), its field removed once
+WAIT succeeded. The marker (:class:`Marker`) holds the erase's counts, its time and the hash slots
+it wrote. A repeated DELETE finds the templates and results gone and would answer 404; an erase
+that found nothing takes the marker's counts if the marker is at most ``MARKER_FRESH_SECONDS``
+old (:func:`fresh_marker`), and answers 200 once its own WAIT succeeds. An older marker (an erase
+answered 503 and never repeated) is ignored: the erase that finds nothing answers 404, as if it
+were not there, and drops it once confirmed. Each repeat rewrites the tombstone and the marker, so
+WAIT always has a fresh write to count. After a failover that lost the first attempt the repeat
+finds the template on the promoted replica and erases it again.
 
-Redis Cluster: the tombstone and the marker share the class's slot (``{<class>}``), and the wait
-runs on that slot's primary only. Each model's gallery (``{<class>:<model>}``) and each result
-(``{<uid>}``) may sit on other primaries whose replication is not awaited: there a failover can
-bring a template back. The confirmed tombstone still makes every job of the class for its TTL
-(``ERASED_TTL_SECONDS``) drop the student (``rollcall_job.recheck``); after that a template lost
-this way would be matched again until the next erase. Awaiting those primaries would need a fresh
-write of ours in each of their slots; in a result's slot the API's ACL allows no key but the
-result itself, which the erase has just deleted.
+Redis Cluster: WAIT counts one primary's replicas, so the erase waits on every primary it wrote
+to: the one holding the class's tombstone and marker (slot ``{<class>}``), each changed model's
+gallery (``{<class>:<model>}``) and each deleted result (``{<uid>}``), plus those of the slots a
+fresh marker recorded (a repeat waits for what the attempt before it wrote). On the marker's
+primary the fresh write is the marker; on each other one it is ``SET`` of a short-lived key of
+ours (:func:`wait_key`, a hash tag picked to land on that primary: WAIT is per connection, not
+per slot), each followed by WAIT on that connection, all primaries at once (one cluster pipeline:
+one connection per node). Confirmed only if every primary's replicas confirm; the 503 counts the
+replicas of all of them. A result's own slot would need a key beside ``job:{<uid>}:results``,
+which the API's ACL does not grant (only the result itself, which the erase has just deleted);
+any key on the same primary serves WAIT as well, and ``wait_key`` is under the ACL's
+``gallery:`` pattern. Standalone and Sentinel: one node, one marker, one WAIT.
 
 Redis commands used (the API's ACL user needs them on ``rollcall:<tenant>:*``): SCAN, WATCH,
-UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HGET, HDEL, HSET, DEL, HGETALL, EXPIRE; and, keyless, WAIT and
-INFO (the replication section only: ``+info|replication``). No scripts. Nothing here reads, logs or
-returns a template; the unconfirmed marker holds counts and model ids.
+UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HGET, HDEL, HSET, DEL, HGETALL, EXPIRE, SET (Cluster's wait
+keys); and, keyless, WAIT and INFO (the replication section only: ``+info|replication``). No
+scripts. Nothing here reads, logs or
+returns a template; the unconfirmed marker holds counts, model ids, a time and slot numbers.
 """
 
 from __future__ import annotations
@@ -88,12 +96,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import WatchError
 
 from rollcall_api.errors import ApiError
@@ -112,6 +121,11 @@ CLASS_WIDE = keys.ERASED_CLASS_WIDE
 # Replicas an erase waits for (WAIT) by default: every one the primary reports connected.
 ALL_REPLICAS: Literal["all"] = "all"
 REPLICA_TIMEOUT_MS = 2000
+# How long an unconfirmed erase's counts answer a repeat that finds nothing (then: 404). Minutes:
+# a client repeats a 503 within seconds (Retry-After; the CLI's --wait), not a day later.
+MARKER_FRESH_SECONDS = 600
+# Life of a Cluster wait key (:func:`wait_key`): it only has to be written before its WAIT.
+WAIT_KEY_TTL_SECONDS = 60
 
 
 def unconfirmed_key(tenant: str, class_name: str) -> str:
@@ -119,6 +133,13 @@ def unconfirmed_key(tenant: str, class_name: str) -> str:
     not yet confirmed by its replicas. Beside the tombstone, in its slot (``{<class>}``) and under
     the ACL's ``gallery:`` pattern; no gallery SCAN matches it."""
     return keys.erased(tenant, class_name) + ":unconfirmed"
+
+
+def wait_key(tenant: str, tag: str) -> str:
+    """String: an erase's fresh write on a Cluster primary other than the marker's, for WAIT to
+    count there; ``{<tag>}`` picks its slot, hence its primary. Under the ACL's ``gallery:``
+    pattern, outside every gallery's name (``gallery:{``) and tombstone's (``gallery:erased:``)."""
+    return f"{keys.tenant_prefix(tenant)}gallery:erase-wait:{{{tag}}}"
 
 
 def wanted_replicas(setting: int | Literal["all"], connected: int) -> int:
@@ -221,23 +242,46 @@ class Erasure:
         """Whether this erase removed anything (else the route answers 404)."""
         return bool(self.templates or self.results or self.models)
 
-    def marker(self) -> str:
-        """The unconfirmed marker's value: these counts (no template, no id but model ids)."""
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+@dataclass(frozen=True)
+class Marker:
+    """An unconfirmed erase: its counts, when it was written (this replica's clock, unix ms) and
+    the hash slots it wrote (on Cluster a repeat waits on their primaries too). No template, no
+    id but model ids."""
+
+    erasure: Erasure
+    at_ms: int
+    slots: tuple[int, ...] = ()
+
+    def value(self) -> str:
+        data = {**asdict(self.erasure), "at_ms": self.at_ms, "slots": list(self.slots)}
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
     @classmethod
-    def from_marker(cls, value: str) -> Erasure | None:
-        """The counts a marker holds; None if it is not one (then it is ignored)."""
+    def parse(cls, value: str) -> Marker | None:
+        """The marker a field holds; None if it is not one (then it is ignored)."""
         try:
             data = json.loads(value)
-            return cls(
+            erasure = Erasure(
                 models=[str(m) for m in data["models"]],
                 templates=int(data["templates"]),
                 results=int(data["results"]),
                 class_found=bool(data["class_found"]),
             )
+            return cls(erasure, int(data["at_ms"]), tuple(int(s) for s in data["slots"]))
         except (ValueError, KeyError, TypeError):
             return None
+
+
+def fresh_marker(
+    marker: Marker | None, now_ms: int, fresh_seconds: int = MARKER_FRESH_SECONDS
+) -> Marker | None:
+    """``marker`` if it was written at most ``fresh_seconds`` ago (either way: another replica's
+    clock may run ahead), else None: an erase left unconfirmed and not repeated in time no longer
+    lends its counts (a later erase that finds nothing is a 404) nor its slots."""
+    if marker is None or abs(now_ms - marker.at_ms) > fresh_seconds * 1000:
+        return None
+    return marker
 
 
 def _text(value: bytes | str) -> str:
@@ -265,6 +309,7 @@ class Eraser:
 
     async def erase_student(self, tenant: str, class_name: str, student: str) -> Erasure:
         out = Erasure()
+        written: list[str] = []  # keys changed on other slots than the tombstone's (Cluster)
         try:
             # first: a job of the class running now drops the student even where nothing is
             # found below (a roster id, a first enrolment): the module docstring, and recheck's
@@ -275,49 +320,103 @@ class Eraser:
                 if await self._drop_template(ck, student):
                     out.models.append(ck.model_id)
                     out.templates += 1
+                    written.append(ck.gallery)
             # Results too when the class gallery is gone (erased earlier): they may still name them.
             for key in await self._scan(results_pattern(tenant)):
-                out.results += await self._drop_results(key, student)
+                if await self._drop_results(key, student):
+                    out.results += 1
+                    written.append(key)
             # last: the replicas hold all of the above, or 503 (the module docstring)
-            return await self._confirm(tenant, class_name, student, out)
+            return await self._confirm(tenant, class_name, student, out, written)
         except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
 
-    def _cluster_node(self, key: str) -> dict[str, Any]:
-        """``target_nodes`` for a keyless command on the primary of ``key``'s slot (Cluster)."""
-        if isinstance(self.redis, RedisCluster):
-            return {"target_nodes": self.redis.get_node_from_key(key)}
-        return {}
+    def _tag_on(self, cluster: RedisCluster, tenant: str, node: ClusterNode) -> str:
+        """A hash tag whose :func:`wait_key` lands on ``node`` (small numbers, tried in order:
+        a primary serving a third of the slots takes about three tries)."""
+        for n in range(1_000_000):
+            slot = cluster.keyslot(wait_key(tenant, str(n)))
+            if cluster.nodes_manager.get_node_from_slot(slot).name == node.name:
+                return str(n)
+        raise LookupError("no hash tag lands on this primary")  # crc16 covers every slot first
 
-    async def _confirm(self, tenant: str, class_name: str, target: str, out: Erasure) -> Erasure:
-        """Wait for the replicas to hold the erase; 503 if too few confirm in time.
+    async def _wanted(self, **node: Any) -> int:
+        """How many replicas to wait for on one primary (``INFO replication`` there)."""
+        if self.replicas == 0:
+            return 0
+        info = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "INFO", "replication", **node
+        )
+        return wanted_replicas(self.replicas, connected_replicas(info))
 
-        An erase that found nothing takes the counts of an earlier unconfirmed one of ``target``
-        (its marker), so the repeat of a DELETE answered 503 answers 200 with what was erased."""
-        marker = unconfirmed_key(tenant, class_name)
-        node = self._cluster_node(marker)
-        earlier = None
-        if not out.found:  # only here: a found erase reports its own counts
-            raw = await self.redis.hget(marker, target)
-            earlier = Erasure.from_marker(_text(raw)) if raw is not None else None
-            out = earlier or out
-        wanted = 0
-        if self.replicas != 0:
-            info = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "INFO", "replication", **node
+    async def _waits(
+        self, tenant: str, marker: str, slots: Iterable[int]
+    ) -> list[tuple[str, dict[str, Any], int]]:
+        """(key of the fresh write, target, replicas wanted) per primary to wait on: the marker's
+        first; on Cluster then one per other primary holding one of ``slots``."""
+        if not isinstance(self.redis, RedisCluster):
+            return [(marker, {}, await self._wanted())]
+        cluster = self.redis
+        home = cluster.get_node_from_key(marker)
+        nodes = {home.name: home}
+        for slot in slots:
+            node = cluster.nodes_manager.get_node_from_slot(slot)
+            nodes.setdefault(node.name, node)
+        out = []
+        for name, node in nodes.items():
+            key = (
+                marker
+                if name == home.name
+                else wait_key(tenant, self._tag_on(cluster, tenant, node))
             )
-            wanted = wanted_replicas(self.replicas, connected_replicas(info))
-        if wanted == 0:
-            if earlier is not None:  # confirmed by nobody, as asked: done, a next erase is a 404
+            out.append((key, {"target_nodes": node}, await self._wanted(target_nodes=node)))
+        return out
+
+    async def _confirm(
+        self, tenant: str, class_name: str, target: str, out: Erasure, written: Iterable[str]
+    ) -> Erasure:
+        """Wait for the replicas of every primary the erase wrote to; 503 if too few confirm in
+        time.
+
+        An erase that found nothing takes the counts of a fresh unconfirmed one of ``target`` (its
+        marker), so the repeat of a DELETE answered 503 answers 200 with what was erased; every
+        erase waits too on the slots that marker wrote."""
+        marker = unconfirmed_key(tenant, class_name)
+        raw = await self.redis.hget(marker, target)
+        now_ms = int(time.time() * 1000)
+        earlier = fresh_marker(Marker.parse(_text(raw)) if raw is not None else None, now_ms)
+        if earlier is not None and not out.found:  # a found erase reports its own counts
+            out = earlier.erasure
+        slots = {key_slot(k.encode()) for k in written} | set(earlier.slots if earlier else ())
+        waits = await self._waits(tenant, marker, slots)
+        if not any(wanted for _, _, wanted in waits):
+            if raw is not None:  # confirmed by nobody, as asked: done, a next erase is a 404
                 await self.redis.hdel(marker, target)
             return out
-        pipe = self.redis.pipeline(transaction=False)  # one connection: the HSET, then its WAIT
-        pipe.hset(marker, target, out.marker())
+        # per primary, one connection: the fresh write, then its WAIT (a cluster pipeline sends
+        # each node's commands on one connection, the nodes at once)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(marker, target, Marker(out, now_ms, tuple(sorted(slots))).value())
         pipe.expire(marker, ERASED_TTL_SECONDS)
-        pipe.execute_command("WAIT", wanted, self.timeout_ms, **node)
-        acked = int((await pipe.execute())[-1])
+        calls = 2
+        at: list[tuple[int, int]] = []  # (index of a WAIT's reply, replicas it wants)
+        for key, node, wanted in waits:
+            if wanted == 0:
+                continue
+            if key != marker:
+                pipe.set(key, str(now_ms), ex=WAIT_KEY_TTL_SECONDS)
+                calls += 1
+            pipe.execute_command("WAIT", wanted, self.timeout_ms, **node)
+            at.append((calls, wanted))
+            calls += 1
+        replies = await pipe.execute()
+        acked = sum(min(int(replies[i]), wanted) for i, wanted in at)
+        wanted = sum(wanted for _, wanted in at)
         if acked < wanted:
-            log.warning("erase not confirmed by replicas", extra={"acked": acked, "wanted": wanted})
+            log.warning(
+                "erase not confirmed by replicas",
+                extra={"acked": acked, "wanted": wanted, "primaries": len(at)},
+            )
             retry = str(max(1, math.ceil(self.timeout_ms / 1000)))
             raise ApiError(
                 503,
@@ -405,7 +504,8 @@ class Eraser:
         out = Erasure()
         try:
             await self._tombstone(tenant, class_name, CLASS_WIDE)
-            for ck in (await self._class(tenant, class_name)).values():
+            galleries = await self._class(tenant, class_name)
+            for ck in galleries.values():
                 pipe = self.redis.pipeline(transaction=True)
                 pipe.hlen(ck.gallery)
                 pipe.delete(ck.gallery, ck.meta, ck.packed)
@@ -413,6 +513,7 @@ class Eraser:
                 out.templates += int(students)
                 out.models.append(ck.model_id)
             out.class_found = bool(out.models)
-            return await self._confirm(tenant, class_name, CLASS_WIDE, out)
+            written = [ck.gallery for ck in galleries.values()]
+            return await self._confirm(tenant, class_name, CLASS_WIDE, out, written)
         except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
