@@ -92,6 +92,7 @@ returns a template; the unconfirmed marker holds counts, model ids, a time and s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -309,7 +310,7 @@ class Eraser:
 
     async def erase_student(self, tenant: str, class_name: str, student: str) -> Erasure:
         out = Erasure()
-        written: list[str] = []  # keys changed on other slots than the tombstone's (Cluster)
+        written: list[str] = []  # keys changed besides the tombstone: Cluster waits on their nodes
         try:
             # first: a job of the class running now drops the student even where nothing is
             # found below (a roster id, a first enrolment): the module docstring, and recheck's
@@ -362,15 +363,17 @@ class Eraser:
         for slot in slots:
             node = cluster.nodes_manager.get_node_from_slot(slot)
             nodes.setdefault(node.name, node)
-        out = []
-        for name, node in nodes.items():
-            key = (
+        wanted = await asyncio.gather(*(self._wanted(target_nodes=n) for n in nodes.values()))
+        return [
+            (
                 marker
                 if name == home.name
-                else wait_key(tenant, self._tag_on(cluster, tenant, node))
+                else wait_key(tenant, self._tag_on(cluster, tenant, node)),
+                {"target_nodes": node},
+                n,
             )
-            out.append((key, {"target_nodes": node}, await self._wanted(target_nodes=node)))
-        return out
+            for (name, node), n in zip(nodes.items(), wanted, strict=True)
+        ]
 
     async def _confirm(
         self, tenant: str, class_name: str, target: str, out: Erasure, written: Iterable[str]
@@ -410,8 +413,8 @@ class Eraser:
             at.append((calls, wanted))
             calls += 1
         replies = await pipe.execute()
-        acked = sum(min(int(replies[i]), wanted) for i, wanted in at)
-        wanted = sum(wanted for _, wanted in at)
+        acked = sum(min(int(replies[i]), n) for i, n in at)  # a spare replica covers no other node
+        wanted = sum(n for _, n in at)
         if acked < wanted:
             log.warning(
                 "erase not confirmed by replicas",
