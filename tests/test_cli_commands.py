@@ -328,6 +328,9 @@ def test_erase_student_and_class_need_yes_and_report_what_went(
     res = cli("erase", "student", "--class", "7B", "s-001", "--yes")
     assert res.exit_code == 0, res.output
     assert "templates=2" in res.stdout and "models=m-a,m-b" in res.stdout
+    # One line, however long, when stdout is not a terminal: scripts grep it.
+    (line,) = [x for x in res.stdout.splitlines() if x.startswith("erased student")]
+    assert len(line) > 80 and line.endswith("results=0"), res.stdout
     for model in ("m-a", "m-b"):
         assert redis_client.hkeys(keys.gallery(cli.ns, "7B", model)) == [b"s-002"]
     assert cli("erase", "student", "--class", "7B", "s-001", "--yes").exit_code == 4

@@ -71,8 +71,9 @@ app = typer.Typer(
     "5 conflict, 6 invalid request, 7 API unavailable, 8 rate limited, 10 job failed, "
     "11 job cancelled.",
 )
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a long line stays one line when stdout is a pipe (rich would wrap at 80 columns)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
