@@ -146,12 +146,16 @@ def _conn(ctx: typer.Context) -> Conn:
 
 
 def _call(conn: Conn, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    with conn.client() as http:
+        return _checked(_send(conn, http, method, path, **kwargs))
+
+
+def _send(conn: Conn, http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One request; an API that cannot be reached ends the command (exit 7)."""
     try:
-        with conn.client() as http:
-            resp = http.request(method, path, **kwargs)
+        return http.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
         fail(Exit.UNAVAILABLE, f"cannot reach {conn.url}: {exc}")
-    return _checked(resp)
 
 
 def _checked(resp: httpx.Response) -> dict[str, Any]:
@@ -528,10 +532,7 @@ def _erase(
     deadline = time.monotonic() + wait
     with conn.client() as http:
         while True:
-            try:
-                resp = http.delete(path, params=params)
-            except httpx.HTTPError as exc:
-                fail(Exit.UNAVAILABLE, f"cannot reach {conn.url}: {exc}")
+            resp = _send(conn, http, "DELETE", path, params=params)
             unconfirmed = unconfirmed_pause(resp)
             if unconfirmed is None:
                 break

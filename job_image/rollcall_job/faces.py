@@ -91,7 +91,7 @@ class FaceEngine:
         std = np.asarray(card.std, dtype=np.float64)
         self._gain = (card.scale / std).astype(np.float32)
         self._offset = (np.asarray(card.mean, dtype=np.float64) / std).astype(np.float32)
-        self._channels = (2, 1, 0) if card.colour == "RGB" else (0, 1, 2)  # from BGR
+        self._channels = card.channels_from_bgr
 
     @property
     def embedding_dim(self) -> int:

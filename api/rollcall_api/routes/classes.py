@@ -94,7 +94,7 @@ async def erase_student(
     the primary; repeat the request (idempotent) for the 200."""
     ns = service.resolve_namespace(caller, namespace)
     done = await eraser.erase_student(ns, class_code, student_id)
-    if not done.templates and not done.results:
+    if not done.found:
         where = f"class {class_code}" if done.class_found else f"class {class_code} (no gallery)"
         raise ApiError(404, f"student {student_id} not found in {where}")
     return await _record(events, caller, ns, "StudentErased", class_code, student_id, done)

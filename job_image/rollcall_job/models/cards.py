@@ -180,6 +180,12 @@ class ModelCard(BaseModel):
                 raise ValueError(f"a {self.family} card needs {self.family} settings")
         return self
 
+    @property
+    def channels_from_bgr(self) -> tuple[int, int, int]:
+        """For each of the model's input channels, in order, the BGR channel it reads (OpenCV
+        decodes to BGR)."""
+        return (2, 1, 0) if self.colour == "RGB" else (0, 1, 2)
+
     def path(self, role: str, card_dir: Path) -> Path:
         """Absolute path of one of the card's files."""
         return (card_dir / self.files[role]).resolve()

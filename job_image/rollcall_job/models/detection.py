@@ -168,7 +168,7 @@ class SingleShot:
         self._mean = np.asarray(card.mean, dtype=np.float32)
         self._std = np.asarray(card.std, dtype=np.float32)
         self._scale = np.float32(card.scale)
-        self._channels = (2, 1, 0) if card.colour == "RGB" else (0, 1, 2)  # from BGR
+        self._channels = card.channels_from_bgr
 
     def _prepare(self, image_bgr: npt.NDArray[np.uint8]) -> F32:
         """The network's input for a BGR level: ``(pixel * scale - mean) / std`` in the card's
