@@ -295,6 +295,9 @@ class Failover:
 
     outcomes: list[str]  # per attempt: "published", "transient:<error>" or "other:<error>"
     reader: Reader
+    # the first attempt's wait for the kill before its publish: [] when it failed while staging,
+    # [True] when the kill released it, [False] when it gave up waiting (the kill never came)
+    first_hold: list[bool]
 
 
 def _publish_through_a_kill(
@@ -306,11 +309,12 @@ def _publish_through_a_kill(
     reader.start()
     outcomes: list[str] = []
     killed = threading.Event()
+    held: list[bool] = []
 
     def hold_first_publish(attempt: int) -> Any:
         # the first attempt has staged everything: its RENAME waits for the kill, so the kill
         # always lands mid-write however fast this machine stages
-        return (lambda: killed.wait(30)) if attempt == 0 else None
+        return (lambda: held.append(killed.wait(30))) if attempt == 0 else None
 
     def job() -> None:
         for attempt in range(30):
@@ -347,14 +351,17 @@ def _publish_through_a_kill(
     time.sleep(0.5)  # the reader polls the new primary a little longer
     reader.stop.set()
     reader.join(10)
-    return Failover(outcomes, reader)
+    return Failover(outcomes, reader, held)
 
 
 def _assert_published_whole_once(seen: Failover, documents: dict[str, Any]) -> None:
     outcomes, reader = seen.outcomes, seen.reader
     assert outcomes and outcomes[-1] == "published", outcomes
     assert all(o.startswith("transient:") for o in outcomes[:-1]), outcomes
-    assert len(outcomes) >= 2, f"the kill landed after the publish: {outcomes}"
+    # the kill lands while the first attempt stages, or while it waits to publish; it then fails
+    # TRANSIENT, or its writes reach the promoted node (redis-py's cluster client re-routes a
+    # command whose node died once the slot map shows the replica took the slot over)
+    assert seen.first_hold in ([], [True]), f"the kill did not land mid-write: {seen.first_hold}"
     assert "partial" not in reader.seen
     assert reader.documents == [documents]  # whole, one version, exactly once
     first_whole = reader.seen.index("whole")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -15,8 +15,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redisrig import _wait_ready, free_port
-from rollcall_contract import keys
-from rollcall_job.results import IncompleteResults, read_results, write_results
+from rollcall_contract import keys, redisclient
+from rollcall_job.results import (
+    IncompleteResults,
+    StagingLost,
+    read_results,
+    write_results,
+)
 
 pytestmark = pytest.mark.redis  # real redis-server processes, some of our own (with AOF)
 
@@ -179,3 +184,37 @@ def test_reader_detects_a_result_missing_parts(redis_client: redis.Redis) -> Non
     )
     with pytest.raises(IncompleteResults):
         read_results(redis_client, "school-a", "uid")
+
+
+@pytest.mark.parametrize(
+    "lose",
+    [
+        pytest.param(lambda staged: staged[:2], id="two-fields"),
+        pytest.param(lambda staged: staged, id="the-whole-staging-hash"),
+    ],
+)
+def test_staged_fields_lost_before_the_publish_publish_nothing(
+    redis_client: redis.Redis, lose: Callable[[list[bytes]], list[bytes]]
+) -> None:
+    """A failover can drop staging writes the old primary took but had not replicated, while the
+    client sends the later ones (and the RENAME) to the promoted node. The publish then finds fewer
+    fields than it staged: it raises a TRANSIENT error, the previous result stays whole, and the
+    retried attempt publishes everything."""
+    old, new = _big_result("old", 50), _big_result("new", 500)
+    write_results(redis_client, "school-a", "uid", "1", old, ttl_seconds=300, chunk_bytes=4096)
+    staging = keys.job_results_staging("school-a", "uid", "2")
+
+    def failover_lost_some() -> None:
+        staged = sorted(cast(list[bytes], redis_client.hkeys(staging)))
+        assert len(staged) > 2
+        redis_client.hdel(staging, *lose(staged))
+
+    with pytest.raises(StagingLost) as lost:
+        write_results(
+            redis_client, "school-a", "uid", "2", new,
+            ttl_seconds=300, chunk_bytes=4096, before_publish=failover_lost_some,
+        )  # fmt: skip
+    assert isinstance(lost.value, redisclient.TRANSIENT_ERRORS)  # the job exits TRANSIENT
+    assert read_results(redis_client, "school-a", "uid") == old
+    write_results(redis_client, "school-a", "uid", "3", new, ttl_seconds=300, chunk_bytes=4096)
+    assert read_results(redis_client, "school-a", "uid") == new

@@ -16,7 +16,12 @@ import redis
 from rollcall_contract import keys, redisclient
 from rollcall_contract.results import CHUNK_BYTES, IncompleteResults, decode_results, encode_results
 
-__all__ = ["IncompleteResults", "decode_results", "read_results", "write_results"]
+__all__ = ["IncompleteResults", "StagingLost", "decode_results", "read_results", "write_results"]
+
+
+class StagingLost(redis.exceptions.ConnectionError):
+    """Staged result fields went missing before the publish (a failover lost writes the old
+    primary had taken): the attempt is retried whole (TRANSIENT), never published partial."""
 
 
 def write_results(
@@ -36,7 +41,8 @@ def write_results(
     Large fields are split over ``field``, ``field:1``, ``field:2``... with ``parts`` recording how
     many, so no single command is huge. ``before_publish`` is a test seam before the rename.
     ``replicas``: how many replicas must hold the result before it counts as written (a cluster or
-    Sentinel URL's ``replicas``); fewer raise ``redisclient.NotReplicated`` (TRANSIENT).
+    Sentinel URL's ``replicas``); fewer raise ``redisclient.NotReplicated`` (TRANSIENT). A staging
+    hash that lost fields before the publish raises ``StagingLost`` (TRANSIENT) and publishes nothing.
     """
     fields = encode_results(documents, chunk_bytes=chunk_bytes)
     staging = keys.job_results_staging(tenant, job_uid, attempt)
@@ -54,12 +60,20 @@ def write_results(
         stage(field, value)
     if before_publish is not None:
         before_publish()
-    pipe = client.pipeline(transaction=True)
-    # redis-py's cluster pipeline refuses .rename() outright; the raw command is fine in a one-slot
-    # transaction (staging and final share the job's hash tag)
-    pipe.execute_command("RENAME", staging, final)  # type: ignore[no-untyped-call]
-    pipe.expire(final, ttl_seconds)
-    pipe.execute()
+    with client.pipeline(transaction=True) as pipe:
+        # a failover between two staging writes can drop the ones the old primary took but had not
+        # yet replicated, and redis-py then sends the rest to the promoted node: publish only a
+        # staging hash that still holds every field (WATCHed, so nothing changes it before EXEC)
+        pipe.watch(staging)  # type: ignore[no-untyped-call]
+        staged = int(pipe.hlen(staging))
+        if staged != len(fields):
+            raise StagingLost(f"{staged} of {len(fields)} staged result fields are left")
+        pipe.multi()
+        # redis-py's cluster pipeline refuses .rename() outright; the raw command is fine in a
+        # one-slot transaction (staging and final share the job's hash tag)
+        pipe.execute_command("RENAME", staging, final)  # type: ignore[no-untyped-call]
+        pipe.expire(final, ttl_seconds)
+        pipe.execute()
     redisclient.wait_replicas(client, final, replicas)
     return final
 
