@@ -16,7 +16,11 @@ Replication is asynchronous: a master that dies right after acknowledging a writ
 with it. On a cluster or Sentinel URL the job therefore waits, after publishing its results, until
 ``replicas`` replicas (query parameter, default 1; ``?replicas=0`` for a cluster without replicas)
 hold them (``wait_replicas``: WAIT on the key's own primary), and exits TRANSIENT otherwise, so a
-retry publishes them again instead of a Succeeded job whose results vanished in a failover.
+retry publishes them again instead of a Succeeded job whose results vanished in a failover. That
+WAIT counts one primary's replicas: on a cluster an enrolment's gallery (slot ``{<class>:<model>}``)
+usually sits on another primary than its results (``{<uid>}``), and a withdraw comes after the
+last publish, so those writes are confirmed on their own primary too (``confirm_on``; skipped
+where ``same_primary`` says the results' WAIT already covers them).
 
 Why this works unchanged on a cluster: every multi-key operation rollcall does (the gallery's
 hash + meta + packed MULTI/EXEC, RENAME of staging onto results, progress) uses keys that share a
@@ -29,6 +33,7 @@ log line (``redact``).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -54,6 +59,7 @@ SENTINEL_QUERY = frozenset({"sentinel_username", "sentinel_password", "replicas"
 CLUSTER_QUERY = frozenset({"replicas"})
 DEFAULT_REPLICAS = 1  # what a cluster or sentinel write must reach before a job reports success
 REPLICA_WAIT_MS = 2000  # well inside any socket timeout the components set
+WAIT_KEY_TTL_SECONDS = 60  # life of ``confirm_on``'s key: it only has to be written before WAIT
 
 
 class NotReplicated(redis.exceptions.ConnectionError):
@@ -212,6 +218,46 @@ def wait_replicas(
         acked = client.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
     else:
         acked = client.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+    if int(acked) < replicas:
+        raise NotReplicated(f"{acked} of {replicas} Redis replicas confirmed the write in time")
+
+
+def same_primary(client: redis.Redis, key: str, other: str) -> bool:
+    """Whether one primary serves both keys: always off a cluster; on one, whether their slots
+    map to one node. Then a WAIT after a write to ``other`` covers earlier writes to ``key`` too
+    (one replication log), and ``confirm_on`` for ``key`` is not needed."""
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return True
+    return bool(client.get_node_from_key(key).name == client.get_node_from_key(other).name)
+
+
+def confirm_on(
+    client: redis.Redis, wait_key: str, replicas: int, timeout_ms: int = REPLICA_WAIT_MS
+) -> None:
+    """Block until ``replicas`` replicas of the primary holding ``wait_key`` have every write that
+    primary took so far, from any connection; NotReplicated if fewer confirm in time. No-op for 0.
+
+    Why a write of its own: WAIT waits for the replication offset the *calling connection* last
+    left (Redis 7.0: at its last command of any kind; newer servers: at its last write), so on a
+    connection that wrote nothing, or last spoke before the writes to confirm, it confirms nothing
+    (tests/test_enrol_cluster_replicas.py shows a WAIT alone passing a stopped replica). So one
+    non-transactional pipeline, one connection to that primary, sends ``SET wait_key <ms> EX 60``
+    then WAIT (on a cluster the key routes the SET and ``target_nodes`` the keyless WAIT to the
+    same node, hence the same connection: redis-py's cluster pipeline opens one per node). The
+    primary's replication stream is one ordered log, so a replica that acknowledged the SET holds
+    every earlier write of that primary (a gallery written in a WATCHed transaction on another
+    pooled connection, say). ``wait_key``: a disposable string key in the slot to confirm, under
+    the caller's ACL, that nothing else reads (one extra round trip; the API's eraser does the
+    same with asyncio, ``rollcall_api.erasure``)."""
+    if replicas <= 0:
+        return
+    pipe = client.pipeline(transaction=False)
+    pipe.set(wait_key, str(int(time.time() * 1000)), ex=WAIT_KEY_TTL_SECONDS)
+    target: dict[str, Any] = {}
+    if isinstance(client, redis.cluster.RedisCluster):  # the keyless WAIT goes where the SET goes
+        target["target_nodes"] = client.get_node_from_key(wait_key)
+    pipe.execute_command("WAIT", replicas, timeout_ms, **target)  # type: ignore[no-untyped-call]
+    _, acked = pipe.execute()
     if int(acked) < replicas:
         raise NotReplicated(f"{acked} of {replicas} Redis replicas confirmed the write in time")
 

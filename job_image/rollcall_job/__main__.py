@@ -301,8 +301,15 @@ def _enroll(
     # erased so far (a tombstone since the RJ's submission): not written at all
     erased = tombstoned(outcome.enrolled.mentioned())
     students = {s: e for s, e in outcome.students.items() if s not in erased}
+    replicas = redisclient.parse(settings.redis_url).replicas
     if students:
         erased |= store.put(settings.gallery, spec.meta, students, held=held)
+        # the results' WAIT counts their own primary's replicas: on a cluster the gallery's may
+        # be another, so confirm it now, before any result says "enrolled"
+        results_key = keys.job_results(settings.job_namespace, settings.job_uid)
+        gallery_key = keys.gallery(settings.job_namespace, settings.gallery, spec.meta.model_id)
+        if not redisclient.same_primary(client, gallery_key, results_key):
+            store.confirm(settings.gallery, spec.meta.model_id, replicas)
     written = frozenset(students) - erased
     enrolled = replace(outcome.enrolled, held=frozenset(held), written=written)
     if erased:  # left out of the put: not named by the result either
@@ -321,6 +328,8 @@ def _enroll(
         if undo
         else set()
     )
+    if withdrawn:  # written after every results WAIT, on any topology: confirmed on its own
+        store.confirm(settings.gallery, spec.meta.model_id, replicas)
     summary: dict[str, Any] = enrolled.documents()["summary"]
     if summary["erased_while_running"]:
         log.info(

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from rollcall_contract import keys
+from rollcall_contract import keys, redisclient
 from rollcall_job.matcher import Metric
 
 DTYPE = "<f4"
@@ -235,6 +235,20 @@ class GalleryStore:
             keys.gallery_meta(self.tenant, name, model_id),
             keys.gallery_packed(self.tenant, name, model_id),
         )
+
+    def wait_key(self, name: str, model_id: str) -> str:
+        """String ``rollcall:<tenant>:gallery-wait:{<name>:<model>}``: the job's fresh write for
+        ``confirm``, in the gallery's slot (its hash tag), short-lived. Not the meta's ``updated``
+        re-set to its value: a concurrent writer may have changed it meanwhile, and after a
+        whole-class erase an HSET would bring back a meta of that field alone, which every later
+        put and load refuses as malformed. Outside ``gallery:``, so no gallery SCAN meets it."""
+        gkey = keys.gallery(self.tenant, name, model_id)
+        return f"{keys.tenant_prefix(self.tenant)}gallery-wait:{gkey[gkey.index('{') :]}"
+
+    def confirm(self, name: str, model_id: str, replicas: int) -> None:
+        """Wait until ``replicas`` replicas of the gallery's primary hold every write made to it
+        so far (``redisclient.confirm_on``); NotReplicated (TRANSIENT) if fewer do in time."""
+        redisclient.confirm_on(self.client, self.wait_key(name, model_id), replicas)
 
     def load(
         self, name: str, expected: GalleryMeta, roster: Sequence[str] | None = None
