@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,5 +195,114 @@ async def test_an_erase_waits_for_the_replica_of_every_primary_it_wrote_to(
                 assert not replica.hexists(gallery, STUDENT)
             assert not admin.hexists(unconfirmed_key(namespace, layout.class_name), STUDENT)
             assert (await http.delete(path, headers=auth)).status_code == 404
+    finally:
+        admin.close()
+
+
+# --- slots that move under an erase ---------------------------------------------------------------
+
+
+def _one_primary_class(cluster: Cluster, tenant: str) -> tuple[str, int]:
+    """A class whose tombstone and gallery sit on one primary; and that primary's port."""
+    for c in range(500):
+        name = f"7C-{c}"
+        tomb = cluster.port_of_slot(cluster.keyslot(keys.erased(tenant, name)))
+        gallery = cluster.port_of_slot(cluster.keyslot(keys.gallery(tenant, name, META.model_id)))
+        if tomb == gallery:
+            return name, tomb
+    raise AssertionError("no class has its tombstone and gallery on one primary")
+
+
+def _migrate_keys(cluster: Cluster, slot: int, source: int, target: int) -> None:
+    """Start moving ``slot`` from the primary on port ``source`` to ``target`` the way
+    ``redis-cli --cluster reshard`` does, and move its keys: the slot stays ``source``'s (CLUSTER
+    SLOTS still says so) while a command for one of its keys is answered with ASK ``target``."""
+    ids = {port: node_id for node_id, port in cluster.primaries().items()}
+    with cluster.admin(target) as t, cluster.admin(source) as s:
+        t.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
+        s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+        names = s.execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+        assert names, "nothing to migrate"
+        assert cluster.acl is not None
+        auth = ["AUTH2", cluster.acl.admin, cluster.acl.admin_password]
+        s.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, *auth, "KEYS", *names)
+
+
+def _finish_migration(cluster: Cluster, slot: int, target: int) -> None:
+    ids = {port: node_id for node_id, port in cluster.primaries().items()}
+    for port in ids:
+        with cluster.admin(port) as c:
+            c.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
+
+
+def _replica_caught_up(cluster: Cluster, primary: int) -> bool:
+    with cluster.admin(primary) as c:
+        info = c.info("replication")
+    offsets = [int(v["offset"]) for k, v in info.items() if k.startswith("slave")]
+    return bool(offsets) and min(offsets) == int(info["master_repl_offset"])
+
+
+async def test_an_erase_while_its_gallery_slot_migrates_is_never_confirmed_early(
+    redis_cluster_to_break: Cluster,
+    topology_users: Users,
+    tmp_path: Path,
+    kubeconfig: Path,
+    namespace: str,
+) -> None:
+    """A resharding is moving the gallery's slot: its keys are already on the target primary
+    while the slot map (CLUSTER SLOTS, redis-py's) still names the source. The erase waits on the
+    primaries its map gives the written slots to, so a write that followed an ASK redirection to
+    the target would be confirmed on the source's replicas only. It never is: redis-py refuses
+    ASK inside a WATCH/MULTI transaction, which every erase write is, so with the target's replica
+    stopped the erase answers 503 and no 200. Once the migration ends, the repeat removes the
+    template on the target (MOVED updates the map first) and waits there: 200, and the target's
+    replica no longer holds it."""
+    cluster = redis_cluster_to_break
+    class_name, source = _one_primary_class(cluster, namespace)
+    target = next(p for p in cluster.primaries().values() if p != source)
+    gallery = keys.gallery(namespace, class_name, META.model_id)
+    slot = cluster.keyslot(gallery)
+    path = f"/v1/classes/{class_name}/students/{STUDENT}"
+    admin = redisclient.sync_client(cluster.url(*topology_users.admin()))
+    try:
+        GalleryStore(admin, namespace).put(
+            class_name, META, {s: [[0.5] * META.dim] for s in (STUDENT, "s-002")}
+        )
+        async with _api(cluster, topology_users, tmp_path, kubeconfig, namespace) as (http, auth):
+            # the API's slot map is read now, before the resharding starts
+            nobody = await http.delete(f"/v1/classes/{class_name}/students/s-none", headers=auth)
+            assert nobody.status_code == 404, nobody.text
+            _migrate_keys(cluster, slot, source, target)
+            deadline = time.monotonic() + 10
+            while not _replica_caught_up(cluster, target):  # it holds the template, migrated
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            # a plain command follows the ASK redirection as the API's own ACL user (ASKING)
+            api_user = redisclient.sync_client(cluster.url(*topology_users.api()))
+            try:
+                assert api_user.hexists(gallery, STUDENT)
+            finally:
+                api_user.close()
+            with _stopped(_replica_pid(cluster, target)):
+                first = await http.delete(path, headers=auth)
+                # "unavailable" (the transaction's AskError); "erase_unconfirmed" would be as
+                # right (a wait on the target), a 200 is the failure this test exists for
+                assert first.status_code == 503, first.text
+                assert first.json()["error"]["code"] in {"unavailable", "erase_unconfirmed"}
+                _finish_migration(cluster, slot, target)
+            again = await http.delete(path, headers=auth)
+            assert again.status_code == 200, again.text
+            assert again.json()["templates"] == 1
+        with cluster.admin(_replica_port(cluster, target)) as replica:
+            replica.execute_command("READONLY")
+            deadline = time.monotonic() + 10
+            while True:  # the replica learns that its primary now serves the slot
+                try:
+                    assert replica.hexists(gallery, "s-002")  # the class is still there...
+                    break
+                except redis.ResponseError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            assert not replica.hexists(gallery, STUDENT)  # ...without the erased student
     finally:
         admin.close()

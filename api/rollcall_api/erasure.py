@@ -83,6 +83,14 @@ which the API's ACL does not grant (only the result itself, which the erase has 
 any key on the same primary serves WAIT as well, and ``wait_key`` is under the ACL's
 ``gallery:`` pattern. Standalone and Sentinel: one node, one marker, one WAIT.
 
+Slots moving under an erase (Cluster resharding): the primaries are planned from redis-py's slot
+map after the writes. A write redirected by MOVED updated that map first. A write redirected by
+ASK (its key already migrated, the slot not yet handed over) would not have, and would be waited
+on at the old primary; but every erase write is a WATCH/MULTI transaction, which redis-py does not
+follow through ASK (AskError): such an erase answers 503 until the migration ends, and its repeat
+then waits on the new primary (tests/test_erase_cluster_replicas.py migrates a gallery's slot with
+the new primary's replica stopped). Keep erase writes transactional.
+
 Redis commands used (the API's ACL user needs them on ``rollcall:<tenant>:*``): SCAN, WATCH,
 UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HGET, HDEL, HSET, DEL, HGETALL, EXPIRE, SET (Cluster's wait
 keys); and, keyless, WAIT and INFO (the replication section only: ``+info|replication``). No

@@ -33,8 +33,10 @@ OPERATOR_USER = "rollcall-operator"
 JOB_USER_PREFIX = "rollcall-job-"
 
 # What redis-py's RedisCluster sends before any key command (the slot map, the command table for
-# key extraction); harmless on a single node, where nobody sends them.
-CLUSTER_CLIENT_COMMANDS: tuple[str, ...] = ("cluster|slots", "command")
+# key extraction) and to follow an ASK redirection while a resharding moves a slot (ASKING: without
+# it every command on a key already moved fails until the migration ends); harmless on a single
+# node, where nobody sends them.
+CLUSTER_CLIENT_COMMANDS: tuple[str, ...] = ("cluster|slots", "command", "asking")
 # What the recognition container sends (gallery.py, results.py, progress.py, __main__.py), plus
 # SELECT for a URL naming another database. CLIENT SETINFO (redis-py's connect banner) is left out:
 # redis-py ignores its refusal, and Redis 7.0 does not know the subcommand.
