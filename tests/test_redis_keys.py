@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from rollcall_api.erasure import results_pattern
 from rollcall_contract import keys
 from rollcall_contract.model import IDENT, parse_spec
 from rollcall_operator.builder import build_job
@@ -22,6 +23,8 @@ TENANT_KEYS: list[tuple[str, Callable[[str], str]]] = [
     ("gallery_packed", lambda t: keys.gallery_packed(t, "grade7-b", "dlib-resnet-v1")),
     ("job_results", lambda t: keys.job_results(t, "0b6e-uid")),
     ("job_results_staging", lambda t: keys.job_results_staging(t, "0b6e-uid", "2")),
+    ("job_results_wait", lambda t: keys.job_results_wait(t, "0b6e-uid")),
+    ("gallery_wait", lambda t: keys.gallery_wait(t, "grade7-b", "dlib-resnet-v1")),
     ("job_progress", lambda t: keys.job_progress(t, "0b6e-uid")),
     ("idempotency", lambda t: keys.idempotency(t, "retry:{x}*")),
 ]
@@ -75,11 +78,15 @@ def test_names_that_could_leave_their_key_or_hash_tag_are_refused(
 def test_gallery_keys_of_one_class_share_one_hash_tag() -> None:
     made = [
         f("t", "6b", "dlib-resnet-v1")
-        for f in (keys.gallery, keys.gallery_meta, keys.gallery_packed)
+        for f in (keys.gallery, keys.gallery_meta, keys.gallery_packed, keys.gallery_wait)
     ]
     tags = {k[k.index("{") + 1 : k.index("}")] for k in made}
     assert tags == {"6b:dlib-resnet-v1"}
-    results = keys.job_results("t", "u1"), keys.job_results_staging("t", "u1", "3")
+    results = (
+        keys.job_results("t", "u1"),
+        keys.job_results_staging("t", "u1", "3"),
+        keys.job_results_wait("t", "u1"),
+    )
     assert {k[k.index("{") + 1 : k.index("}")] for k in results} == {"u1"}
 
 
@@ -90,6 +97,7 @@ def test_gallery_keys_of_one_class_share_one_hash_tag() -> None:
         (keys.gallery("t", "6b", "mobilefacenet-sirius-v1"), True),
         (keys.gallery_meta("t", "6b", "dlib-resnet-v1"), False),
         (keys.gallery_packed("t", "6b", "dlib-resnet-v1"), False),
+        (keys.gallery_wait("t", "6b", "dlib-resnet-v1"), False),
         (keys.gallery("t", "6b2", "m"), False),
         (keys.gallery("t", "6", "m"), False),
         (keys.gallery("u", "6b", "m"), False),
@@ -183,3 +191,17 @@ def test_any_name_the_model_accepts_stays_inside_its_tenant_and_hash_tag(
     assert fnmatch.fnmatchcase(
         keys.gallery("school-a", name, model), keys.gallery_match("school-a", name)
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "matches"),
+    [
+        (keys.job_results("t", "u1"), True),
+        (keys.job_results_staging("t", "u1", "3"), False),
+        (keys.job_results_wait("t", "u1"), False),
+        (keys.job_progress("t", "u1"), False),
+        (keys.job_results("u", "u1"), False),
+    ],
+)
+def test_the_erase_scan_for_results_meets_published_results_only(key: str, matches: bool) -> None:
+    assert fnmatch.fnmatchcase(key, results_pattern("t")) is matches

@@ -489,7 +489,7 @@ def test_cluster_results_wait_on_the_primary_of_their_own_slot(
         ports.add(cluster.port_of_slot(cluster.keyslot(key)))
     assert ports == set(cluster.primaries().values())
     with pytest.raises(redisclient.NotReplicated):  # each shard has one replica, not two
-        redisclient.wait_replicas(client, keys.job_results(tenant, "uid-wait-0"), 2, 200)
+        redisclient.confirm_on(client, keys.job_results_wait(tenant, "uid-wait-0"), 2, 200)
     client.close()
 
 

@@ -73,6 +73,14 @@ def gallery(tenant: str, name: str, model_id: str) -> str:
     return _gallery_base(tenant, name, model_id)
 
 
+def gallery_wait(tenant: str, name: str, model_id: str) -> str:
+    """String, 60 s: a job's fresh write in a gallery's slot, so that a WAIT on the same connection
+    confirms every earlier write to that primary (``redisclient.confirm_on``). Outside
+    ``gallery:``, so no gallery SCAN (nor the API's ACL pattern) meets it."""
+    gallery_key = gallery(tenant, name, model_id)
+    return f"{tenant_prefix(tenant)}gallery-wait:{gallery_key[gallery_key.index('{') :]}"
+
+
 def gallery_meta(tenant: str, name: str, model_id: str) -> str:
     """Hash: model_id, dim, dtype, metric, updated — read with the gallery in one round trip."""
     return f"{_gallery_base(tenant, name, model_id)}:meta"
@@ -145,6 +153,12 @@ def job_results_staging(tenant: str, job_uid: str, attempt: str) -> str:
     """Where a run builds its results before the atomic RENAME onto ``job_results``."""
     attempt = _check("attempt", attempt, _TOKEN)
     return f"{_job_base(tenant, job_uid)}:results:staging:{attempt}"
+
+
+def job_results_wait(tenant: str, job_uid: str) -> str:
+    """String, 60 s: a job's fresh write in its results' slot, for ``redisclient.confirm_on``
+    after the publish. Not matched by the results SCAN (``job:*:results``)."""
+    return f"{_job_base(tenant, job_uid)}:results-wait"
 
 
 def job_progress(tenant: str, job_uid: str) -> str:

@@ -15,9 +15,9 @@ The URL says which topology; the components never branch on it:
 Replication is asynchronous: a master that dies right after acknowledging a write can take it
 with it. On a cluster or Sentinel URL the job therefore waits, after publishing its results, until
 ``replicas`` replicas (query parameter, default 1; ``?replicas=0`` for a cluster without replicas)
-hold them (``wait_replicas``: WAIT on the key's own primary), and exits TRANSIENT otherwise, so a
-retry publishes them again instead of a Succeeded job whose results vanished in a failover. That
-WAIT counts one primary's replicas: on a cluster an enrolment's gallery (slot ``{<class>:<model>}``)
+hold them (``confirm_on``: a fresh write in the results' slot, then WAIT on that connection), and
+exits TRANSIENT otherwise, so a retry publishes them again instead of a Succeeded job whose results
+vanished in a failover. That WAIT counts one primary's replicas: on a cluster an enrolment's gallery (slot ``{<class>:<model>}``)
 usually sits on another primary than its results (``{<uid>}``), and a withdraw comes after the
 last publish, so those writes are confirmed on their own primary too (``confirm_on``; skipped
 where ``same_primary`` says the results' WAIT already covers them).
@@ -204,22 +204,6 @@ def redact(url: str) -> str:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = "&".join(f"{k}={'***' if 'password' in k else quote(v, safe='')}" for k, v in pairs)
     return urlunsplit((scheme, netloc, path, query, fragment))
-
-
-def wait_replicas(
-    client: redis.Redis, key: str, replicas: int, timeout_ms: int = REPLICA_WAIT_MS
-) -> None:
-    """Block until ``replicas`` replicas of the primary holding ``key`` have every write this
-    connection made; NotReplicated if fewer confirm within ``timeout_ms``. No-op for 0."""
-    if replicas <= 0:
-        return
-    if isinstance(client, redis.cluster.RedisCluster):
-        node = client.get_node_from_key(key)
-        acked = client.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
-    else:
-        acked = client.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
-    if int(acked) < replicas:
-        raise NotReplicated(f"{acked} of {replicas} Redis replicas confirmed the write in time")
 
 
 def same_primary(client: redis.Redis, key: str, other: str) -> bool:

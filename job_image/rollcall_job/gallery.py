@@ -237,13 +237,11 @@ class GalleryStore:
         )
 
     def wait_key(self, name: str, model_id: str) -> str:
-        """String ``rollcall:<tenant>:gallery-wait:{<name>:<model>}``: the job's fresh write for
-        ``confirm``, in the gallery's slot (its hash tag), short-lived. Not the meta's ``updated``
-        re-set to its value: a concurrent writer may have changed it meanwhile, and after a
-        whole-class erase an HSET would bring back a meta of that field alone, which every later
-        put and load refuses as malformed. Outside ``gallery:``, so no gallery SCAN meets it."""
-        gkey = keys.gallery(self.tenant, name, model_id)
-        return f"{keys.tenant_prefix(self.tenant)}gallery-wait:{gkey[gkey.index('{') :]}"
+        """``keys.gallery_wait``: the fresh write of ``confirm``. Not the meta's ``updated`` re-set
+        to its value: a concurrent writer may have changed it meanwhile, and after a whole-class
+        erase an HSET would bring back a meta of that field alone, which every later put and load
+        refuses as malformed."""
+        return keys.gallery_wait(self.tenant, name, model_id)
 
     def confirm(self, name: str, model_id: str, replicas: int) -> None:
         """Wait until ``replicas`` replicas of the gallery's primary hold every write made to it

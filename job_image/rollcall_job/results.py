@@ -74,7 +74,8 @@ def write_results(
         pipe.execute_command("RENAME", staging, final)  # type: ignore[no-untyped-call]
         pipe.expire(final, ttl_seconds)
         pipe.execute()
-    redisclient.wait_replicas(client, final, replicas)
+    # a fresh write and WAIT on one connection: WAIT counts only its own connection's offset
+    redisclient.confirm_on(client, keys.job_results_wait(tenant, job_uid), replicas)
     return final
 
 
