@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rollcall_api.erasure import ALL_REPLICAS, REPLICA_TIMEOUT_MS
+
 ENV_PREFIX = "ROLLCALL_API_"
 
 
@@ -81,14 +83,14 @@ class Settings(BaseSettings):
         description="Serve Prometheus metrics on this separate port (0: no metrics endpoint).",
     )
     erase_replicas: Literal["all"] | Annotated[int, Field(ge=0)] = Field(
-        default="all",
+        default=ALL_REPLICAS,
         description=(
             "Replicas that must confirm an erase (Redis WAIT) before it answers 200: 'all' (those "
             "the primary reports connected), a number, or 0 (do not wait)."
         ),
     )
     erase_replica_timeout_ms: int = Field(
-        default=2000,
+        default=REPLICA_TIMEOUT_MS,
         ge=1,
         le=4000,
         description="How long an erase waits for them before answering 503 (under the 5 s socket "
