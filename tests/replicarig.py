@@ -48,9 +48,13 @@ class Relay:
         self.open.set()
 
     def cut(self) -> None:
-        """Drop the link and whatever it holds, as a primary that dies before sending it."""
+        """Drop the link and whatever it holds, as a primary that dies before sending it. The
+        listener is shut down first: closing it alone does not wake a thread blocked in
+        ``accept``, which then took the replica's reconnect after the cut."""
         self.closed.set()
         self.open.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         for s in [self.listener, *self.sockets]:
             with contextlib.suppress(OSError):
                 s.close()
@@ -61,7 +65,14 @@ class Relay:
                 replica, _ = self.listener.accept()
             except OSError:
                 return
-            primary = socket.create_connection(("127.0.0.1", self.target_port))
+            if self.closed.is_set():
+                replica.close()
+                return
+            try:
+                primary = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the primary is gone: the replica sees a dropped link, as it would
+                replica.close()
+                continue
             self.sockets += [replica, primary]
             threading.Thread(target=self._pump, args=(primary, replica, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(replica, primary, False), daemon=True).start()

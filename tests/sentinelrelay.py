@@ -18,7 +18,6 @@ election lost to a split vote is retried only after twice that.
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,22 +35,9 @@ from redistopo import (
     _sentinels_see,
     _wait,
 )
-from replicarig import Relay as _Relay
+from replicarig import Relay
 
 FAILOVER_TIMEOUT_MS = 20_000  # see the module docstring: how long the relay stays in the path
-
-
-class Relay(_Relay):
-    """``replicarig.Relay`` that accepts nothing once cut.
-
-    Closing a listening socket does not wake a thread blocked in ``accept``: after ``cut`` the
-    replica's reconnect was still accepted, and with the master killed the relay's thread died
-    connecting to it (an unhandled-thread warning). ``shutdown`` wakes it."""
-
-    def cut(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        super().cut()
 
 
 @dataclass
