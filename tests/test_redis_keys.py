@@ -25,6 +25,8 @@ TENANT_KEYS: list[tuple[str, Callable[[str], str]]] = [
     ("job_results_staging", lambda t: keys.job_results_staging(t, "0b6e-uid", "2")),
     ("job_results_wait", lambda t: keys.job_results_wait(t, "0b6e-uid")),
     ("gallery_wait", lambda t: keys.gallery_wait(t, "grade7-b", "dlib-resnet-v1")),
+    ("erased_unconfirmed", lambda t: keys.erased_unconfirmed(t, "grade7-b")),
+    ("erase_wait", lambda t: keys.erase_wait(t, "17")),
     ("job_progress", lambda t: keys.job_progress(t, "0b6e-uid")),
     ("idempotency", lambda t: keys.idempotency(t, "retry:{x}*")),
 ]

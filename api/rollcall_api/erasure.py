@@ -94,8 +94,8 @@ the new primary's replica stopped). Keep erase writes transactional.
 Redis commands used (the API's ACL user needs them on ``rollcall:<tenant>:*``): SCAN, WATCH,
 UNWATCH, MULTI, EXEC, HEXISTS, HLEN, HGET, HDEL, HSET, DEL, HGETALL, EXPIRE, SET (Cluster's wait
 keys); and, keyless, WAIT and INFO (the replication section only: ``+info|replication``). No
-scripts. Nothing here reads, logs or
-returns a template; the unconfirmed marker holds counts, model ids, a time and slot numbers.
+scripts. Nothing here reads, logs or returns a template; the unconfirmed marker holds counts,
+model ids, a time and slot numbers.
 """
 
 from __future__ import annotations
@@ -133,22 +133,9 @@ REPLICA_TIMEOUT_MS = 2000
 # How long an unconfirmed erase's counts answer a repeat that finds nothing (then: 404). Minutes:
 # a client repeats a 503 within seconds (Retry-After; the CLI's --wait), not a day later.
 MARKER_FRESH_SECONDS = 600
-# Life of a Cluster wait key (:func:`wait_key`): it only has to be written before its WAIT.
-WAIT_KEY_TTL_SECONDS = 60
-
-
-def unconfirmed_key(tenant: str, class_name: str) -> str:
-    """Hash: student id (or ``CLASS_WIDE``) -> JSON counts of an erase applied on the primary and
-    not yet confirmed by its replicas. Beside the tombstone, in its slot (``{<class>}``) and under
-    the ACL's ``gallery:`` pattern; no gallery SCAN matches it."""
-    return keys.erased(tenant, class_name) + ":unconfirmed"
-
-
-def wait_key(tenant: str, tag: str) -> str:
-    """String: an erase's fresh write on a Cluster primary other than the marker's, for WAIT to
-    count there; ``{<tag>}`` picks its slot, hence its primary. Under the ACL's ``gallery:``
-    pattern, outside every gallery's name (``gallery:{``) and tombstone's (``gallery:erased:``)."""
-    return f"{keys.tenant_prefix(tenant)}gallery:erase-wait:{{{tag}}}"
+# The unconfirmed-erase hash and the Cluster wait keys live with the key layout.
+unconfirmed_key = keys.erased_unconfirmed
+wait_key = keys.erase_wait
 
 
 def wanted_replicas(setting: int | Literal["all"], connected: int) -> int:
@@ -415,7 +402,7 @@ class Eraser:
             if wanted == 0:
                 continue
             if key != marker:
-                pipe.set(key, str(now_ms), ex=WAIT_KEY_TTL_SECONDS)
+                pipe.set(key, str(now_ms), ex=redisclient.WAIT_KEY_TTL_SECONDS)
                 calls += 1
             pipe.execute_command("WAIT", wanted, self.timeout_ms, **node)
             at.append((calls, wanted))

@@ -140,6 +140,20 @@ def erased(tenant: str, name: str) -> str:
     return f"{tenant_prefix(tenant)}gallery:erased:{{{_check('gallery name', name, _TOKEN)}}}"
 
 
+def erased_unconfirmed(tenant: str, name: str) -> str:
+    """Hash: student id (or ``ERASED_CLASS_WIDE``) -> JSON counts of an erase applied on the
+    primary and not yet confirmed by its replicas (``rollcall_api.erasure``). Beside the
+    tombstone, in its slot and under the API's ``gallery:`` pattern; no gallery SCAN matches it."""
+    return erased(tenant, name) + ":unconfirmed"
+
+
+def erase_wait(tenant: str, tag: str) -> str:
+    """String, 60 s: an erase's fresh write on a Cluster primary other than its marker's, for WAIT
+    to count there; ``{<tag>}`` picks its slot, hence its primary. Under the API's ``gallery:``
+    pattern, outside every gallery's name (``gallery:{``) and tombstone's (``gallery:erased:``)."""
+    return f"{tenant_prefix(tenant)}gallery:erase-wait:{{{_check('wait tag', tag, _TOKEN)}}}"
+
+
 def _job_base(tenant: str, job_uid: str) -> str:
     return f"{tenant_prefix(tenant)}job:{{{_check('job uid', job_uid, _TOKEN)}}}"
 

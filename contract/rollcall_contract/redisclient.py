@@ -17,10 +17,11 @@ with it. On a cluster or Sentinel URL the job therefore waits, after publishing 
 ``replicas`` replicas (query parameter, default 1; ``?replicas=0`` for a cluster without replicas)
 hold them (``confirm_on``: a fresh write in the results' slot, then WAIT on that connection), and
 exits TRANSIENT otherwise, so a retry publishes them again instead of a Succeeded job whose results
-vanished in a failover. That WAIT counts one primary's replicas: on a cluster an enrolment's gallery (slot ``{<class>:<model>}``)
-usually sits on another primary than its results (``{<uid>}``), and a withdraw comes after the
-last publish, so those writes are confirmed on their own primary too (``confirm_on``; skipped
-where ``same_primary`` says the results' WAIT already covers them).
+vanished in a failover. That WAIT counts one primary's replicas: on a cluster an enrolment's
+gallery (slot ``{<class>:<model>}``) usually sits on another primary than its results
+(``{<uid>}``), and a withdraw comes after the last publish, so those writes are confirmed on their
+own primary too (``confirm_on``; skipped where ``same_primary`` says the results' WAIT already
+covers them).
 
 Why this works unchanged on a cluster: every multi-key operation rollcall does (the gallery's
 hash + meta + packed MULTI/EXEC, RENAME of staging onto results, progress) uses keys that share a
