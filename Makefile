@@ -35,8 +35,12 @@ UV_VERSION := 0.13.9
 comma := ,
 SYNC_FLAGS := $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) --group dev
 
+# Into ~/.local (--user). A Debian python3 refuses even that (PEP 668, externally managed) unless
+# told: --break-system-packages then only allows the user install, it touches no system package.
 $(UV):
-	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" \
+	  || python3 -m pip install --quiet --user --break-system-packages "uv==$(UV_VERSION)" \
+	  || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 
 # Installs exactly what uv.lock pins (hash-checked), the project itself editable. --locked refuses a
 # lock that no longer matches pyproject.toml instead of re-resolving behind the reviewer's back.
