@@ -93,10 +93,10 @@ def _enrol(rig: RelayedGroup, users: Users, tenant: str) -> None:
 
 def _promote(rig: RelayedGroup) -> int:
     """SIGKILL the master and wait until the sentinels name the replica master; its port."""
-    # a sentinel re-points a replica at the real master after failover-timeout (sentinelrelay)
+    # the replica refuses a sentinel's re-pointing at the real master (sentinelrelay)
     assert rig.replica_master_port() == rig.relay.port, "the relay was bypassed"
     old = rig.group.kill_master()
-    # about 2.3 s here; 50 s covers one split vote (the retry waits 2 x failover-timeout)
+    # about 2.3 s here; 50 s covers split votes (each retry waits 2 x failover-timeout)
     new = rig.group.wait_promoted(old, timeout=50)
     assert new == rig.replica.port
     return new
@@ -205,3 +205,18 @@ async def test_a_200_erase_is_on_the_replica_the_sentinels_promote(
         assert resp.json()["templates"] == 1
         with rig.admin(rig.replica) as promoted:
             assert _holds(promoted, namespace) == promoted_holds
+
+
+def test_the_rig_replica_refuses_a_sentinels_repointing(rig: RelayedGroup) -> None:
+    """What keeps the relay in the path however slow a test runs: the transaction a sentinel
+    sends to re-point the replica at the real master (+fix-slave-config) aborts on the replica,
+    which still replicates through the relay. (Without this the sentinels bypassed the relay
+    about 7 s after they found the replica.) The promotion's ``REPLICAOF NO ONE`` is allowed:
+    the tests above are elected through it."""
+    with rig.admin(rig.replica) as replica:
+        fix = replica.pipeline(transaction=True)
+        fix.execute_command("SLAVEOF", "127.0.0.1", str(rig.group.master.port))
+        fix.execute_command("CONFIG", "REWRITE")
+        with pytest.raises(redis.exceptions.NoPermissionError, match="slaveof"):
+            fix.execute()
+    assert rig.replica_master_port() == rig.relay.port
