@@ -1,5 +1,5 @@
-"""Helpers to run the real API in tests, benchmarks and demos: key files, a uvicorn thread, and
-the CPU set-ups the API benchmarks compare."""
+"""Helpers to run the real API in tests, benchmarks and demos: key files, the app in-process or
+in a uvicorn thread, and the CPU set-ups the API benchmarks compare."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import uvicorn
 import yaml
 
@@ -36,6 +37,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def in_process(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app with its lifespan run, behind an httpx client on the test's own event loop."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            yield http
 
 
 @contextlib.contextmanager

@@ -28,9 +28,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from redis.asyncio import Redis as AsyncRedis
 
-from apirig import write_key_file
+from apirig import in_process, write_key_file
 from redisrig import redis_server
-from rollcall_api.app import create_app
 from rollcall_api.erasure import Eraser, class_keys, mentions
 from rollcall_api.logs import JsonFormatter
 from rollcall_api.settings import Settings
@@ -137,11 +136,8 @@ async def schools(
         redis_url=redis_url,
         keys_reload_seconds=0,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
-            yield Schools(http, issued, namespace, south_namespace)
+    async with in_process(settings) as http:
+        yield Schools(http, issued, namespace, south_namespace)
 
 
 def enrol(r: redis.Redis, tenant: str, name: str, students: list[str], seed: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import redis
@@ -165,3 +166,49 @@ def test_async_sentinel_client_with_tls_and_a_ca(tmp_path: pytest.TempPathFactor
 def test_a_ca_file_without_tls_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="not rediss"):
         redisclient.sync_client(url, "/etc/ca.crt")
+
+
+@pytest.mark.parametrize(
+    ("url", "resend", "base", "resends"),
+    [
+        ("redis://r/0", True, redis.asyncio.connection.Connection, 1),
+        ("redis://r/0", False, redis.asyncio.connection.Connection, 0),
+        ("redis+sentinel://s1/m", True, redis.asyncio.sentinel.SentinelManagedConnection, 1),
+        ("rediss+sentinel://s1/m", True, redis.asyncio.sentinel.SentinelManagedSSLConnection, 1),
+        ("redis+sentinel://s1/m", False, redis.asyncio.sentinel.SentinelManagedConnection, 0),
+    ],
+)
+def test_resend_is_one_retry_on_connection_errors_and_a_sentinel_reconnect(
+    url: str, resend: bool, base: type[redis.asyncio.connection.AbstractConnection], resends: int
+) -> None:
+    """``resend``: one more try, on connection errors only (a timeout may have been applied);
+    on Sentinel with a connection that asks the sentinels again when the retry reconnects
+    (tests/test_api_redis_reconnect.py shows both on real servers)."""
+
+    async def build() -> None:
+        client = redisclient.async_client(url, resend=resend)
+        pool = client.connection_pool
+        assert issubclass(pool.connection_class, base)
+        overridden = pool.connection_class.connect_check_health is not base.connect_check_health
+        assert overridden is (resend and "sentinel" in url)
+        conn = pool.make_connection()  # type: ignore[no-untyped-call]
+        assert conn.retry.get_retries() == resends
+        if resends:
+            assert conn.retry._supported_errors == (redis.exceptions.ConnectionError,)
+        await client.aclose()
+
+    asyncio.run(build())
+
+
+def test_a_cluster_client_keeps_redis_pys_own_retry() -> None:
+    """The cluster client re-reads the slot map and retries itself; ``resend`` adds nothing."""
+
+    async def build() -> None:
+        plain: Any = redisclient.async_client("redis+cluster://a:7000")
+        resent: Any = redisclient.async_client("redis+cluster://a:7000", resend=True)
+        assert type(resent.retry) is type(plain.retry)
+        assert resent.retry.get_retries() == plain.retry.get_retries()
+        await plain.aclose()
+        await resent.aclose()
+
+    asyncio.run(build())

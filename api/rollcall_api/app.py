@@ -131,15 +131,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api_client = await kube_client(settings)
+        timeouts: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 3}
+        # Two pools: the store's reads and claims are resent after a lost connection (a restarted
+        # server, a failover); the eraser's writes are not (see rollcall_contract.redisclient).
         redis = redisclient.async_client(
-            settings.redis_url, settings.redis_ca_file, socket_timeout=5, socket_connect_timeout=3
+            settings.redis_url, settings.redis_ca_file, resend=True, **timeouts
+        )
+        erase_redis = redisclient.async_client(
+            settings.redis_url, settings.redis_ca_file, **timeouts
         )
         keys = KeyStore(settings.keys_file)
         await keys.reload()
         app.state.jobs = RecognitionJobs(api_client, settings.kube_timeout_seconds)
         app.state.kube_events = KubeEvents(api_client, settings.kube_timeout_seconds)
         app.state.store = Store(redis)
-        app.state.eraser = Eraser(redis, settings.erase_replicas, settings.erase_replica_timeout_ms)
+        app.state.eraser = Eraser(
+            erase_redis, settings.erase_replicas, settings.erase_replica_timeout_ms
+        )
         app.state.keys = keys
         app.state.hub = hub = WatchHub(
             app.state.jobs, settings.watch_linger_seconds, _watch_gauges(metrics)
@@ -164,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await hub.close()
             await api_client.close()
             await redis.aclose()
+            await erase_redis.aclose()
 
     app = FastAPI(
         title="rollcall",

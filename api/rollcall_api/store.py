@@ -54,7 +54,9 @@ class Store:
             raise redis_unavailable(exc) from None
 
     async def claim(self, namespace: str, key: str, name: str, fingerprint: str, ttl: int) -> Claim:
-        """SET NX the key to (name, fingerprint): exactly one concurrent request wins."""
+        """SET NX the key to (name, fingerprint): exactly one concurrent request wins. ``name`` is
+        new for every request, so finding our own value means our SET won (the client resends a
+        command whose connection was lost: ``redisclient.async_client(resend=True)``)."""
         value = json.dumps({"name": name, "fingerprint": fingerprint}, separators=(",", ":"))
         rkey = keys.idempotency(namespace, key)
         try:
@@ -63,7 +65,9 @@ class Store:
                     return Claim(True, name, fingerprint, value)
                 existing = await self.redis.get(rkey)
                 if existing is not None:  # else it expired between SET and GET: try again
-                    text = existing.decode() if isinstance(existing, bytes) else str(existing)
+                    text = _text(existing)
+                    if text == value:  # our SET took effect, its reply was lost and it was resent
+                        return Claim(True, name, fingerprint, value)
                     data = json.loads(text)
                     return Claim(False, str(data["name"]), str(data["fingerprint"]), text)
         except redisclient.ERRORS as exc:

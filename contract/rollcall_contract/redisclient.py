@@ -28,6 +28,19 @@ hash + meta + packed MULTI/EXEC, RENAME of staging onto results, progress) uses 
 hash tag (``rollcall_contract.keys``), and redis-py's cluster pipeline runs a transaction when all
 of its keys are in one slot. SCAN on a ``RedisCluster`` (``scan_iter``) walks every primary.
 
+A restarted server or a Sentinel failover leaves an asyncio client with pooled connections to a
+process that is gone: the first command on each fails, and the API would answer 503 to a request
+that could have been served. ``async_client(..., resend=True)`` sends a command (or a pipeline
+without WATCH) that failed with a *connection* error once more on a fresh connection, which on a
+Sentinel URL asks the sentinels for the master again (``_SentinelConnection``: redis-py 8.1
+reconnects inside a command to the old address, redis/redis-py#3874). Only for work that is safe
+to send twice and safe to send to another server: the API's store (reads, the Idempotency-Key
+claim, its compare-and-delete) and the operator's progress reads. Not for the erase: its replica
+confirmation must run on the primary that took the erase, so a lost connection there stays a 503
+(``rollcall_api.erasure``). Timeouts are never resent (the server may have applied the command).
+The job's blocking client has no resend either: a lost connection restarts its attempt
+(TRANSIENT). A cluster client follows redis-py's own cluster retry in every case.
+
 ``parse`` is pure (table-tested in tests/test_redisclient.py); passwords never reach a repr or a
 log line (``redact``).
 """
@@ -43,7 +56,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.backoff
 import redis.cluster
 import redis.exceptions
 import redis.sentinel
@@ -61,6 +76,10 @@ CLUSTER_QUERY = frozenset({"replicas"})
 DEFAULT_REPLICAS = 1  # what a cluster or sentinel write must reach before a job reports success
 REPLICA_WAIT_MS = 2000  # well inside any socket timeout the components set
 WAIT_KEY_TTL_SECONDS = 60  # life of ``confirm_on``'s key: it only has to be written before WAIT
+# ``resend``: one more try after a lost connection, after a pause of up to 0.2 s (full jitter).
+# Connection errors only; a connect refused counts as one too (Sentinel: no master elected yet).
+RESEND_RETRIES = 1
+RESEND_BACKOFF = (0.2, 0.1)  # (cap, base) seconds
 
 
 class NotReplicated(redis.exceptions.ConnectionError):
@@ -298,12 +317,53 @@ def sync_client(url: str, ca_file: Path | str | None = None, **options: Any) -> 
     return cast(redis.Redis, master)
 
 
+def resend_retry() -> redis.asyncio.retry.Retry:
+    """The retry of ``async_client(..., resend=True)``: connection errors only, once."""
+    cap, base = RESEND_BACKOFF
+    return redis.asyncio.retry.Retry(
+        redis.backoff.ExponentialWithJitterBackoff(cap=cap, base=base),
+        RESEND_RETRIES,
+        supported_errors=(redis.exceptions.ConnectionError,),
+    )
+
+
+async def _to_current_master(conn: redis.asyncio.sentinel.SentinelManagedConnection) -> None:
+    """Point a disconnected master connection at the master the sentinels name now."""
+    pool = conn.connection_pool
+    if not conn.is_connected and pool.is_master:
+        conn.host, conn.port = await pool.get_master_address()
+
+
+class _SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """Reconnects to the current master also when a command's retry reconnects (redis-py 8.1
+    goes to ``connect_check_health`` there, past the override that asks the sentinels)."""
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        await _to_current_master(self)
+        await super().connect_check_health(check_health, retry_socket_connect)
+
+
+class _SentinelSSLConnection(redis.asyncio.sentinel.SentinelManagedSSLConnection):
+    """``_SentinelConnection`` over TLS."""
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        await _to_current_master(self)
+        await super().connect_check_health(check_health, retry_socket_connect)
+
+
 def async_client(
-    url: str, ca_file: Path | str | None = None, **options: Any
+    url: str, ca_file: Path | str | None = None, *, resend: bool = False, **options: Any
 ) -> redis.asyncio.Redis:
-    """The asyncio twin of :func:`sync_client` (API and operator)."""
+    """The asyncio twin of :func:`sync_client` (API and operator). ``resend``: send a command
+    once more after a lost connection (see the module docstring for who may)."""
     target = parse(url)
     tls = _tls_options(target, ca_file)
+    if resend and target.kind != "cluster":
+        options = {"retry": resend_retry(), **options}
     if target.kind == "single":
         return redis.asyncio.Redis.from_url(url, **options, **_url_tls(tls))
     auth = _auth(target.username, target.password)
@@ -314,4 +374,10 @@ def async_client(
     sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options, tls), **options, **tls
     )
-    return cast(redis.asyncio.Redis, sentinel.master_for(target.service, db=target.db, **auth))
+    connection: dict[str, Any] = {}
+    if resend:
+        connection["connection_class"] = (
+            _SentinelSSLConnection if target.tls else _SentinelConnection
+        )
+    master = sentinel.master_for(target.service, db=target.db, **auth, **connection)
+    return cast(redis.asyncio.Redis, master)

@@ -72,8 +72,9 @@ class Runtime:
     @classmethod
     async def open(cls, settings: OperatorSettings) -> Runtime:
         kube = await Kube.open(settings)
+        # only progress reads: safe to resend after a lost connection
         redis = redisclient.async_client(
-            settings.redis_url, settings.redis_ca_file, socket_timeout=5
+            settings.redis_url, settings.redis_ca_file, resend=True, socket_timeout=5
         )
         return cls(settings, kube, redis)
 
