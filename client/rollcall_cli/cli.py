@@ -473,7 +473,8 @@ Wait = Annotated[
     typer.Option(
         min=0,
         help="Seconds to keep repeating an erase the primary applied but its replicas did not "
-        "confirm yet (503 erase_unconfirmed; repeating is safe). 0: do not repeat.",
+        "confirm yet (503 erase_unconfirmed), or that found Redis unreachable (503 unavailable, "
+        "as during a failover); repeating is safe. 0: do not repeat.",
     ),
 ]
 
@@ -485,24 +486,43 @@ _IDENT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 WAIT_LONGEST = 10.0  # seconds: a larger Retry-After is clipped, so the deadline is checked often
 
 
-def unconfirmed_pause(resp: httpx.Response) -> tuple[float, str] | None:
-    """For a 503 ``erase_unconfirmed`` (the primary erased, its replicas did not confirm in time):
-    the seconds to wait before repeating the DELETE (``Retry-After``, 1 to ``WAIT_LONGEST``) and
-    the API's message; for any other answer None, so it is handled as before."""
+# The 503s after which the same DELETE is repeated (it is idempotent): the erase is applied on the
+# primary but its replicas did not confirm it in time; the API could not reach Redis (an erase's
+# writes are never resent inside the API, so right after a failover its first try answers this).
+REPEATED = {
+    "erase_unconfirmed": "erased on the primary, waiting for replicas to confirm",
+    "unavailable": "the API could not reach its store",
+}
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """How to repeat an erase: after ``pause`` seconds; ``message`` is the API's, ``code`` its code."""
+
+    pause: float
+    message: str
+    code: str
+
+
+def repeat_pause(resp: httpx.Response) -> Repeat | None:
+    """For a 503 the CLI repeats (``REPEATED``): the seconds to wait before repeating the DELETE
+    (``Retry-After``, 1 to ``WAIT_LONGEST``) and the API's message; for any other answer None,
+    so it is handled as before."""
     if resp.status_code != 503:
         return None
     try:
         info = resp.json()["error"]
-        if info["code"] != "erase_unconfirmed":
+        code = info["code"]
+        if code not in REPEATED:
             return None
-        message = f"{info['message']} ({info['code']})"
+        message = f"{info['message']} ({code})"
     except (ValueError, KeyError, TypeError):
         return None
     try:  # delta-seconds; an HTTP-date (the API sends none) counts as 1
         pause = float(int(resp.headers.get("Retry-After", "1")))
     except ValueError:
         pause = 1.0
-    return min(max(pause, 1.0), WAIT_LONGEST), message
+    return Repeat(min(max(pause, 1.0), WAIT_LONGEST), message, code)
 
 
 def _erase(
@@ -518,7 +538,8 @@ def _erase(
 
     A 503 ``erase_unconfirmed`` means the erase is applied on the Redis primary but its replicas
     did not confirm it in time; the same DELETE is idempotent and answers 200 with the first
-    attempt's counts once they did, so it is repeated for up to ``wait`` seconds."""
+    attempt's counts once they did, so it is repeated for up to ``wait`` seconds, as is a 503
+    ``unavailable`` (Redis unreachable, e.g. during a failover)."""
     for name in names:
         if len(name) > 64 or not _IDENT.match(name):
             fail(Exit.USAGE, f"{name!r} is not a class code or student id")
@@ -533,22 +554,22 @@ def _erase(
     with conn.client() as http:
         while True:
             resp = _send(conn, http, "DELETE", path, params=params)
-            unconfirmed = unconfirmed_pause(resp)
-            if unconfirmed is None:
+            repeat = repeat_pause(resp)
+            if repeat is None:
                 break
-            pause, message = unconfirmed
             left = deadline - time.monotonic()
             if left <= 0:
+                if repeat.code == "erase_unconfirmed":
+                    state = "is erased on the primary but not confirmed by its replicas"
+                else:
+                    state = "may not be erased (the API could not reach its store)"
                 fail(
                     Exit.UNAVAILABLE,
-                    f"{message}\n  {what} is erased on the primary but not confirmed by its "
-                    f"replicas after waiting {wait:g} s: repeat this command (--wait for longer)",
+                    f"{repeat.message}\n  {what} {state} after waiting {wait:g} s: repeat this "
+                    "command (--wait for longer)",
                 )
-            pause = min(pause, left)
-            err.print(
-                f"erased on the primary, waiting for replicas to confirm; repeating in {pause:g} s",
-                highlight=False,
-            )
+            pause = min(repeat.pause, left)
+            err.print(f"{REPEATED[repeat.code]}; repeating in {pause:g} s", highlight=False)
             time.sleep(pause)
     done = _checked(resp)
     models = ",".join(done.get("models") or []) or "-"
@@ -570,7 +591,8 @@ def erase_student(
 ) -> None:
     """Erase one student's templates in every model's gallery of a class, and results naming them.
 
-    Until the Redis replicas confirm the erase (503 erase_unconfirmed) it is repeated, up to --wait.
+    Until the Redis replicas confirm the erase (503 erase_unconfirmed) or while Redis is
+    unreachable (503 unavailable) it is repeated, up to --wait.
     """
     path = f"/v1/classes/{class_code}/students/{student_id}"
     what = f"student {student_id} of class {class_code}"
@@ -587,7 +609,8 @@ def erase_class(
 ) -> None:
     """Erase a whole class gallery (every student, every model).
 
-    Until the Redis replicas confirm the erase (503 erase_unconfirmed) it is repeated, up to --wait.
+    Until the Redis replicas confirm the erase (503 erase_unconfirmed) or while Redis is
+    unreachable (503 unavailable) it is repeated, up to --wait.
     """
     path, what = f"/v1/classes/{class_code}/gallery", f"the gallery of class {class_code}"
     _erase(ctx, [class_code], path, what, yes, namespace, wait)
