@@ -83,12 +83,10 @@ def test_an_enrolment_waits_for_the_replica_of_the_gallerys_primary(
     client = redisclient.sync_client(cluster.url(*topology_users.admin()))
     try:
         with _stopped(_replica_pid(cluster, _port(cluster, gallery))):
-            began = time.monotonic()
             code, term = run_job(url, TENANT, uid, "enroll")
-            took = time.monotonic() - began
         assert code == ExitCode.TRANSIENT, term
+        # NotReplicated: WAIT gave up after its timeout (2 s); a blocked WAIT would be a timeout
         assert term["reason"] == "Transient" and "NotReplicated" in term["error"], term
-        assert took < 30  # WAIT gave up after its timeout (2 s), it did not block
         assert read_results(client, TENANT, uid) is None  # no result ahead of the replicas
         assert _students(client, gallery) == STUDENTS  # on the primary, unconfirmed
         written = client.hgetall(gallery)

