@@ -14,7 +14,7 @@ import redis.asyncio.sentinel
 import redis.sentinel
 
 from rollcall_contract import redisclient
-from rollcall_contract.redisclient import Target, parse, redact
+from rollcall_contract.redisclient import Target, parse, redact, split
 
 PARSED: list[tuple[str, Target]] = [
     ("redis://r:6379/0", Target("single", False, "redis://r:6379/0")),
@@ -114,12 +114,34 @@ REDACTED: list[tuple[str, str]] = [
         "rediss+sentinel://job:***@s1,s2/m/1?sentinel_username=s&sentinel_password=***",
     ),
     ("redis+sentinel://nopass@s1/m", "redis+sentinel://nopass@s1/m"),
+    ("redis+cluster://api:pw@a:7000,[::1]:7001", "redis+cluster://api:***@a:7000,[::1]:7001"),
 ]
 
 
 @pytest.mark.parametrize(("url", "want"), REDACTED)
 def test_redact(url: str, want: str) -> None:
     assert redact(url) == want
+
+
+SPLIT: list[tuple[str, tuple[str, str, str, str, str]]] = [
+    # an IPv6 host after another: Python's urlsplit refuses it where CVE-2024-11168 is fixed
+    (
+        "redis+cluster://u:p@a:1,[::1]:2/0?replicas=2",
+        ("redis+cluster", "u:p@a:1,[::1]:2", "/0", "replicas=2", ""),
+    ),
+    (
+        "redis+sentinel://s1,[fe80::1]:26379/m/1#x",
+        ("redis+sentinel", "s1,[fe80::1]:26379", "/m/1", "", "x"),
+    ),
+    ("rediss+cluster://a:1,b:2?replicas=0", ("rediss+cluster", "a:1,b:2", "", "replicas=0", "")),
+    ("redis+cluster://a:1,[::1]:2", ("redis+cluster", "a:1,[::1]:2", "", "", "")),
+    ("unix:///run/redis.sock", ("unix", "", "/run/redis.sock", "", "")),
+]
+
+
+@pytest.mark.parametrize(("url", "want"), SPLIT)
+def test_split_takes_several_hosts_on_any_python(url: str, want: tuple[str, ...]) -> None:
+    assert split(url) == want
 
 
 def test_single_node_client_is_from_url() -> None:

@@ -165,9 +165,25 @@ def _db(text: str) -> int:
     return int(text)
 
 
+def split(url: str) -> tuple[str, str, str, str, str]:
+    """``urlsplit`` for URLs whose authority may list several hosts (``a:1,[::1]:2``).
+
+    Python's own ``urlsplit`` refuses text before a ``[`` in the authority on interpreters with
+    the CVE-2024-11168 fix (3.11.11+, 3.12.8+, Debian's 3.11.2): a cluster or Sentinel URL whose
+    IPv6 host is not the first was "Invalid IPv6 URL" there and parsed elsewhere. The authority
+    runs to the first ``/``, ``?`` or ``#`` (RFC 3986; a password holding one must be
+    percent-encoded, as in any URL); the rest is split by ``urlsplit`` as before."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return urlsplit(url)
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    _, _, path, query, fragment = urlsplit(f"{scheme}://h{rest[end:]}")
+    return scheme, rest[:end], path, query, fragment
+
+
 def parse(url: str) -> Target:
     """The topology, nodes and credentials of ``url``; ValueError (naming no secret) if malformed."""
-    scheme, netloc, path, query, fragment = urlsplit(url)
+    scheme, netloc, path, query, fragment = split(url)
     scheme = scheme.lower()
     if scheme in SINGLE_SCHEMES:
         return Target("single", scheme == "rediss", url)
@@ -213,7 +229,7 @@ def parse(url: str) -> Target:
 def redact(url: str) -> str:
     """``url`` with its passwords (userinfo and ``sentinel_password``) replaced by ``***``."""
     try:
-        scheme, netloc, path, query, fragment = urlsplit(url)
+        scheme, netloc, path, query, fragment = split(url)
     except ValueError:
         return "<unparseable redis url>"
     if "@" in netloc:
