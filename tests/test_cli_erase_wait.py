@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from apirig import serve_in_thread, write_key_file
 from replicarig import Pair, replica_pair, stopped, until
-from rollcall_api.erasure import unconfirmed_message
+from rollcall_api.erasure import INTERRUPTED_MESSAGE, unconfirmed_message
 from rollcall_api.settings import Settings
 from rollcall_cli.cli import Exit, Repeat, app, repeat_pause
 from rollcall_contract import acl, keys
@@ -33,10 +33,15 @@ from rollcall_job.results import write_results
 
 UNCONFIRMED = {"error": {"code": "erase_unconfirmed", "message": "erased on the primary"}}
 UNAVAILABLE = {"error": {"code": "unavailable", "message": "the result store is unavailable"}}
+INTERRUPTED = {"error": {"code": "erase_interrupted", "message": INTERRUPTED_MESSAGE}}
 
 
 def _repeat(pause: float, code: str = "erase_unconfirmed") -> Repeat:
-    message = {"erase_unconfirmed": "erased on the primary", "unavailable": UNAVAILABLE_TEXT}[code]
+    message = {
+        "erase_unconfirmed": "erased on the primary",
+        "erase_interrupted": INTERRUPTED_MESSAGE,
+        "unavailable": UNAVAILABLE_TEXT,
+    }[code]
     return Repeat(pause, f"{message} ({code})", code)
 
 
@@ -55,6 +60,7 @@ UNAVAILABLE_TEXT = "the result store is unavailable"
         (503, UNCONFIRMED, "Wed, 21 Oct 2026 07:28:00 GMT", _repeat(1.0)),
         (503, UNAVAILABLE, "1", _repeat(1.0, "unavailable")),  # Redis unreachable: a failover
         (503, UNAVAILABLE, None, _repeat(1.0, "unavailable")),
+        (503, INTERRUPTED, "1", _repeat(1.0, "erase_interrupted")),  # a failover mid-erase
         (503, {"error": {"code": "erase_contended", "message": "x"}}, "1", None),  # a 409's code
         (503, {"error": {"code": "redis_unavailable", "message": "x"}}, "1", None),  # as before
         (503, {"detail": "no"}, "1", None),

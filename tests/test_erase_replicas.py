@@ -30,16 +30,20 @@ from rollcall_api.app import create_app
 from rollcall_api.erasure import (
     ALL_REPLICAS,
     CLASS_WIDE,
+    INTERRUPTED_MESSAGE,
     MARKER_FRESH_SECONDS,
+    Eraser,
     Erasure,
+    Expect,
     Marker,
     connected_replicas,
     unconfirmed_key,
     unconfirmed_message,
     wanted_replicas,
 )
+from rollcall_api.errors import ApiError
 from rollcall_api.settings import Settings
-from rollcall_contract import acl, keys
+from rollcall_contract import acl, keys, redisclient
 from rollcall_job.gallery import GalleryMeta, GalleryStore
 from rollcall_job.results import read_results, write_results
 
@@ -176,6 +180,26 @@ def test_chart_refuses_erasure_values_the_api_would_refuse(
 ) -> None:
     with pytest.raises(AssertionError, match="schema"):
         render(tools_bin, tmp_path, {"api": {"erasure": erasure}})
+
+
+@pytest.mark.parametrize(
+    ("expect", "reply", "holds"),
+    [
+        (Expect("erased", "s-1", present=True), 1, True),  # the tombstone is there
+        (Expect("erased", "s-1", present=True), 0, False),  # a primary that missed the erase
+        (Expect("gallery", "s-1"), 0, True),  # the template is gone
+        (Expect("gallery", "s-1"), 1, False),
+        (Expect("results"), 0, True),  # a deleted result: no key (HLEN 0)
+        (Expect("results"), 3, False),
+    ],
+)
+def test_what_a_primary_holding_the_erase_shows(expect: Expect, reply: int, holds: bool) -> None:
+    assert expect.holds(reply) is holds
+
+
+def test_the_reads_an_erase_is_checked_with() -> None:
+    assert Expect("erased", "s-1", present=True).command() == ("HEXISTS", "erased", "s-1")
+    assert Expect("results").command() == ("HLEN", "results")
 
 
 # --- a primary and a replica behind a relay ------------------------------------------------------
@@ -362,3 +386,38 @@ async def test_an_old_unconfirmed_marker_no_longer_answers_a_found_nothing_erase
         assert resp.status_code == 404, resp.text
         with pair.admin(pair.primary) as primary:
             assert not primary.hexists(marker, STUDENT)
+
+
+@pytest.mark.parametrize("erased", [True, False], ids=["holds-the-erase", "missed-the-erase"])
+async def test_a_primary_is_confirmed_only_if_it_shows_the_erase(pair: Pair, erased: bool) -> None:
+    """What the API meets when a failover lands between an erase's writes and its confirmation:
+    the confirmation pipeline runs on a primary (with a replica that acknowledges) that never got
+    the writes. WAIT alone would say 200; the reads in the same pipeline say the erase is not
+    there: 503 ``erase_interrupted``, and the marker keeps the counts for the repeat. The control
+    runs the same confirmation on a primary that holds the erase: 200."""
+    namespace = "t-confirm"  # a tenant: Redis only here
+    _enrol(pair, namespace)
+    with pair.admin(pair.primary) as primary:
+        if erased:  # what the erase's writes leave
+            for meta in MODELS:
+                primary.hdel(keys.gallery(namespace, CLASS, meta.model_id), STUDENT)
+            primary.hset(keys.erased(namespace, CLASS), STUDENT, keys.tombstone(0))
+            primary.delete(keys.job_results(namespace, "uid-1"))
+    expects = [Expect(keys.erased(namespace, CLASS), STUDENT, present=True)]
+    expects += [Expect(keys.gallery(namespace, CLASS, m.model_id), STUDENT) for m in MODELS]
+    expects.append(Expect(keys.job_results(namespace, "uid-1")))
+    counts = Erasure(models=[m.model_id for m in MODELS], templates=2, results=1)
+    client = redisclient.async_client(pair.url(acl.API_USER))
+    try:
+        eraser = Eraser(client)
+        if erased:
+            assert await eraser.confirm(namespace, CLASS, STUDENT, counts, expects) == counts
+            return
+        with pytest.raises(ApiError) as info:
+            await eraser.confirm(namespace, CLASS, STUDENT, counts, expects)
+        assert (info.value.status, info.value.code) == (503, "erase_interrupted")
+        assert info.value.message == INTERRUPTED_MESSAGE
+        marker = await client.hget(unconfirmed_key(namespace, CLASS), STUDENT)
+        assert isinstance(marker, bytes) and Marker.parse(marker.decode()) is not None
+    finally:
+        await client.aclose()

@@ -51,7 +51,10 @@ every earlier write of that primary, made on any connection. redis-py's WATCH pi
 a pooled connection of their own, so the writes above are not pinned to one; instead the wait is
 one non-transactional pipeline (one connection) holding a fresh write of ours, the ``unconfirmed``
 marker below, followed by WAIT: the acknowledged offset covers the marker, hence every erase write
-before it. What it does not guarantee: WAIT is not consensus. A replica that acknowledged can
+before it. That proves the replicas hold what the primary the pipeline runs on holds; the same
+pipeline therefore first reads the erase back there (:class:`Expect`, see :meth:`Eraser.confirm`),
+since after a failover it may run on a promoted replica that never got the writes. What it does
+not guarantee: WAIT is not consensus. A replica that acknowledged can
 still lose the promotion to one that did not (Sentinel and Cluster prefer the replica with the
 highest offset they can reach: best effort), an acknowledging replica that dies too takes the
 erase with it (no persistence is awaited), and with ``all`` a replica disconnected at that moment
@@ -157,6 +160,31 @@ def unconfirmed_message(acked: int, wanted: int) -> str:
         f"erased on the primary, not yet confirmed by {wanted - acked} of {wanted} replicas; "
         "repeat the same DELETE, it is idempotent"
     )
+
+
+INTERRUPTED_MESSAGE = (
+    "the erase is not on the Redis primary that was to confirm it (a failover during the erase?); "
+    "repeat the same DELETE, it is idempotent"
+)
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What one key shows on a primary that holds the erase: a hash ``field`` present (the
+    tombstone) or absent (the template), or, without a field, the key empty or gone (a deleted
+    gallery or result). Read in the confirmation pipeline, on the node it then WAITs on."""
+
+    key: str
+    field: str | None = None
+    present: bool = False
+
+    def command(self) -> tuple[str, ...]:
+        """HEXISTS or HLEN (the API's ACL has both; an absent key has HLEN 0)."""
+        return ("HEXISTS", self.key, self.field) if self.field is not None else ("HLEN", self.key)
+
+    def holds(self, reply: object) -> bool:
+        value = int(reply)  # type: ignore[call-overload]
+        return bool(value) == self.present if self.field is not None else value == 0
 
 
 @dataclass(frozen=True)
@@ -305,7 +333,8 @@ class Eraser:
 
     async def erase_student(self, tenant: str, class_name: str, student: str) -> Erasure:
         out = Erasure()
-        written: list[str] = []  # keys changed besides the tombstone: Cluster waits on their nodes
+        # what the erase leaves, checked where it is confirmed; Cluster waits on each key's node
+        expects = [Expect(keys.erased(tenant, class_name), student, present=True)]
         try:
             # first: a job of the class running now drops the student even where nothing is
             # found below (a roster id, a first enrolment): the module docstring, and recheck's
@@ -316,14 +345,14 @@ class Eraser:
                 if await self._drop_template(ck, student):
                     out.models.append(ck.model_id)
                     out.templates += 1
-                    written.append(ck.gallery)
+                    expects.append(Expect(ck.gallery, student))
             # Results too when the class gallery is gone (erased earlier): they may still name them.
             for key in await self._scan(results_pattern(tenant)):
                 if await self._drop_results(key, student):
                     out.results += 1
-                    written.append(key)
+                    expects.append(Expect(key))
             # last: the replicas hold all of the above, or 503 (the module docstring)
-            return await self._confirm(tenant, class_name, student, out, written)
+            return await self.confirm(tenant, class_name, student, out, expects)
         except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None
 
@@ -370,15 +399,25 @@ class Eraser:
             for (name, node), n in zip(nodes.items(), wanted, strict=True)
         ]
 
-    async def _confirm(
-        self, tenant: str, class_name: str, target: str, out: Erasure, written: Iterable[str]
+    async def confirm(
+        self, tenant: str, class_name: str, target: str, out: Erasure, expects: Iterable[Expect]
     ) -> Erasure:
         """Wait for the replicas of every primary the erase wrote to; 503 if too few confirm in
-        time.
+        time, or if a primary does not show the erase (``expects``).
 
         An erase that found nothing takes the counts of a fresh unconfirmed one of ``target`` (its
         marker), so the repeat of a DELETE answered 503 answers 200 with what was erased; every
-        erase waits too on the slots that marker wrote."""
+        erase waits too on the slots that marker wrote.
+
+        Why read the erase back: WAIT proves the replicas hold what the primary it runs on holds,
+        not that this primary took the erase. A failover between the writes and this pipeline
+        (redis-py's cluster client retries a failed pipeline on the new primary; a Sentinel pool
+        reconnects to the new master) would run it on a promoted replica that never got them. So
+        the pipeline reads, on each node before its WAIT, that the tombstone is there and the
+        templates and results are gone: otherwise 503 ``erase_interrupted``, and the repeat erases
+        on the new primary."""
+        expects = list(expects)
+        written = [e.key for e in expects]
         marker = unconfirmed_key(tenant, class_name)
         raw = await self.redis.hget(marker, target)
         now_ms = int(time.time() * 1000)
@@ -396,7 +435,9 @@ class Eraser:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(marker, target, Marker(out, now_ms, tuple(sorted(slots))).value())
         pipe.expire(marker, ERASED_TTL_SECONDS)
-        calls = 2
+        for expect in expects:  # each node's reads go before its WAIT (one connection per node)
+            pipe.execute_command(*expect.command())
+        calls = 2 + len(expects)
         at: list[tuple[int, int]] = []  # (index of a WAIT's reply, replicas it wants)
         for key, node, wanted in waits:
             if wanted == 0:
@@ -408,6 +449,15 @@ class Eraser:
             at.append((calls, wanted))
             calls += 1
         replies = await pipe.execute()
+        shown = [e.holds(r) for e, r in zip(expects, replies[2 : 2 + len(expects)], strict=True)]
+        if not all(shown):
+            log.warning(
+                "erase not on the primary that confirms it",
+                extra={"missing": shown.count(False), "checked": len(shown)},
+            )
+            raise ApiError(
+                503, INTERRUPTED_MESSAGE, code="erase_interrupted", headers={"Retry-After": "1"}
+            )
         acked = sum(min(int(replies[i]), n) for i, n in at)  # a spare replica covers no other node
         wanted = sum(n for _, n in at)
         if acked < wanted:
@@ -511,7 +561,8 @@ class Eraser:
                 out.templates += int(students)
                 out.models.append(ck.model_id)
             out.class_found = bool(out.models)
-            written = [ck.gallery for ck in galleries.values()]
-            return await self._confirm(tenant, class_name, CLASS_WIDE, out, written)
+            expects = [Expect(keys.erased(tenant, class_name), CLASS_WIDE, present=True)]
+            expects += [Expect(ck.gallery) for ck in galleries.values()]
+            return await self.confirm(tenant, class_name, CLASS_WIDE, out, expects)
         except redisclient.ERRORS as exc:
             raise redis_unavailable(exc) from None

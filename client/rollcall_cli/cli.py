@@ -473,8 +473,8 @@ Wait = Annotated[
     typer.Option(
         min=0,
         help="Seconds to keep repeating an erase the primary applied but its replicas did not "
-        "confirm yet (503 erase_unconfirmed), or that found Redis unreachable (503 unavailable, "
-        "as during a failover); repeating is safe. 0: do not repeat.",
+        "confirm yet (503 erase_unconfirmed), that met a failover (503 erase_interrupted) or "
+        "that found Redis unreachable (503 unavailable); repeating is safe. 0: do not repeat.",
     ),
 ]
 
@@ -487,10 +487,12 @@ WAIT_LONGEST = 10.0  # seconds: a larger Retry-After is clipped, so the deadline
 
 
 # The 503s after which the same DELETE is repeated (it is idempotent): the erase is applied on the
-# primary but its replicas did not confirm it in time; the API could not reach Redis (an erase's
-# writes are never resent inside the API, so right after a failover its first try answers this).
+# primary but its replicas did not confirm it in time; the primary that was to confirm it does not
+# hold it (a failover during the erase); the API could not reach Redis (an erase's writes are
+# never resent inside the API, so right after a failover its first try answers this).
 REPEATED = {
     "erase_unconfirmed": "erased on the primary, waiting for replicas to confirm",
+    "erase_interrupted": "the erase met a Redis failover",
     "unavailable": "the API could not reach its store",
 }
 
@@ -538,8 +540,8 @@ def _erase(
 
     A 503 ``erase_unconfirmed`` means the erase is applied on the Redis primary but its replicas
     did not confirm it in time; the same DELETE is idempotent and answers 200 with the first
-    attempt's counts once they did, so it is repeated for up to ``wait`` seconds, as is a 503
-    ``unavailable`` (Redis unreachable, e.g. during a failover)."""
+    attempt's counts once they did, so it is repeated for up to ``wait`` seconds, as are a 503
+    ``erase_interrupted`` (a failover during the erase) and ``unavailable`` (Redis unreachable)."""
     for name in names:
         if len(name) > 64 or not _IDENT.match(name):
             fail(Exit.USAGE, f"{name!r} is not a class code or student id")
@@ -559,10 +561,10 @@ def _erase(
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                if repeat.code == "erase_unconfirmed":
-                    state = "is erased on the primary but not confirmed by its replicas"
-                else:
-                    state = "may not be erased (the API could not reach its store)"
+                state = {
+                    "erase_unconfirmed": "is erased on the primary but not confirmed by its replicas",
+                    "erase_interrupted": "may not be erased (a Redis failover during the erase)",
+                }.get(repeat.code, "may not be erased (the API could not reach its store)")
                 fail(
                     Exit.UNAVAILABLE,
                     f"{repeat.message}\n  {what} {state} after waiting {wait:g} s: repeat this "
@@ -591,8 +593,8 @@ def erase_student(
 ) -> None:
     """Erase one student's templates in every model's gallery of a class, and results naming them.
 
-    Until the Redis replicas confirm the erase (503 erase_unconfirmed) or while Redis is
-    unreachable (503 unavailable) it is repeated, up to --wait.
+    Until the Redis replicas confirm the erase (503 erase_unconfirmed), and after a failover
+    (503 erase_interrupted or unavailable), it is repeated, up to --wait.
     """
     path = f"/v1/classes/{class_code}/students/{student_id}"
     what = f"student {student_id} of class {class_code}"
@@ -609,8 +611,8 @@ def erase_class(
 ) -> None:
     """Erase a whole class gallery (every student, every model).
 
-    Until the Redis replicas confirm the erase (503 erase_unconfirmed) or while Redis is
-    unreachable (503 unavailable) it is repeated, up to --wait.
+    Until the Redis replicas confirm the erase (503 erase_unconfirmed), and after a failover
+    (503 erase_interrupted or unavailable), it is repeated, up to --wait.
     """
     path, what = f"/v1/classes/{class_code}/gallery", f"the gallery of class {class_code}"
     _erase(ctx, [class_code], path, what, yes, namespace, wait)

@@ -90,8 +90,10 @@ async def erase_student(
     """404 when neither the class's galleries nor any stored result of this school holds the
     student. Jobs of the class running during the erase are not stopped: they leave the student
     out of their results and enrolment (even on a 404, as for a first enrolment under way).
-    503 + Retry-After when Redis's replicas did not confirm the erase in time: it is applied on
-    the primary; repeat the request (idempotent) for the 200."""
+    503 + Retry-After when Redis's replicas did not confirm the erase in time
+    (``erase_unconfirmed``: it is applied on the primary), when the primary that was to confirm
+    it does not hold it (``erase_interrupted``: a failover during the erase), or when Redis is
+    unreachable (``unavailable``); repeat the request (idempotent) for the 200."""
     ns = service.resolve_namespace(caller, namespace)
     done = await eraser.erase_student(ns, class_code, student_id)
     if not done.found:
@@ -112,8 +114,8 @@ async def erase_class(
     events: KubeEventsDep,
     namespace: Namespace = None,
 ) -> ErasureOut:
-    """Results of earlier jobs stay until their TTL; erase a student to drop theirs now. 503 as
-    for a student's erase when the replicas did not confirm it in time."""
+    """Results of earlier jobs stay until their TTL; erase a student to drop theirs now. 503s as
+    for a student's erase; repeat the request (idempotent)."""
     ns = service.resolve_namespace(caller, namespace)
     done = await eraser.erase_class(ns, class_code)
     if not done.class_found:
