@@ -124,7 +124,7 @@ def test_redact(url: str, want: str) -> None:
 
 
 SPLIT: list[tuple[str, tuple[str, str, str, str, str]]] = [
-    # an IPv6 host after another: Python's urlsplit refuses it where CVE-2024-11168 is fixed
+    # an IPv6 host after another: Python's urlsplit refuses it where CVE-2025-0938 is fixed
     (
         "redis+cluster://u:p@a:1,[::1]:2/0?replicas=2",
         ("redis+cluster", "u:p@a:1,[::1]:2", "/0", "replicas=2", ""),

@@ -169,8 +169,9 @@ def split(url: str) -> tuple[str, str, str, str, str]:
     """``urlsplit`` for URLs whose authority may list several hosts (``a:1,[::1]:2``).
 
     Python's own ``urlsplit`` refuses text before a ``[`` in the authority on interpreters with
-    the CVE-2024-11168 fix (3.11.11+, 3.12.8+, Debian's 3.11.2): a cluster or Sentinel URL whose
-    IPv6 host is not the first was "Invalid IPv6 URL" there and parsed elsewhere. The authority
+    the CVE-2025-0938 fix (CPython 3.12.9, 3.13.2 and later; Debian backported it to its 3.11.2):
+    a cluster or Sentinel URL whose IPv6 host is not the first was "Invalid IPv6 URL" there and
+    parsed elsewhere (3.11.7, the images' pinned 3.11.11). The authority
     runs to the first ``/``, ``?`` or ``#`` (RFC 3986; a password holding one must be
     percent-encoded, as in any URL); the rest is split by ``urlsplit`` as before."""
     scheme, sep, rest = url.partition("://")
