@@ -6,9 +6,9 @@ active one: the stand-by takes over once the dead replica's record expires, and 
 of the test's two namespaces, gets exactly one Job and one run.
 
 The control plane is the session's. The suite deletes each test's namespace without waiting, so
-another test's RJs can linger a few seconds, and a cluster-wide operator would act on them: the
-test waits until none is left outside its own namespaces, then checks that no Job appeared
-anywhere else while its replicas ran.
+another test's RJs can linger (once for over a minute in CI), and a cluster-wide operator would
+act on them: the test deletes those first and waits until none is left outside its own
+namespaces, then checks that no Job appeared anywhere else while its replicas ran.
 """
 
 from __future__ import annotations
@@ -97,6 +97,21 @@ def _rjs_elsewhere(api: client.ApiClient, ours: set[str]) -> list[str]:
     ]
 
 
+def _clear_rjs_elsewhere(api: client.ApiClient, ours: set[str]) -> None:
+    """Delete the RJs earlier tests left outside ``ours`` (their namespaces are going, but the
+    namespace controller may take minutes, as after CRDs came and went), with any finalizer an
+    operator of theirs left: no operator runs now, and none would remove it."""
+    custom = client.CustomObjectsApi(api)
+    for ref in _rjs_elsewhere(api, ours):
+        ns, name = ref.split("/", 1)
+        with contextlib.suppress(ApiException):  # gone meanwhile
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, name, {"metadata": {"finalizers": None}}
+            )
+        with contextlib.suppress(ApiException):
+            custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
 def _jobs_elsewhere(api: client.ApiClient, ours: set[str]) -> dict[str, str]:
     """The operator's Jobs outside the test's namespaces, uid -> namespace/name."""
     batch: Any = client.BatchV1Api(api)
@@ -132,7 +147,8 @@ def test_cluster_wide_standby_takes_over_from_a_killed_active_one_without_duplic
 ) -> None:
     other = second_namespace
     ours = {namespace, other.ns}
-    # other tests' namespaces are deleted without waiting: let their RJs go before watching all
+    # other tests' namespaces are deleted without waiting: remove their RJs before watching all
+    _clear_rjs_elsewhere(k8s_api, ours)
     wait_for(lambda: not _rjs_elsewhere(k8s_api, ours),
              f"other tests' RJs to go (at first: {_rjs_elsewhere(k8s_api, ours)})", 60)  # fmt: skip
     jobs_before = _jobs_elsewhere(k8s_api, ours)
