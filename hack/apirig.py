@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -31,6 +32,25 @@ def write_key_file(path: Path, schools: dict[str, list[str]]) -> dict[str, str]:
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return issued
+
+
+def api_settings(
+    tmp_path: Path,
+    kubeconfig: Path,
+    redis_url: str,
+    schools: dict[str, list[str]],
+    **overrides: Any,
+) -> tuple[Settings, dict[str, str]]:
+    """Settings for a test's API (keys issued into ``tmp_path/keys.yaml``, no key reloading
+    unless ``overrides`` say so) and school -> issued key."""
+    issued = write_key_file(tmp_path / "keys.yaml", schools)
+    settings = Settings(
+        kubeconfig=kubeconfig,
+        keys_file=tmp_path / "keys.yaml",
+        redis_url=redis_url,
+        **{"keys_reload_seconds": 0, **overrides},
+    )
+    return settings, issued
 
 
 def free_port() -> int:

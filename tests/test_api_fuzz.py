@@ -22,7 +22,7 @@ from kubernetes import client
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
-from apirig import serve_in_thread, write_key_file
+from apirig import api_settings, serve_in_thread
 from rollcall_api.app import create_app
 from rollcall_api.settings import Settings
 from rollcall_contract.model import GROUP, PLURAL, VERSION
@@ -41,12 +41,11 @@ class Seen:
 def served(
     tmp_path: Path, kubeconfig: Path, redis_url: str, crds: list[str], namespace: str
 ) -> Iterator[tuple[str, dict[str, str]]]:
-    issued = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})
-    settings_ = Settings(
-        kubeconfig=kubeconfig,
-        keys_file=tmp_path / "keys.yaml",
-        redis_url=redis_url,
-        keys_reload_seconds=0,
+    settings_, issued = api_settings(
+        tmp_path,
+        kubeconfig,
+        redis_url,
+        {"north": [namespace]},
         submissions_per_minute=0,  # hundreds of POSTs from one school on purpose
     )
     with serve_in_thread(settings_) as url:

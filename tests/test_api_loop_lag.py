@@ -22,9 +22,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from apirig import write_key_file
+from apirig import api_settings
 from rollcall_api.app import create_app
-from rollcall_api.settings import Settings
 
 BODY = {
     "classCode": "9A",
@@ -116,11 +115,11 @@ class Rig:
 async def rig(
     tmp_path: Path, kubeconfig: Path, redis_url: str, crds: list[str], namespace: str
 ) -> AsyncIterator[Rig]:
-    issued = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})
-    settings = Settings(
-        kubeconfig=kubeconfig,
-        keys_file=tmp_path / "keys.yaml",
-        redis_url=redis_url,
+    settings, issued = api_settings(
+        tmp_path,
+        kubeconfig,
+        redis_url,
+        {"north": [namespace]},
         keys_reload_seconds=0.05,  # the key reloader runs throughout the load, too
         submissions_per_minute=0,  # this load is one school's on purpose: no rate limit here
     )

@@ -19,12 +19,11 @@ import httpx
 import redis
 import redis.sentinel
 
-from apirig import in_process, write_key_file
+from apirig import api_settings, in_process
 from redisrig import redis_server
 from redistopo import SERVICE, SentinelGroup
 from redistopo_fixtures import Users
 from replicarig import until
-from rollcall_api.settings import Settings
 from rollcall_api.store import Store
 from rollcall_contract import keys, redisclient
 
@@ -55,13 +54,7 @@ class Api:
 async def _api(
     redis_url: str, tmp_path: Path, kubeconfig: Path, namespace: str
 ) -> AsyncIterator[Api]:
-    issued = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})
-    settings = Settings(
-        kubeconfig=kubeconfig,
-        keys_file=tmp_path / "keys.yaml",
-        redis_url=redis_url,
-        keys_reload_seconds=0,
-    )
+    settings, issued = api_settings(tmp_path, kubeconfig, redis_url, {"north": [namespace]})
     async with in_process(settings) as http:
         yield Api(http, issued["north"])
 

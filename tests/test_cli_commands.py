@@ -18,7 +18,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
-from apirig import free_port, serve_in_thread, write_key_file
+from apirig import api_settings, free_port, serve_in_thread, write_key_file
 from rollcall_api.auth import hash_key
 from rollcall_api.settings import Settings
 from rollcall_cli.cli import app
@@ -43,13 +43,8 @@ class Cli:
 def cli(
     tmp_path: Path, kubeconfig: Path, redis_url: str, crds: list[str], namespace: str
 ) -> Iterator[Cli]:
-    issued = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})
-    settings = Settings(
-        kubeconfig=kubeconfig,
-        keys_file=tmp_path / "keys.yaml",
-        redis_url=redis_url,
-        keys_reload_seconds=0,
-        events_poll_seconds=0.2,
+    settings, issued = api_settings(
+        tmp_path, kubeconfig, redis_url, {"north": [namespace]}, events_poll_seconds=0.2
     )
     with serve_in_thread(settings) as url:
         yield Cli(url, issued["north"], namespace, CliRunner())

@@ -22,10 +22,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from apirig import serve_in_thread, write_key_file
+from apirig import api_settings, serve_in_thread
 from replicarig import Pair, replica_pair, stopped, until
 from rollcall_api.erasure import INTERRUPTED_MESSAGE, unconfirmed_message
-from rollcall_api.settings import Settings
 from rollcall_cli.cli import Exit, Repeat, app, repeat_pause
 from rollcall_contract import acl, keys
 from rollcall_job.gallery import GalleryMeta, GalleryStore
@@ -106,12 +105,11 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 @pytest.fixture
 def cli(tmp_path: Path, kubeconfig: Path, namespace: str, pair: Pair) -> Iterator[Cli]:
     """The API as its own Redis user on the pair's primary; a replica gets 500 ms to confirm."""
-    issued = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})
-    settings = Settings(
-        kubeconfig=kubeconfig,
-        keys_file=tmp_path / "keys.yaml",
-        redis_url=pair.url(acl.API_USER),
-        keys_reload_seconds=0,
+    settings, issued = api_settings(
+        tmp_path,
+        kubeconfig,
+        pair.url(acl.API_USER),
+        {"north": [namespace]},
         erase_replica_timeout_ms=500,  # Retry-After: 1
     )
     with pair.admin(pair.primary) as admin:  # one template and one result naming the student

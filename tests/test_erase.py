@@ -28,11 +28,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from redis.asyncio import Redis as AsyncRedis
 
-from apirig import in_process, write_key_file
+from apirig import api_settings, in_process
 from redisrig import redis_server
 from rollcall_api.erasure import Eraser, class_keys, mentions
 from rollcall_api.logs import JsonFormatter
-from rollcall_api.settings import Settings
 from rollcall_contract import acl, keys
 from rollcall_contract.results import encode_results
 from rollcall_job.gallery import GalleryMeta, GalleryStore
@@ -127,15 +126,8 @@ async def schools(
     namespace: str,
     south_namespace: str,
 ) -> AsyncIterator[Schools]:
-    issued = write_key_file(
-        tmp_path / "keys.yaml", {"north": [namespace], "south": [south_namespace]}
-    )
-    settings = Settings(
-        kubeconfig=kubeconfig,
-        keys_file=tmp_path / "keys.yaml",
-        redis_url=redis_url,
-        keys_reload_seconds=0,
-    )
+    schools = {"north": [namespace], "south": [south_namespace]}
+    settings, issued = api_settings(tmp_path, kubeconfig, redis_url, schools)
     async with in_process(settings) as http:
         yield Schools(http, issued, namespace, south_namespace)
 

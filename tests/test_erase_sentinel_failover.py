@@ -21,11 +21,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from apirig import write_key_file
+from apirig import api_settings, in_process
 from redistopo_fixtures import Users
 from replicarig import until
-from rollcall_api.app import create_app
-from rollcall_api.settings import Settings
 from rollcall_contract import keys, redisclient
 from rollcall_job.gallery import GalleryMeta, GalleryStore
 from sentinelrelay import RelayedGroup, relayed_sentinel_group
@@ -54,20 +52,10 @@ async def _api(
     **settings: Any,
 ) -> AsyncIterator[Api]:
     """The API as the API's Redis user on the group's Sentinel URL, with the given settings."""
-    issued = write_key_file(tmp_path / "keys.yaml", {"north": [namespace]})
-    app = create_app(
-        Settings(
-            kubeconfig=kubeconfig,
-            keys_file=tmp_path / "keys.yaml",
-            redis_url=rig.group.url(*users.api()),
-            keys_reload_seconds=0,
-            **settings,
-        )
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
-            yield Api(http, issued["north"], namespace)
+    url = rig.group.url(*users.api())
+    api, issued = api_settings(tmp_path, kubeconfig, url, {"north": [namespace]}, **settings)
+    async with in_process(api) as http:
+        yield Api(http, issued["north"], namespace)
 
 
 def _holds(r: redis.Redis, tenant: str) -> tuple[bool, bool]:

@@ -490,10 +490,20 @@ WAIT_LONGEST = 10.0  # seconds: a larger Retry-After is clipped, so the deadline
 # primary but its replicas did not confirm it in time; the primary that was to confirm it does not
 # hold it (a failover during the erase); the API could not reach Redis (an erase's writes are
 # never resent inside the API, so right after a failover its first try answers this).
+# code -> (the line printed before each repeat, what the exit message says once --wait ran out)
 REPEATED = {
-    "erase_unconfirmed": "erased on the primary, waiting for replicas to confirm",
-    "erase_interrupted": "the erase met a Redis failover",
-    "unavailable": "the API could not reach its store",
+    "erase_unconfirmed": (
+        "erased on the primary, waiting for replicas to confirm",
+        "is erased on the primary but not confirmed by its replicas",
+    ),
+    "erase_interrupted": (
+        "the erase met a Redis failover",
+        "may not be erased (a Redis failover during the erase)",
+    ),
+    "unavailable": (
+        "the API could not reach its store",
+        "may not be erased (the API could not reach its store)",
+    ),
 }
 
 
@@ -561,17 +571,14 @@ def _erase(
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                state = {
-                    "erase_unconfirmed": "is erased on the primary but not confirmed by its replicas",
-                    "erase_interrupted": "may not be erased (a Redis failover during the erase)",
-                }.get(repeat.code, "may not be erased (the API could not reach its store)")
+                state = REPEATED[repeat.code][1]
                 fail(
                     Exit.UNAVAILABLE,
                     f"{repeat.message}\n  {what} {state} after waiting {wait:g} s: repeat this "
                     "command (--wait for longer)",
                 )
             pause = min(repeat.pause, left)
-            err.print(f"{REPEATED[repeat.code]}; repeating in {pause:g} s", highlight=False)
+            err.print(f"{REPEATED[repeat.code][0]}; repeating in {pause:g} s", highlight=False)
             time.sleep(pause)
     done = _checked(resp)
     models = ",".join(done.get("models") or []) or "-"

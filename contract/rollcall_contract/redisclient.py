@@ -344,13 +344,6 @@ def resend_retry() -> redis.asyncio.retry.Retry:
     )
 
 
-async def _to_current_master(conn: redis.asyncio.sentinel.SentinelManagedConnection) -> None:
-    """Point a disconnected master connection at the master the sentinels name now."""
-    pool = conn.connection_pool
-    if not conn.is_connected and pool.is_master:
-        conn.host, conn.port = await pool.get_master_address()
-
-
 class _SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
     """Reconnects to the current master also when a command's retry reconnects (redis-py 8.1
     goes to ``connect_check_health`` there, past the override that asks the sentinels)."""
@@ -358,18 +351,15 @@ class _SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
     async def connect_check_health(
         self, check_health: bool = True, retry_socket_connect: bool = True
     ) -> None:
-        await _to_current_master(self)
+        if not self.is_connected and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
         await super().connect_check_health(check_health, retry_socket_connect)
 
 
-class _SentinelSSLConnection(redis.asyncio.sentinel.SentinelManagedSSLConnection):
+class _SentinelSSLConnection(
+    _SentinelConnection, redis.asyncio.sentinel.SentinelManagedSSLConnection
+):
     """``_SentinelConnection`` over TLS."""
-
-    async def connect_check_health(
-        self, check_health: bool = True, retry_socket_connect: bool = True
-    ) -> None:
-        await _to_current_master(self)
-        await super().connect_check_health(check_health, retry_socket_connect)
 
 
 def async_client(
