@@ -11,6 +11,7 @@ Only the gallery primary's replica is SIGSTOPped (connected, confirming nothing)
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -73,9 +74,9 @@ def test_an_enrolment_waits_for_the_replica_of_the_gallerys_primary(
     topology_users: Users,
     run_job: Any,  # noqa: F811
 ) -> None:
-    """The gallery's replica stopped, the results' running: the job exits TRANSIENT
-    (NotReplicated) after the WAIT's timeout and publishes nothing; resumed, the retried job
-    (a re-enrolment of the same photos) succeeds and that replica holds the whole gallery."""
+    """The gallery's replica stopped, the results' running, no retries inside the job: it exits
+    TRANSIENT (NotReplicated) after the WAIT's timeout and publishes nothing; resumed, the retried
+    job (a re-enrolment of the same photos) succeeds and that replica holds the whole gallery."""
     cluster = redis_cluster_topology
     url = cluster.url(*topology_users.job(TENANT))
     uid = _uid(cluster, same_primary=False, prefix="uid-enrol-wait")
@@ -83,7 +84,7 @@ def test_an_enrolment_waits_for_the_replica_of_the_gallerys_primary(
     client = redisclient.sync_client(cluster.url(*topology_users.admin()))
     try:
         with _stopped(_replica_pid(cluster, _port(cluster, gallery))):
-            code, term = run_job(url, TENANT, uid, "enroll")
+            code, term = run_job(url, TENANT, uid, "enroll", retry=0)
         assert code == ExitCode.TRANSIENT, term
         # NotReplicated: WAIT gave up after its timeout (2 s); a blocked WAIT would be a timeout
         assert term["reason"] == "Transient" and "NotReplicated" in term["error"], term
@@ -99,6 +100,49 @@ def test_an_enrolment_waits_for_the_replica_of_the_gallerys_primary(
         results = read_results(client, TENANT, uid)
         assert results is not None and set(results["students"]) == STUDENTS
     finally:
+        client.close()
+
+
+class _ResumeOnRetry(logging.Handler):
+    """SIGCONTs a stopped process at the job's first retry notice (``rollcall_job.writeretry``)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self.pid = pid
+        self.phases: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.phases.append(f"{getattr(record, 'phase', None)}:{getattr(record, 'error', None)}")
+        os.kill(self.pid, signal.SIGCONT)
+
+
+def test_an_unconfirmed_enrolment_is_written_again_inside_the_job(
+    redis_cluster_topology: Cluster,
+    topology_users: Users,
+    run_job: Any,  # noqa: F811
+) -> None:
+    """The same stopped replica with the job's default retries: the first confirmation fails
+    (NotReplicated), the job's retry notice resumes the replica, and the enrolment phase run
+    again finishes in the same process: exit 0, the replica holds the whole gallery."""
+    cluster = redis_cluster_topology
+    url = cluster.url(*topology_users.job(TENANT))
+    uid = _uid(cluster, same_primary=False, prefix="uid-enrol-again")
+    gallery = keys.gallery(TENANT, GALLERY, MODEL)
+    resume = _ResumeOnRetry(_replica_pid(cluster, _port(cluster, gallery)))
+    notices = logging.getLogger("rollcall_job.writeretry")
+    notices.addHandler(resume)
+    client = redisclient.sync_client(cluster.url(*topology_users.admin()))
+    try:
+        with _stopped(resume.pid):
+            code, term = run_job(url, TENANT, uid, "enroll")
+        assert code == ExitCode.OK, term
+        assert resume.phases == ["enrol:NotReplicated"]
+        assert term["summary"]["enrolled"] == 3 and term["summary"]["erased_while_running"] == 0
+        assert _on_replica(cluster, gallery) == STUDENTS
+        results = read_results(client, TENANT, uid)
+        assert results is not None and set(results["students"]) == STUDENTS
+    finally:
+        notices.removeHandler(resume)
         client.close()
 
 

@@ -200,8 +200,9 @@ def test_cluster_job_user_cannot_reach_another_school(
 
 @pytest.fixture
 def run_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``run_job(url, tenant, uid, mode)``: the recognition container's ``main`` with a toy engine,
-    enrolling ann/bob/cy or identifying a photo of ann and bob; returns (exit code, termination)."""
+    """``run_job(url, tenant, uid, mode, retry=None)``: the recognition container's ``main`` with a
+    toy engine, enrolling ann/bob/cy or identifying a photo of ann and bob; ``retry``: its
+    ``redis_retry_seconds`` (None: the default); returns (exit code, termination)."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     for sid in ("ann", "bob", "cy"):
@@ -211,7 +212,13 @@ def run_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def loader(settings: JobSettings, min_face_px: int) -> ToyEngine:
         return ToyEngine(min_face_px=min_face_px)
 
-    def run(url: str, tenant: str, uid: str, mode: str) -> tuple[int, dict[str, Any]]:
+    def run(
+        url: str, tenant: str, uid: str, mode: str, retry: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        if retry is None:
+            monkeypatch.delenv("ROLLCALL_REDIS_RETRY_SECONDS", raising=False)
+        else:
+            monkeypatch.setenv("ROLLCALL_REDIS_RETRY_SECONDS", str(retry))
         env = {
             "ROLLCALL_JOB_NAMESPACE": tenant,
             "ROLLCALL_JOB_NAME": f"rj-{uid}",

@@ -70,6 +70,9 @@ class JobEnv(BaseModel):
     max_image_bytes: int = 40 * 1024 * 1024
     max_image_pixels: int = 64_000_000  # decoded size cap, checked from the header before decoding
     progress_interval_seconds: float = 1.0
+    # After recognition, how long a failed Redis write phase is run again in the process before the
+    # job exits TRANSIENT (rollcall_job.writeretry); 0: exit at the first failure.
+    redis_retry_seconds: float = Field(default=60.0, ge=0)
     termination_log: Path = Path(TERMINATION_LOG)
     # The RJ's metadata.creationTimestamp (the apiserver's clock): an erase stamped after it counts
     # as made while the job ran, even before its pod started (rollcall_job.recheck). None: an

@@ -38,8 +38,10 @@ to send twice and safe to send to another server: the API's store (reads, the Id
 claim, its compare-and-delete) and the operator's progress reads. Not for the erase: its replica
 confirmation must run on the primary that took the erase, so a lost connection there stays a 503
 (``rollcall_api.erasure``). Timeouts are never resent (the server may have applied the command).
-The job's blocking client has no resend either: a lost connection restarts its attempt
-(TRANSIENT). A cluster client follows redis-py's own cluster retry in every case.
+The job's blocking client has no resend either: before recognition a lost connection ends
+its attempt (TRANSIENT, the Job retries it); after recognition it runs the whole write phase
+again in the process (``rollcall_job.writeretry``). A cluster client follows redis-py's own
+cluster retry in every case.
 
 ``parse`` is pure (table-tested in tests/test_redisclient.py); passwords never reach a repr or a
 log line (``redact``).

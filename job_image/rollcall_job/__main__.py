@@ -3,7 +3,8 @@
 Reads ``JobSettings`` from the ROLLCALL_* environment the operator renders, runs identify or enroll,
 publishes results atomically, writes a <= 4 KiB JSON summary to the termination log and exits with a
 ``contract.ExitCode``: BAD_INPUT when retrying cannot help (the Job's podFailurePolicy fails the Job
-at once), TRANSIENT when it can (Redis unreachable), 1 for anything unexpected (retried up to the
+at once), TRANSIENT when it can (Redis unreachable; after recognition only once the write phase's
+own retries are spent, ``writeretry``), 1 for anything unexpected (retried up to the
 Job's backoffLimit). Logs are JSON lines on stdout with counts and timings only: no embeddings, no
 secrets (the Redis URL's password is redacted).
 """
@@ -24,16 +25,17 @@ from pydantic import ValidationError
 
 from rollcall_contract import keys, logs, redisclient
 from rollcall_contract.jobenv import TERMINATION_LOG, ExitCode, JobSettings
-from rollcall_job.enroll import enroll, student_photos
+from rollcall_job.enroll import EnrollOutcome, enroll, student_photos
 from rollcall_job.gallery import GalleryError, GalleryNotFound, GalleryStore
 from rollcall_job.photos import list_photos
-from rollcall_job.pipeline import BadInput, embedder_spec, identify, no_gallery
+from rollcall_job.pipeline import BadInput, EmbedderSpec, embedder_spec, identify, no_gallery
 from rollcall_job.progress import Progress, log_sink, redis_sink
 from rollcall_job.protocols import Engine, ImageBGR
 from rollcall_job.quality import QualityGate
 from rollcall_job.recheck import erased_since, publish_checked, too_late
 from rollcall_job.results import write_results
 from rollcall_job.termination import error_message, summary_message
+from rollcall_job.writeretry import retrying
 
 log = logging.getLogger("rollcall_job")
 # Enroll mode looks this far down (only in photos with no face) to tell "too small" from "no face".
@@ -211,20 +213,23 @@ def _identify(
         on_photo=progress.advance,
     )
     progress.finish()
-    decided = result.decided
-    del gallery, result  # from here the templates live in ``decided`` only (dropped on erasure)
+    recognised = result.decided
+    del gallery, result  # from here the templates live in ``recognised`` only (dropped on erasure)
     store = GalleryStore(client, settings.job_namespace)
     publish = _publisher(settings, client, before_publish)
     tombstoned = _erased_since(settings, store, began)
-    # erased before the first publish (while the RJ was queued, too): never named, even briefly
-    if erased := tombstoned(decided.mentioned()):
-        decided = decided.without(erased)
-    decided, key, _ = publish_checked(
-        decided,
-        publish,
-        lambda ids: store.enrolled(settings.gallery, spec.meta.model_id, ids),
-        tombstoned,
-    )
+    for attempt in retrying(settings.redis_retry_seconds, "publish"):
+        with attempt:
+            # erased before the first publish (while the RJ was queued, too): never named
+            decided = recognised
+            if erased := tombstoned(decided.mentioned()):
+                decided = decided.without(erased)
+            decided, key, _ = publish_checked(
+                decided,
+                publish,
+                lambda ids: store.enrolled(settings.gallery, spec.meta.model_id, ids),
+                tombstoned,
+            )
     result = decided.outcome()
     summary: dict[str, Any] = result.documents["summary"]
     if result.photos_ok == 0:
@@ -298,6 +303,29 @@ def _enroll(
     progress.finish()
     # a class-wide erase since the RJ's submission counts every folder as erased
     tombstoned = _erased_since(settings, store, began, class_wide=True)
+    publish = _publisher(settings, client, before_publish)
+    for attempt in retrying(settings.redis_retry_seconds, "enrol"):
+        with attempt:
+            summary, key = _write_enrolment(
+                settings, client, store, spec, outcome, held, tombstoned, publish
+            )
+    if not outcome.students:
+        raise BadInput("no student could be enrolled: " + _first_reasons(summary))
+    return summary, key
+
+
+def _write_enrolment(
+    settings: JobSettings,
+    client: redis.Redis,
+    store: GalleryStore,
+    spec: EmbedderSpec,
+    outcome: EnrollOutcome,
+    held: set[str],
+    tombstoned: Callable[[Sequence[str]], set[str]],
+    publish: Callable[[Mapping[str, Any]], str],
+) -> tuple[dict[str, Any], str]:
+    """Write an enrolment's templates and publish its result, from the start each time it runs
+    (``writeretry``): who was erased is read again, the put and the publish are idempotent."""
     # erased so far (a tombstone since the RJ's submission): not written at all
     erased = tombstoned(outcome.enrolled.mentioned())
     students = {s: e for s, e in outcome.students.items() if s not in erased}
@@ -317,7 +345,7 @@ def _enroll(
     # re-read after publishing: a student erased after the put is named by no result that stays
     enrolled, key, _ = publish_checked(
         enrolled,
-        _publisher(settings, client, before_publish),
+        publish,
         lambda ids: store.enrolled(settings.gallery, spec.meta.model_id, ids),
         tombstoned,
     )
@@ -336,8 +364,6 @@ def _enroll(
             "students erased while the job ran are not enrolled again nor named",
             extra={"erased": summary["erased_while_running"], "withdrawn": len(withdrawn)},
         )
-    if not outcome.students:
-        raise BadInput("no student could be enrolled: " + _first_reasons(summary))
     return summary, key
 
 
