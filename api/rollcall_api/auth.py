@@ -71,9 +71,34 @@ class Caller:
         return self.namespaces[0]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping naming one key twice.
+
+    PyYAML (and JSON) keep the last of repeated keys without a word: a key file listing one
+    digest for two schools (or one entry's ``namespaces`` twice) would hand the key to whichever
+    came last. Such a file is ambiguous, so it is refused like a malformed one.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader refuses it below
+                continue
+            if repeated:
+                raise ValueError(f"key file: {str(key)[:8]!r} is listed more than once")
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_key_file(text: str) -> dict[bytes, Caller]:
-    """Parse the key file into digest -> caller; raises ValueError on any malformed entry."""
-    raw = yaml.safe_load(text) or {}
+    """Parse the key file into digest -> caller; raises ValueError on any malformed entry, and on
+    a digest listed twice (in any spelling: case, ``sha256:``): the file would be ambiguous."""
+    raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader: no arbitrary objects
     if not isinstance(raw, dict):
         raise ValueError("key file must be a mapping of sha256 hex -> {school, namespaces}")
 
@@ -82,6 +107,8 @@ def parse_key_file(text: str) -> dict[bytes, Caller]:
         digest = str(digest).lower().removeprefix("sha256:")
         if not re.match(_HEX64, digest):
             raise ValueError("key file: every key must be a 64-hex-digit SHA-256 digest")
+        if bytes.fromhex(digest) in out:
+            raise ValueError(f"key file: key {digest[:8]} is listed more than once")
         try:
             parsed = KeyEntry.model_validate(entry)
         except ValidationError as exc:
