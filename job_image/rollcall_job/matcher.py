@@ -10,10 +10,14 @@ The decision rule (``decide``) prefers "not sure" to a wrong name, because the w
 roll call is an absent student marked present. A face names a student only when all of these hold:
 
 1. ``below_threshold``: its nearest student is within ``threshold``;
-2. ``ambiguous_second_student``: the second-nearest *student* is at least ``margin`` farther;
+2. ``ambiguous_second_student``: the second-nearest *student* is at least ``margin`` farther,
+   and strictly farther (an exact tie is never decided by the order of the gallery, margin 0
+   included);
 3. ``contested_by_other_face``: no other face of the photo is within ``margin`` of that student,
    unless that other face is decisively someone else (rule 2 holds for it, and it passed 4);
-4. ``low_quality:<why>``: the face passed the quality gate (``quality.py``).
+4. ``low_quality:<why>``: the face passed the quality gate (``quality.py``); a face whose
+   embedding is unusable (NaN, infinite or all zeros) is ``low_quality:embedding``: it is
+   reviewed, names no one and contests no one, as it carries no evidence of who it is.
 
 A face failing 1 is ``unknown``; failing 2-4 it ``needs_review`` and "points at" the students it
 could be. There is no assignment step: a face only ever names its *own* nearest student, so a
@@ -45,6 +49,7 @@ BELOW_THRESHOLD = "below_threshold"
 AMBIGUOUS = "ambiguous_second_student"
 CONTESTED = "contested_by_other_face"
 LOW_QUALITY = "low_quality"  # reported as "low_quality:<why>"
+BROKEN_EMBEDDING = "embedding"  # the <why> of a face whose embedding is NaN, infinite or zero
 CANDIDATES = 3  # nearest students reported per face, whatever ``top_k`` asks, to explain it
 _EPS = 1e-9  # a gap of exactly the margin is decisive, whatever the float rounding of a - b
 
@@ -85,7 +90,7 @@ def to_affinity(distance: float, metric: Metric) -> float:
 
 def from_affinity(aff: float, metric: Metric) -> float:
     """An affinity back to the card's distance: 1 - similarity, or the Euclidean distance."""
-    return 1.0 - aff if metric == "cosine" else float(np.sqrt(max(-aff, 0.0)))
+    return 1.0 - aff if metric == "cosine" else float(np.sqrt(max(-aff, 0.0))) + 0.0  # not -0.0
 
 
 def distances(aff: FloatArray, metric: Metric) -> npt.NDArray[np.float64]:
@@ -182,14 +187,19 @@ def decide(
     best = d.argmin(axis=1)  # the first of equals, like a stable sort
     d1 = d[np.arange(n_faces), best]
     d2 = np.partition(d, 1, axis=1)[:, 1] if n_students > 1 else np.full(n_faces, np.inf)
-    clear = (d1 <= threshold) & (d2 - d1 >= margin - _EPS)  # rules 1 and 2
+    # rules 1 and 2; ``d2 > d1``: a tie is never decisive, whatever the margin (0 included)
+    with np.errstate(invalid="ignore"):  # inf - inf: a face with no finite distance, not clear
+        clear = (d1 <= threshold) & (d2 - d1 >= margin - _EPS) & (d2 > d1)
     passed = np.array([q is None for q in why], dtype=bool)
     elsewhere = passed & clear  # with best != s: decisively another student
 
     def near(f: int) -> tuple[int, ...]:
-        """The students face ``f`` could be: within the threshold and the margin of its best."""
+        """The students face ``f`` could be: within the threshold, and within the margin of its
+        best or tied with it (with margin 0 the best itself, which ``< margin`` alone omits)."""
         row = d[f]
-        cols = np.flatnonzero((row <= threshold) & (row - d1[f] < margin - _EPS))
+        if not np.isfinite(d1[f]):
+            return ()
+        cols = np.flatnonzero((row <= threshold) & ((row - d1[f] < margin - _EPS) | (row <= d1[f])))
         return tuple(int(c) for c in cols[np.argsort(row[cols], kind="stable")])
 
     out: list[Decision] = []
@@ -230,6 +240,7 @@ class Match:
     verdict: Verdict = "unknown"
     rule: str = BELOW_THRESHOLD
     points_at: tuple[str, ...] = ()
+    points_at_scores: tuple[float, ...] = ()  # distance to each of ``points_at``, same order
 
 
 def match_faces(
@@ -244,25 +255,45 @@ def match_faces(
     quality: Sequence[str | None] | None = None,
     k: int = CANDIDATES,
 ) -> list[Match]:
-    """Decide one photo's faces against a gallery (rows grouped by student, see ``per_student``)."""
-    if len(student_ids) != len(offsets):
-        raise ValueError("one offset per student expected")
-    if len(probes) == 0:
+    """Decide one photo's faces against a gallery (rows grouped by student, see ``per_student``).
+
+    A probe row that is NaN, infinite or all zeros (an embedder that failed on the crop) is
+    ``low_quality:embedding`` with no candidates; a NaN affinity (such a gallery row) counts as
+    infinitely far, so a student's other templates still count.
+    """
+    _check_gallery(gallery, offsets, student_ids)
+    p = np.asarray(probes, dtype=np.float32)
+    if len(p) == 0:
         return []
-    aff = per_student(affinity(probes, gallery, metric), offsets)
+    if p.ndim != 2:
+        raise ValueError(f"need a faces x dim matrix of probes, got shape {p.shape}")
+    why = list(quality) if quality is not None else [None] * len(p)
+    if len(why) != len(p):
+        raise ValueError("one quality entry per face expected")
+    broken = ~(np.isfinite(p).all(axis=1) & (p != 0).any(axis=1))
+    if broken.any():
+        p = np.where(broken[:, None], np.float32(0.0), p)
+        why = [BROKEN_EMBEDDING if b and q is None else q for q, b in zip(why, broken, strict=True)]
+    aff = affinity(p, gallery, metric)
+    aff[np.isnan(aff)] = -np.inf
+    aff[broken] = -np.inf
+    aff = per_student(aff, offsets)
     # Only students some face is within threshold + margin of can change a decision (a farther
     # second-best leaves the gap >= margin anyway), so the rule runs on those columns alone: a
     # few per face instead of a whole school's gallery.
     reach = np.flatnonzero((aff >= to_affinity(threshold + margin, metric)).any(axis=0))
-    decisions = decide(
-        distances(aff[:, reach], metric), threshold=threshold, margin=margin, quality=quality
-    )
+    near = distances(aff[:, reach], metric)
+    decisions = decide(near, threshold=threshold, margin=margin, quality=why)
     idx, vals = top_k(aff, max(k, 1))
     out = []
     for f, dec in enumerate(decisions):
-        cands = tuple(
-            Candidate(student_ids[int(j)], from_affinity(float(v), metric))
-            for j, v in zip(idx[f], vals[f], strict=True)
+        cands = (
+            ()
+            if broken[f]
+            else tuple(
+                Candidate(student_ids[int(j)], from_affinity(float(v), metric))
+                for j, v in zip(idx[f], vals[f], strict=True)
+            )
         )
         out.append(
             Match(
@@ -272,9 +303,25 @@ def match_faces(
                 dec.verdict,
                 dec.rule,
                 tuple(student_ids[int(reach[j])] for j in dec.points_at),
+                tuple(float(near[f, j]) + 0.0 for j in dec.points_at),
             )
         )
     return out
+
+
+def _check_gallery(
+    gallery: FloatArray, offsets: npt.NDArray[np.intp], student_ids: Sequence[str]
+) -> None:
+    """Refuse a gallery whose columns would not be one per student: an id twice lets two faces
+    of a photo name one student; an empty or misplaced group makes ``maximum.reduceat`` give a
+    student another's rows."""
+    if len(student_ids) != len(offsets):
+        raise ValueError("one offset per student expected")
+    if len(set(student_ids)) != len(student_ids):
+        raise ValueError("a student id appears twice in the gallery")
+    o = np.asarray(offsets)
+    if len(o) and (o[0] != 0 or (np.diff(o) <= 0).any() or o[-1] >= len(gallery)):
+        raise ValueError("offsets must start at 0 and give every student at least one row")
 
 
 @dataclass(frozen=True)
@@ -314,6 +361,7 @@ def attendance(
             elif m.verdict == "needs_review":
                 review.append((photo, i, m.rule))
                 scores = {c.student_id: c.score for c in m.candidates}
+                scores.update(zip(m.points_at, m.points_at_scores, strict=False))
                 for sid in m.points_at:
                     score = scores.get(sid, m.score if m.score is not None else float("nan"))
                     pointed.setdefault(sid, []).append(Sighting(photo, i, score, m.rule))

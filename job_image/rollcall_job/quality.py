@@ -210,19 +210,26 @@ def measure(
 
 
 def verdict(m: Measures, gate: QualityGate) -> str | None:
-    """The first test the face fails (the reason reported as ``low_quality:<why>``), or None."""
-    if m.face_px < gate.min_face_px:
+    """The first test the face fails (the reason reported as ``low_quality:<why>``), or None.
+
+    Each test is written as "not within the limit", so a measure that came out NaN (landmarks or
+    a score the detector could not give) fails it instead of passing every comparison.
+    """
+    if not m.face_px >= gate.min_face_px:
         return "small"
-    if m.detector_score < gate.min_detector_score:
+    if not m.detector_score >= gate.min_detector_score:
         return "detector_score"
-    if m.pose_residual > gate.max_pose_residual:
+    if not m.pose_residual <= gate.max_pose_residual:
         return "pose"
-    if m.sharpness < gate.min_sharpness:
+    if not m.sharpness >= gate.min_sharpness:
         return "blur"
     low, high = gate.chin_luma
     if (
-        (m.chin_hue_deg is not None and m.chin_hue_deg > gate.max_chin_hue_deg)
-        or (m.chin_chroma_ratio is not None and m.chin_chroma_ratio < gate.min_chin_chroma_ratio)
+        (m.chin_hue_deg is not None and not m.chin_hue_deg <= gate.max_chin_hue_deg)
+        or (
+            m.chin_chroma_ratio is not None
+            and not m.chin_chroma_ratio >= gate.min_chin_chroma_ratio
+        )
         or not low <= m.chin_luma <= high
     ):
         return "occluded_lower_face"
