@@ -286,6 +286,47 @@ async def test_streams_share_one_watch_and_a_key_over_its_cap_gets_429(
     await _until(lambda: apiserver_watches(k8s_api) == before, "the watch closed with its streams")
 
 
+def _keys_sharing_a_key_id() -> tuple[str, str]:
+    """Two API keys whose digests start with the same 8 hex digits (the logged ``key_id``): a
+    birthday search over a fixed sequence, so the same pair every run (~10^5 hashes)."""
+    seen: dict[str, str] = {}
+    for i in range(2_000_000):
+        key = f"rc-key-id-twin-{i}"
+        prefix = hash_key(key)[:8]
+        if prefix in seen:
+            return seen[prefix], key
+        seen[prefix] = key
+    raise AssertionError("no two keys share a key_id")
+
+
+async def test_two_schools_whose_keys_share_a_key_id_keep_their_own_stream_caps(
+    schools: tuple[Settings, dict[str, str]], namespace: str
+) -> None:
+    """The stream cap is per key, and ``key_id`` is only a digest prefix: north filling its cap
+    must leave south's streams alone even when their keys share it (before: one count, so
+    south got 429 for north's streams)."""
+    settings, _ = schools
+    settings = settings.model_copy(update={"submissions_per_minute": 0})
+    north, south = _keys_sharing_a_key_id()
+    settings.keys_file.write_text(
+        f"{hash_key(north)}: {{school: north, namespaces: [{namespace}]}}\n"
+        f"{hash_key(south)}: {{school: south, namespaces: [{namespace}]}}\n"
+    )
+    with serve_in_thread(settings) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            made = await http.post("/v1/recognition-jobs", json=BODY, headers=bearer(north))
+            assert made.status_code == 202, made.text
+            job = made.json()["id"]
+            async with AsyncExitStack() as streams:
+                opened = [await _open_stream(http, streams, job, north) for _ in range(3)]
+                assert [r.status_code for r in opened] == [200, 200, 200]
+                over = await _open_stream(http, streams, job, north)
+                assert over.status_code == 429
+                await over.aread()
+                theirs = await _open_stream(http, streams, job, south)
+                assert theirs.status_code == 200
+
+
 async def test_a_revoked_key_is_refused_after_a_malformed_key_file(
     api: tuple[FastAPI, httpx.AsyncClient],
     schools: tuple[Settings, dict[str, str]],

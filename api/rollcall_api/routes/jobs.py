@@ -211,7 +211,9 @@ async def job_events(
     429 when the API key already holds ``streams_per_key`` open streams on this server."""
     obj = await _find(jobs, caller, job_id)
     try:
-        lease = slots.acquire(caller.key_id)
+        # the whole digest: two schools' keys may share ``key_id``'s 8-hex prefix, and must not
+        # share a stream limit (one school would hold the other's streams)
+        lease = slots.acquire(caller.digest.hex())
     except SlotsExhausted:
         message = f"this API key already has {slots.limit} open event streams; close one first"
         raise _limited(metrics, "streams", message, 5) from None
