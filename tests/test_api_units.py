@@ -82,6 +82,8 @@ def test_each_of_many_schools_keys_finds_its_own_school(tmp_path: Path) -> None:
         f"{'a' * 64}: {{school: x, namespaces: []}}",
         f"{'a' * 64}: {{school: x, namespaces: [Not_A_Label]}}",
         f"{'a' * 64}: {{school: x, namespaces: [a], extra: 1}}",
+        f'{"a" * 64}: {{school: x, namespaces: ["a\\n"]}}',  # a label then a newline
+        f'"{"a" * 64}\\n": {{school: x, namespaces: [a]}}',  # a digest then a newline
     ],
 )
 def test_malformed_key_files_are_refused(text: str) -> None:

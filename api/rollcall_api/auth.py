@@ -53,7 +53,7 @@ class KeyEntry(BaseModel):
 
     def model_post_init(self, _: Any) -> None:
         for ns in self.namespaces:
-            if len(ns) > 63 or not re.match(DNS_LABEL, ns):
+            if len(ns) > 63 or not re.fullmatch(DNS_LABEL, ns):
                 raise ValueError(f"namespace {ns!r} is not a DNS label")
 
 
@@ -105,7 +105,7 @@ def parse_key_file(text: str) -> dict[bytes, Caller]:
     out: dict[bytes, Caller] = {}
     for digest, entry in raw.items():
         digest = str(digest).lower().removeprefix("sha256:")
-        if not re.match(_HEX64, digest):
+        if not re.fullmatch(_HEX64, digest):
             raise ValueError("key file: every key must be a 64-hex-digit SHA-256 digest")
         if bytes.fromhex(digest) in out:
             raise ValueError(f"key file: key {digest[:8]} is listed more than once")

@@ -202,7 +202,7 @@ class RequestContextMiddleware:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
-                if _REQUEST_ID.match(candidate):
+                if _REQUEST_ID.fullmatch(candidate):
                     rid = candidate
                 break
         rid = rid or self.new_request_id()

@@ -38,7 +38,7 @@ def resolve_namespace(caller: Caller, requested: str | None) -> str:
 
 
 def check_job_id(job_id: str) -> None:
-    if len(job_id) > 253 or not JOB_ID.match(job_id):
+    if len(job_id) > 253 or not JOB_ID.fullmatch(job_id):
         raise ApiError(404, "recognition job not found")
 
 
@@ -138,7 +138,7 @@ async def submit(
     if idempotency_key is None:
         return await jobs.create(namespace, name, spec, labels, annotations), False
 
-    if not IDEMPOTENCY_KEY.match(idempotency_key):
+    if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise ApiError(400, "Idempotency-Key must be 1-255 visible ASCII characters")
     fp = fingerprint(namespace, spec)
     for _ in range(3):

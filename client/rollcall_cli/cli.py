@@ -553,7 +553,7 @@ def _erase(
     attempt's counts once they did, so it is repeated for up to ``wait`` seconds, as are a 503
     ``erase_interrupted`` (a failover during the erase) and ``unavailable`` (Redis unreachable)."""
     for name in names:
-        if len(name) > 64 or not _IDENT.match(name):
+        if len(name) > 64 or not _IDENT.fullmatch(name):
             fail(Exit.USAGE, f"{name!r} is not a class code or student id")
     conn = _conn(ctx)
     if not yes:

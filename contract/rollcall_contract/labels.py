@@ -37,7 +37,7 @@ _VALID = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 def is_label_value(value: str) -> bool:
     """True when ``value`` is a valid label value as it is (≤63, alphanumeric at both ends)."""
-    return len(value) <= _MAX and bool(_VALID.match(value))
+    return len(value) <= _MAX and bool(_VALID.fullmatch(value))
 
 
 def label_value(value: str) -> str:

@@ -51,7 +51,7 @@ def job_name(rj_name: str) -> str:
     Jobs need a DNS label (≤63) because the name becomes the pods' ``job-name`` label; RJ names may
     be 253-character subdomains. The hash of the full name keeps distinct RJs distinct.
     """
-    if len(rj_name) <= _MAX_NAME and _DNS_LABEL.match(rj_name):
+    if len(rj_name) <= _MAX_NAME and _DNS_LABEL.fullmatch(rj_name):
         return rj_name
     digest = hashlib.sha256(rj_name.encode()).hexdigest()[:_HASH_LEN]
     stem = re.sub(r"[^a-z0-9-]", "-", rj_name.lower())[: _MAX_NAME - _HASH_LEN - 1].strip("-")
