@@ -230,6 +230,85 @@ def _heif(data: bytes) -> tuple[int, int] | None:
     return best
 
 
+# Items with properties in one HEIF file; a phone's grid photo has tens (its tiles).
+_MAX_IPMA_ENTRIES = 65_536
+
+
+def heif_transforms(data: bytes) -> list[tuple[str, int]]:
+    """The primary item's rotation and mirroring (HEIF/AVIF), in the order they apply.
+
+    ``("irot", n)``: rotate n quarter turns anticlockwise; ``("imir", axis)``: axis 0 exchanges top
+    and bottom, 1 left and right (ISO/IEC 23008-12, as libheif and libavif read it). These, not an
+    Exif orientation tag, say how the picture is shown. Empty if there are none or the boxes cannot
+    be read (a decoder then refuses the file anyway).
+    """
+    try:
+        return _heif_transforms(data)
+    except (struct.error, IndexError, ValueError):
+        return []
+
+
+def _heif_transforms(data: bytes) -> list[tuple[str, int]]:
+    meta = _child(data, 0, len(data), b"meta")
+    if meta is None:
+        return []
+    body = meta[0] + 4  # meta is a full box: skip version/flags
+    pitm = _child(data, body, meta[1], b"pitm")
+    iprp = _child(data, body, meta[1], b"iprp")
+    if pitm is None or iprp is None:
+        return []
+    start = pitm[0]
+    if data[start] == 0:
+        (primary,) = struct.unpack(">H", data[start + 4 : start + 6])
+    else:
+        (primary,) = struct.unpack(">I", data[start + 4 : start + 8])
+    children = _boxes(data, iprp[0], iprp[1])
+    ipco = next(((s, e) for k, s, e in children if k == b"ipco"), None)
+    if ipco is None:
+        return []
+    props = _boxes(data, ipco[0], ipco[1])
+    out: list[tuple[str, int]] = []
+    for kind, s, e in children:
+        if kind != b"ipma":
+            continue
+        version, flags = data[s], int.from_bytes(data[s + 1 : s + 4], "big")
+        (entries,) = struct.unpack(">I", data[s + 4 : s + 8])
+        if entries > _MAX_IPMA_ENTRIES:  # a crafted count would keep this loop busy for minutes
+            return []
+        i = s + 8
+        for _ in range(entries):
+            if i >= e:
+                return []
+            if version < 1:
+                (item,) = struct.unpack(">H", data[i : i + 2])
+                i += 2
+            else:
+                (item,) = struct.unpack(">I", data[i : i + 4])
+                i += 4
+            count = data[i]
+            i += 1
+            for _ in range(count):
+                if i >= e:
+                    return []
+                if flags & 1:
+                    (index,) = struct.unpack(">H", data[i : i + 2])
+                    index &= 0x7FFF
+                    i += 2
+                else:
+                    index = data[i] & 0x7F
+                    i += 1
+                if item != primary or not 0 < index <= len(props):
+                    continue
+                prop, at, _end = props[index - 1]
+                if prop == b"irot":
+                    out.append(("irot", data[at] & 3))
+                elif prop == b"imir":
+                    out.append(("imir", data[at] & 1))
+            if i > e:
+                return []
+    return out
+
+
 def _boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
     """ISO BMFF boxes in ``data[start:end]`` as (type, payload start, payload end)."""
     out = []

@@ -13,13 +13,17 @@ OpenCV's own limit (set in ``rollcall_job/__init__.py`` before cv2 loads) is a s
 step 3. Decoding goes through ``cv2.imdecode(..., IMREAD_COLOR)``, which applies the EXIF
 orientation tag (phones store portrait shots as rotated landscape pixels), always yields 8-bit BGR
 and drops alpha; HEIC/HEIF goes through libheif (``pillow-heif``), which applies the container's
-rotation and mirroring the same way. ``iter_read`` decodes one photo ahead in a background thread
-so decoding overlaps inference on the previous photo.
+rotation and mirroring the same way. OpenCV's AVIF decoder ignores that rotation and mirroring
+(``irot``/``imir``), so AVIF is decoded with any Exif tag ignored (HEIF says the container wins)
+and the container's transforms are applied here, as libheif does for HEIC. ``iter_read`` decodes
+one photo ahead in a background thread so decoding overlaps inference on the previous photo.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rollcall_job import DEFAULT_MAX_IMAGE_PIXELS
-from rollcall_job.imageheader import Format, declared_size, sniff
+from rollcall_job.imageheader import Format, declared_size, heif_transforms, sniff
 from rollcall_job.prefetch import prefetch_map
 
 # Listed by name so that nothing a camera or phone writes is silently left out; what a file really
@@ -59,15 +63,29 @@ class Photo:
 
 
 def list_photos(root: Path) -> list[Photo]:
-    """Image files under ``root`` (recursively, hidden entries skipped), in a stable order."""
+    """Entries under ``root`` named like images (recursively, hidden ones skipped), sorted.
+
+    Anything so named but a directory is listed, a broken link or a FIFO included: ``read`` turns
+    what is not a readable regular file into an ``unreadable`` record rather than losing it here.
+    """
     found = []
     for p in root.rglob("*"):
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if p.suffix.lower() in EXTENSIONS and p.is_file():
-            found.append(Photo(rel.as_posix(), p))
+        if p.suffix.lower() in EXTENSIONS and not p.is_dir():
+            found.append(Photo(_photo_id(rel), p))
     return sorted(found, key=lambda ph: ph.name)
+
+
+def _photo_id(rel: Path) -> str:
+    """``rel`` with forward slashes, valid UTF-8 whatever the file system holds.
+
+    A name that is not UTF-8 (a zip made on another system) would otherwise carry surrogate escapes
+    that no UTF-8 encoder accepts, failing the job when its summary is written; its bytes become
+    ``\\xNN`` instead, so the id stays readable and distinct from its neighbours'.
+    """
+    return os.fsencode(rel.as_posix()).decode("utf-8", "backslashreplace")
 
 
 def check(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Format:
@@ -91,7 +109,12 @@ def check(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Format:
 def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> npt.NDArray[np.uint8]:
     """Bytes to an upright 8-bit BGR image, or PhotoError."""
     fmt = check(data, max_pixels=max_pixels)
-    img = _decode_heif(data) if fmt is Format.HEIF else _decode_cv2(data)
+    if fmt is Format.HEIF:
+        img = _decode_heif(data)
+    elif fmt is Format.AVIF:
+        img = _orient(_decode_cv2(data, cv2.IMREAD_IGNORE_ORIENTATION), heif_transforms(data))
+    else:
+        img = _decode_cv2(data)
     if img.size == 0:
         raise PhotoError("corrupt", "not a decodable image")
     if img.shape[0] * img.shape[1] > max_pixels:  # the header lied
@@ -99,14 +122,26 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> npt.NDArray[
     return np.ascontiguousarray(img, dtype=np.uint8)
 
 
-def _decode_cv2(data: bytes) -> npt.NDArray[np.uint8]:
+def _decode_cv2(data: bytes, flags: int = 0) -> npt.NDArray[np.uint8]:
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | flags)
     except cv2.error as e:  # includes OpenCV's own pixel limit
         raise PhotoError("corrupt", str(e).strip().splitlines()[-1][:200]) from e
     if img is None:
         raise PhotoError("corrupt", "not a decodable image")
     return np.asarray(img, dtype=np.uint8)
+
+
+def _orient(img: npt.NDArray[np.uint8], transforms: list[tuple[str, int]]) -> npt.NDArray[np.uint8]:
+    """Apply HEIF ``irot``/``imir`` transforms (as ``heif_transforms`` lists them), in order."""
+    for kind, value in transforms:
+        if kind == "irot":
+            img = np.rot90(img, value)  # anticlockwise, as irot counts
+        elif value == 0:  # imir axis 0: top and bottom exchanged
+            img = img[::-1]
+        else:
+            img = img[:, ::-1]
+    return img
 
 
 def _decode_heif(data: bytes) -> npt.NDArray[np.uint8]:
@@ -134,11 +169,15 @@ def read(
 ) -> npt.NDArray[np.uint8]:
     """Read one photo under the byte and pixel caps, or raise PhotoError."""
     try:
-        size = photo.path.stat().st_size
-        if size > max_bytes:
-            raise PhotoError("too_large", f"{size} bytes > {max_bytes}")
-        with photo.path.open("rb") as f:
-            data = f.read(max_bytes + 1)  # the file may have grown since stat()
+        # O_NONBLOCK: opening a FIFO named like a photo must not wait for a writer
+        fd = os.open(photo.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise PhotoError("unreadable", "not a regular file")
+            if st.st_size > max_bytes:
+                raise PhotoError("too_large", f"{st.st_size} bytes > {max_bytes}")
+            data = f.read(max_bytes + 1)  # the file may have grown since fstat()
     except OSError as e:
         raise PhotoError("unreadable", e.strerror or type(e).__name__) from e
     if len(data) > max_bytes:
