@@ -35,7 +35,8 @@ QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
 DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENT)]
+IDENT_MAX_LENGTH = 64
+Ident = Annotated[str, Field(min_length=1, max_length=IDENT_MAX_LENGTH, pattern=IDENT)]
 Quantity = Annotated[str, Field(min_length=1, max_length=32, pattern=QUANTITY)]
 
 MAX_ROSTER = 2000

@@ -15,6 +15,8 @@ the same and the stored vector lives on the unit sphere the metric assumes.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +26,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
+from rollcall_contract.model import IDENT, IDENT_MAX_LENGTH
 from rollcall_job import quality
 from rollcall_job.matcher import LOW_QUALITY, Metric, l2_normalise
 from rollcall_job.photos import DEFAULT_MAX_PIXELS, Photo, list_photos
@@ -32,14 +35,25 @@ from rollcall_job.protocols import Engine, F, ImageBGR
 
 log = logging.getLogger("rollcall_job.enroll")
 FloatArray = npt.NDArray[np.float32]
+# Why a folder's photos were not used when its name is no student id (see ``valid_student_id``).
+INVALID_ID = "invalid_student_id"
 
 
 def student_photos(root: Path) -> dict[str, list[Photo]]:
-    """Photos per student: every non-hidden sub-folder of ``root`` is a student id."""
+    """Photos per student: every non-hidden sub-folder of ``root`` is a student id (its name with
+    any bytes that are not UTF-8 as ``\\xNN``, so it can be reported; ``valid_student_id``
+    says whether it may be enrolled)."""
     out: dict[str, list[Photo]] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        out[d.name] = [Photo(f"{d.name}/{ph.name}", ph.path) for ph in list_photos(d)]
+        sid = os.fsencode(d.name).decode("utf-8", "backslashreplace")
+        out[sid] = [Photo(f"{sid}/{ph.name}", ph.path) for ph in list_photos(d)]
     return out
+
+
+def valid_student_id(sid: str) -> bool:
+    """Whether a folder name is a student id a roster can name (``model.IDENT``, <= 64): any other
+    would be enrolled under a name no attendance job could ask for."""
+    return len(sid) <= IDENT_MAX_LENGTH and re.fullmatch(IDENT, sid) is not None
 
 
 def average(embeddings: FloatArray, metric: Metric) -> FloatArray:
@@ -183,6 +197,15 @@ def enroll(
     for sid, photos in by_student.items():
         used: list[FloatArray] = []
         photo_docs: list[dict[str, Any]] = []
+        if not valid_student_id(sid):  # reported, never embedded nor written
+            for ph in photos:
+                photo_docs.append(
+                    {"photo": ph.name, "student": sid, "used": False, "reason": INVALID_ID}
+                )
+                if on_photo is not None:
+                    on_photo()
+            verdicts.append(StudentVerdicts(sid, tuple(photo_docs), False))
+            continue
         for pf in detect_and_embed(
             engine,
             photos,
