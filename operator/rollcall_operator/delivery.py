@@ -60,6 +60,7 @@ class Deliveries:
         self.writer = writer
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.http: aiohttp.ClientSession | None = None
+        self.slots = webhook.Slots()  # a school's hung receivers hold only its own slots
 
     def start(self) -> None:
         self.http = webhook.session(self.settings.egress_allowlist())
@@ -137,8 +138,9 @@ class Deliveries:
                         getattr(e, "status", "missing key"))  # fmt: skip
             return webhook.Attempt(None, "the namespace's signing secret is missing", retry=True)
         assert self.http is not None, "start() opens the session"
-        return await webhook.post(
-            self.http, url, webhook.payload(rj.body), allow=s.egress_allowlist(), secret=secret,
-            delivery=rj.uid, timestamp=str(int(time.time())),
-            timeout=s.webhook_timeout_seconds, max_response_bytes=s.webhook_max_response_bytes,
-        )  # fmt: skip
+        async with self.slots(rj.namespace):
+            return await webhook.post(
+                self.http, url, webhook.payload(rj.body), allow=s.egress_allowlist(), secret=secret,
+                delivery=rj.uid, timestamp=str(int(time.time())),
+                timeout=s.webhook_timeout_seconds, max_response_bytes=s.webhook_max_response_bytes,
+            )  # fmt: skip

@@ -6,7 +6,9 @@ metadata service, loopback ports, the apiserver or another school's services, an
 ``status.webhook`` whether they answered. So, by default, only public unicast addresses are reached:
 
 - ``vet_url`` (pure): scheme (https; http only with an explicit opt-in), no userinfo, no cluster
-  names (``*.svc``, ``*.cluster.local``, single-label names, ``localhost``), literal IPs vetted;
+  names (``*.svc``, ``*.cluster.local``, single-label names, ``localhost``), literal IPs vetted,
+  numeric IPv4 shorthands (``127.1``, ``0x7f.1``) refused; all checked on the host as the client
+  dials it (IDNA-folded, so full-width digits cannot smuggle in ``127.0.0.1``);
 - ``vet_address`` (pure): an address is denied when it is private, loopback, link-local, CGNAT,
   multicast, reserved, unspecified or documentation space, IPv4 embedded in IPv6 (mapped, NAT64,
   6to4, Teredo) included, or inside an operator-configured cluster range;
@@ -22,6 +24,7 @@ and host names (exact, or ``*.suffix``) whose every resolved address is then acc
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from rollcall_contract.model import NON_PUBLIC_CIDRS
 
@@ -40,6 +44,8 @@ DENIED_NETWORKS: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in 
 # IPv6 prefixes that carry an IPv4 address: the embedded address is what gets reached.
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 _CLUSTER_SUFFIXES = (".svc", ".cluster.local", ".local", ".internal", ".localhost")
+# A last label that is a number makes the whole host an IPv4 address to inet_aton and WHATWG URLs.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 
 
 class EgressDenied(Exception):
@@ -107,6 +113,8 @@ def denied_reason(addr: IPAddress, allow: Allowlist) -> str | None:
             return denied_reason(inner, allow)
     if any(addr in net for net in DENIED_NETWORKS if net.version == addr.version):
         return "non-public"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.is_reserved:
+        return "non-public"  # unallocated IPv6 (::/8 with SIIT's ::ffff:0:0:0/96, 4000::/3, ...)
     if not addr.is_global:
         return "non-public"
     return None
@@ -130,8 +138,25 @@ def _literal_ip(host: str) -> IPAddress | None:
         return None
 
 
+def _dialled_host(url: str) -> str:
+    """The host as aiohttp will dial it: yarl's parse, IDNA-folded (full-width digits become
+    ASCII ones, so a full-width spelling of 127.0.0.1 is 127.0.0.1).
+
+    Vetting any other spelling would let Unicode digits, dots or letters pass as a "name" and then
+    reach the connector as an IP literal (which skips the vetting resolver) or a cluster name.
+    """
+    try:
+        parsed = URL(url)
+        host = parsed.raw_host or ""
+    except (ValueError, UnicodeError) as e:
+        raise EgressDenied("the callback URL is malformed") from e
+    if parsed.user is not None or parsed.password is not None:
+        raise EgressDenied("the callback URL must not carry credentials")
+    return host.lower().rstrip(".")
+
+
 def vet_url(url: str, allow: Allowlist) -> str:
-    """The URL's host when the URL may be used, else EgressDenied (no DNS lookup here)."""
+    """The host the client will dial when the URL may be used, else EgressDenied (no DNS lookup)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -143,16 +168,19 @@ def vet_url(url: str, allow: Allowlist) -> str:
         raise EgressDenied("plain http callbacks are disabled: use https")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise EgressDenied("the callback URL must not carry credentials")
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not host:
-        raise EgressDenied("the callback URL has no host")
     if port == 0:
         raise EgressDenied("the callback URL has an invalid port")
+    host = _dialled_host(url)
+    if not host:
+        raise EgressDenied("the callback URL has no host")
     if (literal := _literal_ip(host)) is not None:
         vet_address(str(literal), allow)
         return host
-    if not all(c.isalnum() or c in "-." for c in host):
+    if not all(c.isascii() and (c.isalnum() or c in "-.") for c in host):
         raise EgressDenied("the callback host name is not a DNS name")
+    if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
+        # 127.1, 0177.0.0.1, 0x7f.1, 2130706433: inet_aton reads these as IPv4 addresses
+        raise EgressDenied("the callback host is not a canonical IP address")
     if allow.host_allowed(host):
         return host
     if "." not in host or host == "localhost" or host.endswith(_CLUSTER_SUFFIXES):

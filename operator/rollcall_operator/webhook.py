@@ -14,6 +14,7 @@ so one school cannot forge another's callbacks. Where a POST may go is ``egress`
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -98,9 +99,34 @@ class Attempt:
 
 
 def session(allow: egress.Allowlist) -> aiohttp.ClientSession:
-    """The operator's webhook client: vetted DNS answers only, no proxies from the environment."""
-    connector = aiohttp.TCPConnector(resolver=egress.VettingResolver(allow), use_dns_cache=False)
+    """The operator's webhook client: vetted DNS answers only, no proxies from the environment.
+
+    No connection cap here (aiohttp's default is 100 shared): waiting for a pooled connection
+    counts against a POST's timeout, so one school's hung receivers would time out every other
+    school's POSTs. ``Slots`` bounds connections per school instead.
+    """
+    connector = aiohttp.TCPConnector(
+        resolver=egress.VettingResolver(allow), use_dns_cache=False, limit=0
+    )
     return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+
+# POSTs in flight per school namespace: bounds the operator's sockets, and a school's slow
+# receivers queue only that school's deliveries.
+PER_SCHOOL_POSTS = 8
+
+
+class Slots:
+    """At most ``per_school`` POSTs at once per school namespace (fair share of the operator)."""
+
+    def __init__(self, per_school: int = PER_SCHOOL_POSTS) -> None:
+        self.per_school = per_school
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def __call__(self, school: str) -> asyncio.Semaphore:
+        if (slot := self._slots.get(school)) is None:
+            slot = self._slots[school] = asyncio.Semaphore(self.per_school)
+        return slot
 
 
 async def post(
