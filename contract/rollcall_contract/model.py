@@ -40,6 +40,11 @@ Ident = Annotated[str, Field(min_length=1, max_length=IDENT_MAX_LENGTH, pattern=
 Quantity = Annotated[str, Field(min_length=1, max_length=32, pattern=QUANTITY)]
 
 MAX_ROSTER = 2000
+# The job gets the roster as one JSON environment variable, and Linux refuses to exec a process
+# with any one environment string over 128 KiB (MAX_ARG_STRLEN: E2BIG, the pod never starts). 2000
+# ids of 64 characters would be 136 KB; this many characters in all, plus the JSON's 4 per id,
+# leave room to spare.
+MAX_ROSTER_CHARS = 100_000
 
 
 class Mode(StrEnum):
@@ -278,6 +283,13 @@ class RecognitionJobSpec(_Model):
                     "fieldPath": ".roster",
                     "reason": "FieldValueRequired",
                 },
+                {
+                    "rule": "!has(self.roster) "
+                    f"|| self.roster.map(s, size(s)).sum() <= {MAX_ROSTER_CHARS}",
+                    "message": f"roster ids must total at most {MAX_ROSTER_CHARS} characters: "
+                    "the job receives them in one environment variable",
+                    "fieldPath": ".roster",
+                },
             ]
         }
     )
@@ -316,6 +328,11 @@ class RecognitionJobSpec(_Model):
             raise ValueError("roster is required in identify mode")
         if len(set(self.roster)) != len(self.roster):
             raise ValueError("roster must not repeat a student id")
+        if (chars := sum(map(len, self.roster))) > MAX_ROSTER_CHARS:
+            raise ValueError(
+                f"roster ids total {chars} characters, more than {MAX_ROSTER_CHARS}: the job "
+                "receives them in one environment variable"
+            )
         return self
 
     @property

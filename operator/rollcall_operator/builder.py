@@ -40,6 +40,22 @@ MANAGED_SELECTOR = {LABEL_MANAGED_BY: MANAGED_BY}
 # default 30 s kept a preempted GPU idle that long and delayed a lost node's retry as much.
 TERMINATION_GRACE_SECONDS = 5
 
+# A CPU job (spec.resources.gpus: 0) is told this: the job image is an nvidia/cuda image whose ENV
+# says NVIDIA_VISIBLE_DEVICES=all, so on a GPU node whose default runtime is nvidia's (the GPU
+# Operator's default) a pod that requested no GPU was handed all of them, beside other schools'
+# jobs, and the job's providers (CUDA first) used one. "void" is runc's behaviour: no device, no
+# driver. A GPU job's value comes from the device plugin, for the GPUs it was granted.
+GPU_VISIBILITY_ENV = "NVIDIA_VISIBLE_DEVICES"
+NO_GPU = "void"
+
+# RJ annotations the passthrough never copies onto the pod, whatever prefixes the settings allow:
+# the kubelet, container runtimes, CNI plugins and Kueue act on these (AppArmor, seccomp, CDI device
+# injection, bandwidth, extra networks, user namespaces, topology), with their subdomains; rollcall's
+# own rollcall.io/ (a subdomain of it, e.g. the tests' test.rollcall.io/, is the admin's to allow).
+_RESERVED_ANNOTATION_DOMAINS = ("kubernetes.io", "k8s.io", "x-k8s.io", "cni.cncf.io")
+_OWN_ANNOTATION_DOMAIN = labels.ANNOTATION_RJ.partition("/")[0]
+_RESERVED_ANNOTATION_NAMES = ("io.kubernetes.", "io.containerd.", "io.katacontainers.")
+
 _MAX_NAME = 63
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _HASH_LEN = 8
@@ -179,6 +195,8 @@ def _container(
             },
         }
     )
+    if not spec.resources.gpus:
+        env.append({"name": GPU_VISIBILITY_ENV, "value": NO_GPU})
     limits: dict[str, Any] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
     if spec.resources.gpus:
         limits[settings.gpu_resource] = str(spec.resources.gpus)
@@ -213,10 +231,25 @@ def _container(
     return container
 
 
+def _reserved_annotation(key: str) -> bool:
+    domain, slash, _ = key.lower().rpartition("/")
+    if not slash:
+        return key.lower().startswith(_RESERVED_ANNOTATION_NAMES)
+    return domain == _OWN_ANNOTATION_DOMAIN or any(
+        domain == d or domain.endswith("." + d) for d in _RESERVED_ANNOTATION_DOMAINS
+    )
+
+
 def _pod_annotations(rj: Mapping[str, Any], settings: OperatorSettings) -> dict[str, str]:
+    """The settings' pod annotations, then the RJ's own under a passthrough prefix: never one of
+    the settings' keys (the admin's value stands) nor a reserved one (see above)."""
     annotations = dict(settings.pod_annotations)
     for key, value in (rj["metadata"].get("annotations") or {}).items():
-        if any(key.startswith(p) for p in settings.annotation_passthrough_prefixes):
+        if (
+            key not in annotations
+            and any(key.startswith(p) for p in settings.annotation_passthrough_prefixes)
+            and not _reserved_annotation(key)
+        ):
             annotations[key] = value
     return annotations
 
