@@ -391,6 +391,27 @@ def test_cap_queues_the_next_rj_until_a_slot_frees(
         k.phase_is(name, "Succeeded")
 
 
+def test_an_rj_named_like_another_rjs_job_fails_with_the_reason(
+    k: K, start_operator: Callable[..., Operator], script: Script, photos: str
+) -> None:
+    """RJ names may be subdomains, Job names are labels: ``period.1.math``'s Job is
+    ``period-1-math-<hash>``, a name another RJ may take verbatim. That RJ fails at once naming the
+    holder (before: admission retried every 2 s for ever), and the holder keeps its Job."""
+    start_operator()
+    holder = k.create(rj_body("period.1.math", "hold"))
+    wait_for(lambda: len(k.jobs()) == 1, "the holder's Job exists")
+    taken = job_name("period.1.math")
+    assert taken != "period.1.math"
+    k.create(rj_body(taken))
+    failed = k.phase_is(taken, "Failed")
+    assert failed["reason"] == "JobNameTaken" and "period.1.math" in failed["message"], failed
+    [job] = k.jobs()
+    assert job.metadata.name == taken
+    assert job.metadata.owner_references[0].uid == holder["metadata"]["uid"]
+    script.release("period.1.math")
+    k.phase_is("period.1.math", "Succeeded")
+
+
 def test_queue_timeout_fails_the_waiting_rj(
     k: K, start_operator: Callable[..., Operator], script: Script, photos: str
 ) -> None:

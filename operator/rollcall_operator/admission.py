@@ -266,10 +266,29 @@ class Admission:
                 await self._suspend_job(rj, False)
             self.fold(existing)
             return True
+        if (holder := self._job_holder(existing, rj)) is not None:
+            # a live RJ of another name holds this Job name (an RJ named like another's shortened
+            # name + hash): waiting cannot help, and the holder's Job is not this RJ's to touch
+            self.queue.release(entry.uid)
+            await self.writer.set_phase(
+                rj, Phase.FAILED, "JobNameTaken",
+                f"the Job name {name} belongs to RecognitionJob {holder}; "
+                "submit this job again under another name",
+            )  # fmt: skip
+            return True
         log.info(
             "Job %s/%s belongs to another RJ (being deleted?); retrying", entry.namespace, name
         )
         return False
+
+    def _job_holder(self, job: Mapping[str, Any] | None, rj: CachedRJ) -> str | None:
+        """The name of the live RJ of another name that owns ``job``, else None (no Job, or the
+        owner is a deleted namesake whose Job garbage collection is about to remove: retry)."""
+        ref = jobs.controller(job) if job is not None else None
+        owner = self.cache.get(str(ref.get("uid"))) if ref is not None else None
+        if owner is None or owner.deleting or owner.name == rj.name:
+            return None
+        return owner.name
 
     # --- an RJ's first event ----------------------------------------------------------------------
     async def admit(self, rj: CachedRJ) -> None:
